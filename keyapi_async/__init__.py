@@ -1,0 +1,66 @@
+"""keyapi_async: an asyncio client for bulk, concurrent Instagram story fetching via keyapi.ai.
+
+Quick start::
+
+    import asyncio
+    from keyapi_async import KeyAPIClient
+
+    async def main() -> None:
+        async with KeyAPIClient() as client:  # key from KEYAPI_API_KEY
+            reel = await client.fetch_user_stories(username="javan")
+            print(reel.count, [item.best_media_url for item in reel.items])
+
+    asyncio.run(main())
+
+The local emulator of the API for offline tests lives in :mod:`keyapi_async.testing`.
+"""
+
+from .__about__ import __version__
+from ._batch import BatchCounts, StoryBatch, StoryResult, estimate_credits
+from ._client import ClientStats, KeyAPIClient
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    InvalidTargetError,
+    KeyAPIError,
+    NotAttemptedError,
+    RateLimitError,
+    RequestTimeoutError,
+    ResponseDecodeError,
+    ServerError,
+    TransportError,
+)
+from ._targets import Target, TargetLike, parse_target
+from .models import Reel, StoryItem, User
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchCounts",
+    "ClientStats",
+    "ConfigurationError",
+    "InsufficientCreditsError",
+    "InvalidTargetError",
+    "KeyAPIClient",
+    "KeyAPIError",
+    "NotAttemptedError",
+    "RateLimitError",
+    "Reel",
+    "RequestTimeoutError",
+    "ResponseDecodeError",
+    "ServerError",
+    "StoryBatch",
+    "StoryItem",
+    "StoryResult",
+    "Target",
+    "TargetLike",
+    "TransportError",
+    "User",
+    "__version__",
+    "estimate_credits",
+    "parse_target",
+]

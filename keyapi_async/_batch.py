@@ -1,0 +1,317 @@
+"""``fetch_many``: many targets through a fixed pool of workers, one result per target.
+
+One batch::
+
+    targets (iterable or async iterable, read lazily)
+      → normalise (invalid: an error result, nothing sent) → dedupe (seen once)
+      → bounded work queue → ``concurrency`` workers, each doing one request at a time
+      → bounded result stream → the caller's ``async for`` (as finished, or in input order)
+
+Memory is bounded by the concurrency, not by the number of targets: the work
+queue and the result stream each hold at most ``concurrency`` items, and in
+ordered mode at most ``2 * concurrency`` targets are between "read from the
+input" and "handed to the caller". The only per-target state that grows is the
+set of keys already seen, which deduplication needs (a short string each).
+
+Every task belongs to the batch's task group, which runs inside the client's
+task group: leaving the ``async for`` early (``break``, an exception) cancels
+the batch as soon as the batch object is dropped or closed, and closing the
+client cancels anything left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self
+
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._client import CREDITS_PER_REQUEST, _Halt
+from ._errors import InvalidTargetError, KeyAPIError, NotAttemptedError
+from ._targets import Target, TargetLike, as_target
+from .models import Reel
+
+if TYPE_CHECKING:
+    from ._client import KeyAPIClient
+
+__all__ = ["BatchCounts", "StoryBatch", "StoryResult", "estimate_credits"]
+
+Status = Literal["ok", "empty", "error", "not_attempted"]
+_CHECKPOINT_EVERY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StoryResult:
+    """The one outcome of one target in a batch.
+
+    ``target`` is the normalised target as text (``javan``, ``id:18527``), or
+    the input as given when it was invalid. Exactly one of ``stories`` and
+    ``error`` is set. ``attempts`` counts the requests sent for it (0 when
+    none was), ``elapsed`` the seconds from a worker picking it up to the
+    outcome, and ``index`` its position among the distinct targets read.
+    """
+
+    target: str
+    stories: Reel | None
+    error: KeyAPIError | None
+    attempts: int
+    elapsed: float
+    index: int
+
+    @property
+    def ok(self) -> bool:
+        """Whether the stories were fetched (possibly none active)."""
+        return self.error is None
+
+    @property
+    def status(self) -> Status:
+        """``ok``, ``empty`` (no active stories), ``error`` or ``not_attempted``."""
+        if self.error is None:
+            return "empty" if self.stories is None or not self.stories.items else "ok"
+        if isinstance(self.error, NotAttemptedError):
+            return "not_attempted"
+        return "error"
+
+    def unwrap(self) -> Reel:
+        """Return the reel, or raise the error this target ended with."""
+        if self.error is not None:
+            raise self.error
+        assert self.stories is not None
+        return self.stories
+
+
+@dataclass(slots=True)
+class BatchCounts:
+    """Running tallies of what a batch has read and yielded so far."""
+
+    read: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    yielded: int = 0
+
+
+def estimate_credits(targets: Iterable[TargetLike]) -> int:
+    """Upper bound of the credits a batch over ``targets`` will spend.
+
+    Counts 2 credits per distinct valid target (the API charges successful
+    answers only, whether or not the account has stories; errors and
+    retries are free), so the real figure is at most this.
+    """
+    seen: set[str] = set()
+    for raw in targets:
+        try:
+            seen.add(str(as_target(raw)))
+        except InvalidTargetError:
+            continue
+    return CREDITS_PER_REQUEST * len(seen)
+
+
+class _Work:
+    __slots__ = ("index", "target")
+
+    def __init__(self, index: int, target: Target) -> None:
+        self.index = index
+        self.target = target
+
+
+class StoryBatch:
+    """An async iterator of :class:`StoryResult`, one per distinct target.
+
+    Guarantees: every distinct target yields exactly one result (invalid
+    ones an :class:`~keyapi_async.InvalidTargetError` without a request;
+    after a 401 or 402, or :meth:`stop`, the rest a
+    :class:`~keyapi_async.NotAttemptedError` saying why); duplicates after
+    normalisation are fetched and reported once; with ``ordered=True``
+    results come in input order. Use ``async with`` (or call :meth:`aclose`)
+    to cancel deterministically when leaving early.
+    """
+
+    def __init__(
+        self,
+        client: KeyAPIClient,
+        targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
+        *,
+        ordered: bool,
+    ) -> None:
+        self._client = client
+        self._targets = targets
+        self._ordered = ordered
+        workers = client.config.concurrency
+        self._workers = workers
+        self._send: MemoryObjectSendStream[StoryResult]
+        self._recv: MemoryObjectReceiveStream[StoryResult]
+        self._send, self._recv = anyio.create_memory_object_stream[StoryResult](workers)
+        # Ordered mode: the producer may run at most this far ahead of the
+        # caller, which bounds the reorder buffer.
+        self._window = asyncio.Semaphore(2 * workers) if ordered else None
+        self._pending: dict[int, StoryResult] = {}
+        self._next_index = 0
+        self._scope = anyio.CancelScope()
+        self._halt = _Halt()
+        self._failure: BaseException | None = None
+        self._started = False
+        self._finished = anyio.Event()
+        self.counts = BatchCounts()
+
+    # -- caller side -------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[StoryResult]:
+        return self
+
+    async def __anext__(self) -> StoryResult:
+        if not self._started:
+            self._started = True
+            self._client._spawn_batch(self)
+        if not self._ordered:
+            result = await self._receive()
+        else:
+            while self._next_index not in self._pending:
+                got = await self._receive()
+                self._pending[got.index] = got
+            result = self._pending.pop(self._next_index)
+            self._next_index += 1
+            assert self._window is not None
+            self._window.release()
+        self.counts.yielded += 1
+        return result
+
+    async def _receive(self) -> StoryResult:
+        try:
+            return await self._recv.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._failure is not None:
+                raise self._failure from None
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel whatever is still running and wait until it has stopped."""
+        self._scope.cancel()
+        if self._started:
+            await self._finished.wait()
+        self._recv.close()
+
+    def stop(self, reason: str = "batch stopped") -> None:
+        """Send no new requests; in-flight ones finish, the rest yield NotAttemptedError."""
+        self._halt.cancel(reason)
+
+    @property
+    def stopped_reason(self) -> NotAttemptedError | None:
+        """Why the batch stopped sending (401, 402, budget or :meth:`stop`), if it did."""
+        return self._halt.reason
+
+    def __del__(self) -> None:
+        # Dropped mid-iteration (``break`` out of ``async for``): cancel now
+        # rather than when the client closes, so no more credits are spent.
+        if self._started and not self._finished.is_set():
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop in this thread: the client's exit cancels it
+            self._scope.cancel()
+
+    # -- engine side ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with self._send:
+                    work_send, work_recv = anyio.create_memory_object_stream[_Work](self._workers)
+                    async with anyio.create_task_group() as group:
+                        for number in range(self._workers):
+                            group.start_soon(
+                                self._worker, work_recv, name=f"keyapi-worker-{number}"
+                            )
+                        async with work_send:
+                            try:
+                                await self._produce(work_send)
+                            except Exception as exc:  # the caller's iterable raised
+                                self._failure = exc
+        except Exception as exc:
+            self._failure = exc
+        finally:
+            self._finished.set()
+
+    async def _produce(self, work_send: MemoryObjectSendStream[_Work]) -> None:
+        seen: set[str] = set()
+        counts = self.counts
+        index = 0
+        async for raw in _iterate(self._targets):
+            counts.read += 1
+            try:
+                target = as_target(raw)
+            except InvalidTargetError as error:
+                counts.invalid += 1
+                await self._acquire_window()
+                await self._send.send(StoryResult(_describe(raw), None, error, 0, 0.0, index))
+                index += 1
+                continue
+            key = str(target)
+            if key in seen:
+                counts.duplicates += 1
+                if counts.read % _CHECKPOINT_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()
+                continue
+            seen.add(key)
+            await self._acquire_window()
+            await work_send.send(_Work(index, target))
+            index += 1
+
+    async def _acquire_window(self) -> None:
+        if self._window is not None:
+            await self._window.acquire()
+
+    async def _worker(self, work_recv: MemoryObjectReceiveStream[_Work]) -> None:
+        fetch = self._client._fetch
+        clock = time.monotonic
+        async for work in work_recv:
+            started = clock()
+            rendered = str(work.target)
+            try:
+                outcome = await fetch(work.target, self._halt)
+            except Exception as exc:
+                # A bug must not lose the target: record it as its outcome.
+                error = KeyAPIError(f"internal error: {type(exc).__name__}: {exc}", target=rendered)
+                result = StoryResult(rendered, None, error, 1, clock() - started, work.index)
+            else:
+                result = StoryResult(
+                    rendered,
+                    outcome.reel,
+                    outcome.error,
+                    outcome.attempts,
+                    clock() - started,
+                    work.index,
+                )
+            await self._send.send(result)
+
+
+async def _iterate(
+    targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
+) -> AsyncIterator[object]:
+    if isinstance(targets, AsyncIterable):
+        async for item in targets:
+            yield item
+    else:
+        for item in targets:
+            yield item
+
+
+def _describe(raw: object) -> str:
+    text = raw if isinstance(raw, str) else repr(raw)
+    return text if len(text) <= 200 else text[:197] + "..."

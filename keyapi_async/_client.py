@@ -1,0 +1,393 @@
+"""``KeyAPIClient``: owns the HTTP session and the rate gate; fetches with retries.
+
+One request: target (validated before anything else) → credit budget check →
+rate gate (waits its turn) → :class:`~._sansio.RequestBuilder` → transport →
+:func:`~._sansio.parse_response` → typed reel, or an error that the retry
+policy may try again. A 429 tells the gate, which pauses every caller and
+lowers the rate for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import aiohttp
+import anyio
+import anyio.abc
+
+from . import __about__
+from ._config import ClientConfig
+from ._errors import (
+    AuthenticationError,
+    InsufficientCreditsError,
+    KeyAPIError,
+    NotAttemptedError,
+    RateLimitError,
+)
+from ._ratelimit import RateGate
+from ._sansio import RequestBuilder, parse_response
+from ._targets import Target, TargetLike, from_arguments
+from ._transport import AiohttpTransport
+from .models import Reel
+
+if TYPE_CHECKING:
+    from ._batch import StoryBatch
+
+__all__ = ["ClientStats", "KeyAPIClient"]
+
+#: Credits the API charges for one successful ``fetch_user_stories`` call.
+CREDITS_PER_REQUEST = 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientStats:
+    """Counters of one client since it opened (a snapshot; cheap to take).
+
+    ``requests_sent`` counts every send including retries; ``credits_spent``
+    counts 2 per successful answer (the API does not bill errors).
+    """
+
+    requests_sent: int
+    successes: int
+    empty: int
+    failures: int
+    rate_limited: int
+    retries: int
+    credits_spent: int
+    current_qps: float | None
+    cooldown_remaining: float
+
+
+class _Counters:
+    __slots__ = (
+        "credits_reserved",
+        "credits_spent",
+        "empty",
+        "failures",
+        "rate_limited",
+        "requests_sent",
+        "retries",
+        "successes",
+    )
+
+    def __init__(self) -> None:
+        self.requests_sent = 0
+        self.successes = 0
+        self.empty = 0
+        self.failures = 0
+        self.rate_limited = 0
+        self.retries = 0
+        self.credits_spent = 0
+        self.credits_reserved = 0
+
+
+class _Outcome:
+    """What one target's fetch came to: a reel or an error, and how many sends."""
+
+    __slots__ = ("attempts", "error", "reel")
+
+    def __init__(self, reel: Reel | None, error: KeyAPIError | None, attempts: int) -> None:
+        self.reel = reel
+        self.error = error
+        self.attempts = attempts
+
+
+class KeyAPIClient:
+    """Async client for keyapi.ai's Instagram stories endpoint.
+
+    Use it as an async context manager; it owns one pooled aiohttp session
+    (or borrows ``session``, which it then leaves open) and one rate gate
+    shared by every call::
+
+        async with KeyAPIClient() as client:          # key from KEYAPI_API_KEY
+            reel = await client.fetch_user_stories(username="javan")
+            async for result in client.fetch_many(["javan", "id:18527"]):
+                ...
+
+    ``api_key`` falls back to ``KEYAPI_API_KEY`` and ``base_url`` to
+    ``KEYAPI_BASE_URL``; every other setting is documented on
+    :class:`~keyapi_async._config.ClientConfig`. Redirects are never followed,
+    so the key is only ever sent to ``base_url``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        qps: float | None = 10.0,
+        concurrency: int = 16,
+        rate_margin: float = 0.05,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 20.0,
+        retry_after_cap: float = 60.0,
+        max_credits: int | None = None,
+        user_agent: str = "",
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._config = ClientConfig.create(
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            qps=qps,
+            concurrency=concurrency,
+            rate_margin=rate_margin,
+            max_attempts=max_attempts,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            max_credits=max_credits,
+            user_agent=user_agent,
+        )
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(f"session must be an aiohttp.ClientSession, got {session!r}")
+        self._user_session = session
+        agent = f"keyapi-async/{__about__.__version__} aiohttp/{aiohttp.__version__}"
+        if user_agent:
+            agent = f"{user_agent} {agent}"
+        self._builder = RequestBuilder(
+            base_url=self._config.base_url,
+            api_key=self._config.api_key.reveal(),
+            user_agent=agent,
+        )
+        self._counters = _Counters()
+        self._transport: AiohttpTransport | None = None
+        self._gate: RateGate | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError(f"a KeyAPIClient can be opened once; this one is {self._state}")
+        config = self._config
+        # Made here, not in __init__: the gate's limiter binds to the running
+        # event loop, and a client may be constructed outside of one.
+        self._gate = RateGate(
+            qps=config.qps, concurrency=config.concurrency, margin=config.rate_margin
+        )
+        if self._user_session is None:
+            self._transport = AiohttpTransport.create(
+                pool_size=config.concurrency,
+                timeout=config.timeout,
+                connect_timeout=config.connect_timeout,
+            )
+        else:
+            self._transport = AiohttpTransport(
+                self._user_session,
+                timeout=config.timeout,
+                connect_timeout=config.connect_timeout,
+                owns_session=False,
+            )
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._state = "closed"
+        try:
+            if self._task_group is not None:
+                # Batches left unfinished (the caller broke out of the loop)
+                # are cancelled, not awaited to completion.
+                self._task_group.cancel_scope.cancel()
+                await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._task_group = None
+            if self._transport is not None:
+                await self._transport.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Close the client (same as leaving its ``async with`` block)."""
+        if self._state == "open":
+            await self.__aexit__(None, None, None)
+        self._state = "closed"
+
+    def _require_open(self) -> tuple[RateGate, AiohttpTransport]:
+        if self._state != "open" or self._gate is None or self._transport is None:
+            raise RuntimeError(
+                f"KeyAPIClient is {self._state}: use `async with KeyAPIClient(...) as client:`"
+            )
+        return self._gate, self._transport
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def config(self) -> ClientConfig:
+        """The validated settings (the key inside is masked in every repr)."""
+        return self._config
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of request, retry, 429 and credit counters, and the current rate."""
+        c = self._counters
+        snapshot = self._gate.snapshot() if self._gate is not None else None
+        return ClientStats(
+            requests_sent=c.requests_sent,
+            successes=c.successes,
+            empty=c.empty,
+            failures=c.failures,
+            rate_limited=c.rate_limited,
+            retries=c.retries,
+            credits_spent=c.credits_spent,
+            current_qps=(
+                snapshot.current_qps
+                if snapshot is not None
+                else (self._config.qps and self._config.qps * (1 - self._config.rate_margin))
+            ),
+            cooldown_remaining=snapshot.cooldown_remaining if snapshot is not None else 0.0,
+        )
+
+    async def fetch_user_stories(
+        self, *, username: str | None = None, user_id: str | int | None = None
+    ) -> Reel:
+        """Fetch one account's active stories; give exactly one of username or user_id.
+
+        Returns the typed reel (``reel.is_empty`` when the account has no
+        active stories). Raises :class:`~keyapi_async.InvalidTargetError`
+        before sending anything for bad input, or the error the API (or the
+        network) ended with once retries are used up.
+        """
+        target = from_arguments(username, user_id)
+        outcome = await self._fetch(target)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.reel is not None
+        return outcome.reel
+
+    def fetch_many(
+        self,
+        targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
+        *,
+        ordered: bool = False,
+    ) -> StoryBatch:
+        """Fetch many accounts concurrently; iterate the result for one StoryResult per target.
+
+        See :class:`~keyapi_async.StoryBatch` for the guarantees.
+        """
+        from ._batch import StoryBatch
+
+        self._require_open()
+        return StoryBatch(self, targets, ordered=ordered)
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (
+            f"KeyAPIClient(base_url={c.base_url!r}, api_key={c.api_key!r}, qps={c.qps}, "
+            f"concurrency={c.concurrency}, state={self._state!r})"
+        )
+
+    # -- internals shared with the batch engine ----------------------------------
+
+    def _spawn_batch(self, runner: StoryBatch) -> None:
+        if self._task_group is None:
+            self._require_open()
+        assert self._task_group is not None
+        self._task_group.start_soon(runner._run, name="keyapi-batch")
+
+    def _reserve_credit(self) -> bool:
+        limit = self._config.max_credits
+        if limit is None:
+            return True
+        c = self._counters
+        if c.credits_spent + c.credits_reserved + CREDITS_PER_REQUEST > limit:
+            return False
+        c.credits_reserved += CREDITS_PER_REQUEST
+        return True
+
+    async def _fetch(self, target: Target, halt: _Halt | None = None) -> _Outcome:
+        """Fetch one target with retries; never raises a KeyAPIError (returns it)."""
+        gate, transport = self._require_open()
+        counters = self._counters
+        policy = self._config.retry
+        budgeted = self._config.max_credits is not None
+        rendered = str(target)
+        attempt = 0
+        last_error: KeyAPIError | None = None
+        while True:
+            stop = halt.reason if halt is not None else None
+            if stop is None and not self._reserve_credit():
+                stop = NotAttemptedError("credit budget reached", target=rendered)
+            if stop is not None:
+                if last_error is not None:
+                    return _Outcome(None, last_error, attempt)
+                return _Outcome(
+                    None, NotAttemptedError(stop.reason, target=rendered, cause=stop.cause), 0
+                )
+            attempt += 1
+            if attempt > 1:
+                counters.retries += 1
+            async with gate.slot() as ticket:
+                counters.requests_sent += 1
+                try:
+                    raw = await transport.send(self._builder.build(target), target=rendered)
+                    reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
+                except KeyAPIError as error:
+                    last_error = error
+                    if not isinstance(error, RateLimitError):
+                        gate.accepted(ticket)
+                else:
+                    gate.accepted(ticket)
+                    if budgeted:
+                        counters.credits_reserved -= CREDITS_PER_REQUEST
+                    counters.credits_spent += CREDITS_PER_REQUEST
+                    counters.successes += 1
+                    if not reel.items:
+                        counters.empty += 1
+                    return _Outcome(reel, None, attempt)
+                if budgeted:
+                    counters.credits_reserved -= CREDITS_PER_REQUEST
+                delay = policy.delay_for(attempt, last_error)
+                if isinstance(last_error, RateLimitError):
+                    counters.rate_limited += 1
+                    # Even a target out of retries makes everyone else pause.
+                    cooldown = delay if delay is not None else policy.wait_for(attempt, last_error)
+                    gate.throttled(ticket, cooldown)
+            if halt is not None and isinstance(
+                last_error, (AuthenticationError, InsufficientCreditsError)
+            ):
+                halt.stop(last_error)
+            if delay is None:
+                counters.failures += 1
+                return _Outcome(None, last_error, attempt)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+class _Halt:
+    """A batch-wide stop signal: once set, no new request is sent for that batch."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: NotAttemptedError | None = None
+
+    def stop(self, cause: KeyAPIError) -> None:
+        if self.reason is not None:
+            return
+        why = (
+            "credits exhausted"
+            if isinstance(cause, InsufficientCreditsError)
+            else "authentication failed"
+        )
+        self.reason = NotAttemptedError(why, cause=cause)
+
+    def cancel(self, why: str) -> None:
+        if self.reason is None:
+            self.reason = NotAttemptedError(why)

@@ -1,0 +1,259 @@
+"""The exception tree of keyapi_async.
+
+Every error the client raises on purpose derives from :class:`KeyAPIError`::
+
+    KeyAPIError
+    ├── InvalidTargetError (also ValueError)   bad username/user id; nothing was sent
+    ├── ConfigurationError (also ValueError)   bad client settings, missing API key
+    ├── TransportError                         no usable HTTP answer: refused, reset,
+    │   └── RequestTimeoutError                timed out, body cut off mid-stream
+    ├── ResponseDecodeError                    an answer came but is not the API's JSON
+    │                                          (HTML page, empty or truncated body)
+    ├── APIStatusError                         the API said no (HTTP status and/or body code)
+    │   ├── BadRequestError                    400
+    │   ├── AuthenticationError                401 (missing or wrong key)
+    │   ├── InsufficientCreditsError           402 (quota exhausted)
+    │   ├── RateLimitError                     429 (``retry_after`` when the server sent one)
+    │   └── ServerError                        5xx
+    └── NotAttemptedError                      a batch target never sent, with the reason
+
+``retryable`` on each class says whether the retry policy may try again: rate
+limits, server errors, transport failures and undecodable bodies are transient;
+everything else would fail the same way again (and 401/402 would waste credits).
+
+No exception built here ever holds the API key: messages are built from the
+response body and the target only, and transport errors are raised ``from None``
+so that aiohttp exceptions (whose reprs can include request headers) are never
+chained in.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "InsufficientCreditsError",
+    "InvalidTargetError",
+    "KeyAPIError",
+    "NotAttemptedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseDecodeError",
+    "ServerError",
+    "TransportError",
+]
+
+
+class KeyAPIError(Exception):
+    """Base class of every error raised by keyapi_async.
+
+    ``target`` is the normalised target (``"javan"`` or ``"id:18527"``) the
+    error belongs to, or ``None`` when it is not about one target.
+    """
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, target: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.target = target
+
+    def __str__(self) -> str:
+        if self.target is None:
+            return self.message
+        return f"{self.message} (target: {self.target})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, target={self.target!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only constructors break the default pickling of exceptions,
+        # and errors cross process boundaries in users' worker pools.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[KeyAPIError], state: dict[str, object]) -> KeyAPIError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class InvalidTargetError(KeyAPIError, ValueError):
+    """A username or user id is malformed; no request was sent for it.
+
+    ``value`` is the input exactly as given, so the caller can report it.
+    """
+
+    def __init__(self, message: str, *, value: object) -> None:
+        super().__init__(message, target=None)
+        self.value = value
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.value!r}"
+
+    def __repr__(self) -> str:
+        return f"InvalidTargetError({self.message!r}, value={self.value!r})"
+
+
+class ConfigurationError(KeyAPIError, ValueError):
+    """A client setting is invalid or missing (for example no API key)."""
+
+
+class TransportError(KeyAPIError):
+    """No usable HTTP answer arrived: connection refused or reset, or a cut-off body."""
+
+    retryable = True
+
+
+class RequestTimeoutError(TransportError):
+    """The request did not complete within the configured timeout."""
+
+
+class ResponseDecodeError(KeyAPIError):
+    """An HTTP answer arrived but its body is not the API's JSON.
+
+    An HTML error page from a proxy, an empty body or truncated JSON all land
+    here, never as "no stories". ``status`` is the HTTP status and ``snippet``
+    the first bytes of the body (decoded leniently) to help diagnosis.
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        snippet: str = "",
+        request_id: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        super().__init__(message, target=target)
+        self.status = status
+        self.snippet = snippet
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return (
+            f"ResponseDecodeError({self.message!r}, status={self.status}, target={self.target!r})"
+        )
+
+
+class APIStatusError(KeyAPIError):
+    """The API answered with an error, by HTTP status and/or a non-zero body ``code``.
+
+    ``status`` is the HTTP status (a 200 whose body ``code`` is non-zero keeps
+    200 here), ``code`` the body's ``code`` (``None`` when the body had none),
+    ``request_id`` the body's ``requestId`` when present.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | None,
+        request_id: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        super().__init__(message, target=target)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        head = f"HTTP {self.status}"
+        if self.code is not None and self.code != self.status:
+            head += f" (code {self.code})"
+        text = f"{head}: {self.message}"
+        if self.request_id:
+            text += f" [request {self.request_id}]"
+        if self.target is not None:
+            text += f" (target: {self.target})"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status}, "
+            f"code={self.code}, request_id={self.request_id!r}, target={self.target!r})"
+        )
+
+
+class BadRequestError(APIStatusError):
+    """The API rejected the request's parameters (400)."""
+
+
+class AuthenticationError(APIStatusError):
+    """The API key is missing or wrong (401)."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """The account has no credits left (402)."""
+
+
+class RateLimitError(APIStatusError):
+    """The API's QPS limit was exceeded (429, by status or body code).
+
+    ``retry_after`` is the server's requested wait in seconds, or ``None``
+    when it sent none (or nothing usable).
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | None,
+        request_id: str | None = None,
+        target: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, request_id=request_id, target=target)
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimitError({self.message!r}, status={self.status}, code={self.code}, "
+            f"request_id={self.request_id!r}, target={self.target!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
+
+
+class ServerError(APIStatusError):
+    """The API failed on its side (5xx)."""
+
+    retryable = True
+
+
+class NotAttemptedError(KeyAPIError):
+    """A batch target that was never sent; ``reason`` says why.
+
+    ``reason`` is one of :data:`NOT_ATTEMPTED_REASONS`. ``cause`` is the error
+    that stopped the batch (a 401 or 402), when there was one.
+    """
+
+    def __init__(
+        self, reason: str, *, target: str | None = None, cause: KeyAPIError | None = None
+    ) -> None:
+        message = f"not attempted: {reason}"
+        if cause is not None:
+            message += f" ({type(cause).__name__}: {cause.message})"
+        super().__init__(message, target=target)
+        self.reason = reason
+        self.cause = cause
+
+
+#: Why a batch target may be left unsent.
+NOT_ATTEMPTED_REASONS = (
+    "authentication failed",
+    "credits exhausted",
+    "credit budget reached",
+    "batch stopped",
+)

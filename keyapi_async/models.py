@@ -1,0 +1,513 @@
+"""Typed msgspec models for keyapi.ai's Instagram ``fetch_user_stories`` response.
+
+The wire format is a keyapi envelope wrapped around Instagram's own reel
+object::
+
+    {"code": 0, "message": "success", "requestId": "...",
+     "data": {"data": {"additional_data": {...}, "count": 2, "items": [...]}}}
+
+which maps to ``StoriesEnvelope -> StoriesData -> Reel -> ReelInfo`` plus a
+list of ``StoryItem``.  Error bodies (``{"code": 402, "data": null,
+"message": "..."}``) decode with ``ErrorEnvelope``, which has no ``data`` field
+so whatever shape the server puts there cannot make the fallback decode fail.
+
+Design choices:
+
+* Decode once, straight into typed Structs.  A response is parsed by a single
+  pre-built ``msgspec.json.Decoder`` into these classes; there is no
+  intermediate ``dict`` tree and no second validation pass, which is what keeps
+  large concurrent batches cheap.  The decoders and the encoder are created at
+  import time because building them per call would redo the type analysis
+  every time.
+* Only fields a consumer of story data needs are modelled.  Instagram sends
+  well over a hundred keys per item; unknown keys are skipped by msgspec
+  without being materialised, so the model doubles as a projection and new
+  keys Instagram adds never break decoding.
+* Anything that may be missing has a default, so a sparse response still
+  decodes.  Nullable values are ``X | None = None``; flags default to ``False``
+  and lists to empty.
+* Identifiers are ``str`` (the API sends them as strings, and Instagram ids
+  exceed the range many JSON consumers handle exactly).  A numeric id is
+  rejected with ``msgspec.ValidationError`` rather than silently coerced.
+* Structs are frozen (safe to share between tasks and to cache) and
+  ``gc=False``: they hold no reference cycles, so leaving them out of the
+  cycle collector avoids GC pauses proportional to the number of decoded
+  objects in big batches.
+
+Timestamps stay as the raw Unix seconds Instagram sends; ``*_datetime``
+properties convert them to timezone-aware UTC ``datetime`` objects on demand.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+__all__ = [
+    "Caption",
+    "ErrorEnvelope",
+    "Hashtag",
+    "ImageCandidate",
+    "ImageVersions",
+    "Location",
+    "MusicAssetInfo",
+    "MusicInfo",
+    "MusicMetadata",
+    "Reel",
+    "ReelInfo",
+    "ReelMention",
+    "StoriesData",
+    "StoriesEnvelope",
+    "StoryComment",
+    "StoryHashtag",
+    "StoryItem",
+    "TaggedUser",
+    "User",
+    "VideoVersion",
+    "decode_envelope",
+    "decode_error_envelope",
+    "decode_reel",
+    "encode",
+]
+
+_MEDIA_TYPE_VIDEO = 2
+# Documented by keyapi ("Stories expire after 24 hours"); only used when an
+# item lacks its own ``expiring_at``.
+_STORY_LIFETIME = timedelta(hours=24)
+
+
+def _utc_from_timestamp(ts: int | None) -> datetime | None:
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        # An out-of-range value (e.g. milliseconds where seconds belong) must
+        # not make a convenience property blow up a whole batch loop.
+        return None
+
+
+def _utc_from_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # A naive string would otherwise compare unequal to every aware datetime;
+    # Instagram's timestamps are UTC.
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An Instagram user as embedded in reels, items, mentions and comments.
+
+    ``interop_messaging_user_fbid`` is deliberately not modelled: it is a large
+    integer nobody needs and would be the one numeric id in the model.
+    """
+
+    id: str | None = None
+    username: str | None = None
+    full_name: str | None = None
+    is_private: bool = False
+    is_verified: bool = False
+    profile_pic_id: str | None = None
+    profile_pic_url: str | None = None
+
+
+class ReelInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Reel-level metadata (the ``additional_data`` object)."""
+
+    id: str | None = None
+    reel_type: str | None = None
+    expiring_at: int | None = None
+    latest_reel_media: int | None = None
+    ad_expiry_timestamp_in_millis: int | None = None
+    is_archived: bool = False
+    can_reply: bool = False
+    can_reshare: bool = False
+    can_gif_quick_reply: bool = False
+    can_react_with_avatar: bool = False
+    show_expiration_tray_signal: bool = False
+    disabled_reply_types: list[str] = msgspec.field(default_factory=list)
+    user: User | None = None
+
+    @property
+    def expiring_at_datetime(self) -> datetime | None:
+        """When the reel expires, as an aware UTC datetime (None if unknown)."""
+        return _utc_from_timestamp(self.expiring_at)
+
+    @property
+    def latest_reel_media_datetime(self) -> datetime | None:
+        """When the newest story was posted, as an aware UTC datetime (None if unknown)."""
+        return _utc_from_timestamp(self.latest_reel_media)
+
+
+class ImageCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One rendition of a story image."""
+
+    url: str = ""
+    width: int = 0
+    height: int = 0
+    is_spatial_image: bool = False
+
+
+class ImageVersions(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The set of image renditions (``image_versions``)."""
+
+    items: list[ImageCandidate] = msgspec.field(default_factory=list)
+
+    @property
+    def best(self) -> ImageCandidate | None:
+        """The candidate with the most pixels that has a URL, or None."""
+        candidates = [c for c in self.items if c.url]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda c: c.width * c.height)
+
+
+class VideoVersion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One rendition of a story video (an entry of ``video_versions``)."""
+
+    type: int | None = None
+    width: int = 0
+    height: int = 0
+    url: str = ""
+    id: str | None = None
+
+
+class Hashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A hashtag referenced by a story sticker."""
+
+    id: str | None = None
+    name: str = ""
+
+
+class StoryHashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A hashtag sticker placed on a story.
+
+    Geometry is relative to the media (0..1).  Times are floats because
+    Instagram sends both ``0`` and ``0.0``, and an ``int`` field would reject
+    the latter and with it the whole response.
+    """
+
+    id: str | None = None
+    x: float = 0.0
+    y: float = 0.0
+    z: int | None = None
+    width: float = 0.0
+    height: float = 0.0
+    rotation: float = 0.0
+    start_time_ms: float | None = None
+    end_time_ms: float | None = None
+    hashtag: Hashtag = msgspec.field(default_factory=Hashtag)
+
+
+class ReelMention(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An @-mention sticker placed on a story."""
+
+    id: str | None = None
+    x: float = 0.0
+    y: float = 0.0
+    z: int | None = None
+    width: float = 0.0
+    height: float = 0.0
+    rotation: float = 0.0
+    start_time_ms: float | None = None
+    end_time_ms: float | None = None
+    display_type: str | None = None
+    user: User | None = None
+
+
+class TaggedUser(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A user tagged on the story media at relative position ``(x, y)``."""
+
+    user: User | None = None
+    x: float | None = None
+    y: float | None = None
+
+
+class StoryComment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A comment attached to a story (the owner's own text shows up here too)."""
+
+    id: str | None = None
+    text: str = ""
+    created_at: int | None = None
+    content_type: str | None = None
+    user_id: str | None = None
+    user: User | None = None
+
+    @property
+    def created_at_datetime(self) -> datetime | None:
+        """When the comment was written, as an aware UTC datetime (None if unknown)."""
+        return _utc_from_timestamp(self.created_at)
+
+
+class Caption(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A media caption (Instagram sends an object or ``null``).
+
+    Only the text fields are modelled: the caption object's ``user_id`` and
+    ``media_id`` are numeric ids in some API versions and would fail decoding.
+    """
+
+    text: str = ""
+    created_at: int | None = None
+    content_type: str | None = None
+
+
+class Location(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A place attached to a story."""
+
+    pk: str | None = None
+    id: str | None = None
+    name: str | None = None
+    short_name: str | None = None
+    address: str | None = None
+    city: str | None = None
+    lat: float | None = None
+    lng: float | None = None
+    external_source: str | None = None
+
+
+class MusicAssetInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Song details of a story's music track."""
+
+    title: str | None = None
+    display_artist: str | None = None
+    duration_in_ms: int | None = None
+    is_explicit: bool = False
+
+
+class MusicInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Wrapper Instagram puts around the song details."""
+
+    music_asset_info: MusicAssetInfo | None = None
+
+
+class MusicMetadata(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Music attached to a story (``music_metadata``)."""
+
+    music_canonical_id: str | None = None
+    audio_type: str | None = None
+    music_info: MusicInfo | None = None
+
+
+class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One story (image or video) in a user's reel.
+
+    ``id`` is the only required field: an item without one cannot be
+    addressed, deduplicated or downloaded, so it is better rejected loudly.
+    """
+
+    id: str
+    pk: str | None = None
+    code: str | None = None
+    fbid: str | None = None
+    taken_at: int | None = None
+    taken_at_date: str | None = None
+    expiring_at: int | None = None
+    media_type: int | None = None
+    media_format: str | None = None
+    product_type: str | None = None
+    is_video: bool = False
+    original_width: int | None = None
+    original_height: int | None = None
+    image_versions: ImageVersions | None = None
+    video_versions: list[VideoVersion] = msgspec.field(default_factory=list)
+    video_duration: float | None = None
+    has_audio: bool | None = None
+    thumbnail_url: str | None = None
+    caption: Caption | None = None
+    story_hashtags: list[StoryHashtag] = msgspec.field(default_factory=list)
+    reel_mentions: list[ReelMention] = msgspec.field(default_factory=list)
+    story_comments: list[StoryComment] = msgspec.field(default_factory=list)
+    tagged_users: list[TaggedUser] = msgspec.field(default_factory=list)
+    location: Location | None = None
+    music_metadata: MusicMetadata | None = None
+    user: User | None = None
+    owner: User | None = None
+    is_paid_partnership: bool = False
+    is_pinned: bool = False
+    can_reply: bool = False
+    can_reshare: bool = False
+
+    @property
+    def is_video_media(self) -> bool:
+        """Whether this story is a video, by either ``is_video`` or ``media_type == 2``."""
+        return self.is_video or self.media_type == _MEDIA_TYPE_VIDEO
+
+    @property
+    def best_image_url(self) -> str | None:
+        """URL of the largest (width x height) image rendition, or None."""
+        if self.image_versions is None:
+            return None
+        best = self.image_versions.best
+        return None if best is None else best.url
+
+    @property
+    def best_video_url(self) -> str | None:
+        """URL of the largest (width x height) video rendition, or None."""
+        candidates = [v for v in self.video_versions if v.url]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda v: v.width * v.height).url
+
+    @property
+    def best_media_url(self) -> str | None:
+        """URL of the story's own media: the best video for videos, else the best image.
+
+        A video without video renditions yields None rather than its poster
+        image, so a downloader never stores a still under a video's name.
+        """
+        if self.is_video_media:
+            return self.best_video_url
+        return self.best_image_url
+
+    @property
+    def taken_at_datetime(self) -> datetime | None:
+        """When the story was posted, as an aware UTC datetime (None if unknown).
+
+        Falls back to parsing ``taken_at_date`` when ``taken_at`` is missing.
+        """
+        if self.taken_at is not None:
+            return _utc_from_timestamp(self.taken_at)
+        return _utc_from_iso(self.taken_at_date)
+
+    @property
+    def expiring_at_datetime(self) -> datetime | None:
+        """When the story expires, as an aware UTC datetime (None if unknown)."""
+        return _utc_from_timestamp(self.expiring_at)
+
+    @property
+    def hashtag_names(self) -> list[str]:
+        """Names of the hashtag stickers, in wire order."""
+        return [h.hashtag.name for h in self.story_hashtags if h.hashtag.name]
+
+    @property
+    def mentioned_usernames(self) -> list[str]:
+        """Usernames of the @-mention stickers, in wire order."""
+        return [m.user.username for m in self.reel_mentions if m.user and m.user.username]
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """Return whether the story has expired at ``now`` (default: current time).
+
+        ``now`` must be timezone-aware.  Without ``expiring_at`` the documented
+        24-hour lifetime from ``taken_at`` is used; with neither known the
+        story is reported as not expired, since we cannot prove otherwise.
+        """
+        expires = self.expiring_at_datetime
+        if expires is None:
+            taken = self.taken_at_datetime
+            if taken is None:
+                return False
+            expires = taken + _STORY_LIFETIME
+        return (now if now is not None else datetime.now(UTC)) >= expires
+
+
+class Reel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A user's active stories: reel metadata plus the story items."""
+
+    additional_data: ReelInfo | None = None
+    count: int = 0
+    items: list[StoryItem] = msgspec.field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the reel has no story items (no active stories)."""
+        return not self.items
+
+    @property
+    def user(self) -> User | None:
+        """The reel's owner, from ``additional_data`` or else the first item."""
+        if self.additional_data is not None and self.additional_data.user is not None:
+            return self.additional_data.user
+        if self.items:
+            first = self.items[0]
+            return first.user or first.owner
+        return None
+
+    @property
+    def expiring_at_datetime(self) -> datetime | None:
+        """When the reel expires, as an aware UTC datetime (None if unknown)."""
+        if self.additional_data is None:
+            return None
+        return self.additional_data.expiring_at_datetime
+
+
+class StoriesData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The envelope's ``data`` object, which wraps the reel in another ``data``."""
+
+    data: Reel | None = None
+
+
+class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The full keyapi response for ``fetch_user_stories``."""
+
+    code: int
+    message: str = ""
+    data: StoriesData | None = None
+    request_id: str | None = msgspec.field(default=None, name="requestId")
+
+    @property
+    def ok(self) -> bool:
+        """Whether keyapi reported success (``code == 0``)."""
+        return self.code == 0
+
+    @property
+    def reel(self) -> Reel | None:
+        """The reel at ``data.data``, or None when either level is null."""
+        return None if self.data is None else self.data.data
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A keyapi error body.
+
+    There is intentionally no ``data`` field: error bodies carry ``null`` or
+    arbitrary objects there, and ignoring it means this fallback decode only
+    fails if ``code`` itself is unusable.
+    """
+
+    code: int
+    message: str = ""
+    request_id: str | None = msgspec.field(default=None, name="requestId")
+
+
+_ENVELOPE_DECODER = msgspec.json.Decoder(StoriesEnvelope)
+_ERROR_DECODER = msgspec.json.Decoder(ErrorEnvelope)
+_REEL_DECODER = msgspec.json.Decoder(Reel)
+_ENCODER = msgspec.json.Encoder()
+
+
+def decode_envelope(body: bytes) -> StoriesEnvelope:
+    """Decode a ``fetch_user_stories`` response body.
+
+    Raises ``msgspec.DecodeError`` for malformed JSON and
+    ``msgspec.ValidationError`` (a subclass) for JSON of the wrong shape.
+    """
+    return _ENVELOPE_DECODER.decode(body)
+
+
+def decode_error_envelope(body: bytes) -> ErrorEnvelope:
+    """Decode a keyapi error body, ignoring whatever ``data`` holds.
+
+    Raises ``msgspec.DecodeError``/``msgspec.ValidationError`` like
+    ``decode_envelope``.
+    """
+    return _ERROR_DECODER.decode(body)
+
+
+def decode_reel(body: bytes) -> Reel:
+    """Decode a bare reel object, e.g. one previously written with ``encode``.
+
+    Raises ``msgspec.DecodeError``/``msgspec.ValidationError`` like
+    ``decode_envelope``.
+    """
+    return _REEL_DECODER.decode(body)
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    """Encode a model (or any msgspec Struct) to JSON bytes using wire field names."""
+    return _ENCODER.encode(obj)
