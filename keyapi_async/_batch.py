@@ -128,8 +128,11 @@ class StoryBatch:
     after a 401 or 402, or :meth:`stop`, the rest a
     :class:`~keyapi_async.NotAttemptedError` saying why); duplicates after
     normalisation are fetched and reported once; with ``ordered=True``
-    results come in input order. Use ``async with`` (or call :meth:`aclose`)
-    to cancel deterministically when leaving early.
+    results come in input order.
+
+    Leaving the loop early cancels the batch as soon as this object is
+    dropped; use ``async with`` (or :meth:`aclose`) to cancel and wait for it
+    deterministically.
     """
 
     def __init__(
@@ -139,35 +142,20 @@ class StoryBatch:
         *,
         ordered: bool,
     ) -> None:
-        self._client = client
-        self._targets = targets
+        # The running tasks reference only the engine, never this handle, so
+        # dropping the handle (``break``) is what lets __del__ cancel them.
+        self._engine = _Engine(client, targets, ordered=ordered)
+        self._recv = self._engine.receiver
         self._ordered = ordered
-        workers = client.config.concurrency
-        self._workers = workers
-        self._send: MemoryObjectSendStream[StoryResult]
-        self._recv: MemoryObjectReceiveStream[StoryResult]
-        self._send, self._recv = anyio.create_memory_object_stream[StoryResult](workers)
-        # Ordered mode: the producer may run at most this far ahead of the
-        # caller, which bounds the reorder buffer.
-        self._window = asyncio.Semaphore(2 * workers) if ordered else None
         self._pending: dict[int, StoryResult] = {}
         self._next_index = 0
-        self._scope = anyio.CancelScope()
-        self._halt = _Halt()
-        self._failure: BaseException | None = None
-        self._started = False
-        self._finished = anyio.Event()
-        self.counts = BatchCounts()
-
-    # -- caller side -------------------------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[StoryResult]:
         return self
 
     async def __anext__(self) -> StoryResult:
-        if not self._started:
-            self._started = True
-            self._client._spawn_batch(self)
+        engine = self._engine
+        engine.start()
         if not self._ordered:
             result = await self._receive()
         else:
@@ -176,17 +164,16 @@ class StoryBatch:
                 self._pending[got.index] = got
             result = self._pending.pop(self._next_index)
             self._next_index += 1
-            assert self._window is not None
-            self._window.release()
-        self.counts.yielded += 1
+            engine.release_window()
+        engine.counts.yielded += 1
         return result
 
     async def _receive(self) -> StoryResult:
         try:
             return await self._recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._failure is not None:
-                raise self._failure from None
+            if self._engine.failure is not None:
+                raise self._engine.failure from None
             raise StopAsyncIteration from None
 
     async def __aenter__(self) -> Self:
@@ -202,35 +189,79 @@ class StoryBatch:
 
     async def aclose(self) -> None:
         """Cancel whatever is still running and wait until it has stopped."""
-        self._scope.cancel()
-        if self._started:
-            await self._finished.wait()
+        await self._engine.cancel_and_wait()
         self._recv.close()
 
     def stop(self, reason: str = "batch stopped") -> None:
         """Send no new requests; in-flight ones finish, the rest yield NotAttemptedError."""
-        self._halt.cancel(reason)
+        self._engine.halt.cancel(reason)
+
+    @property
+    def counts(self) -> BatchCounts:
+        """Running tallies: targets read, invalid, duplicates, results yielded."""
+        return self._engine.counts
 
     @property
     def stopped_reason(self) -> NotAttemptedError | None:
         """Why the batch stopped sending (401, 402, budget or :meth:`stop`), if it did."""
-        return self._halt.reason
+        return self._engine.halt.reason
 
     def __del__(self) -> None:
-        # Dropped mid-iteration (``break`` out of ``async for``): cancel now
-        # rather than when the client closes, so no more credits are spent.
-        if self._started and not self._finished.is_set():
+        # Dropped mid-iteration: cancel now rather than when the client
+        # closes, so that no more requests (and credits) are spent.
+        engine = self._engine
+        if engine.started and not engine.finished.is_set():
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
                 return  # no loop in this thread: the client's exit cancels it
-            self._scope.cancel()
+            engine.scope.cancel()
 
-    # -- engine side ---------------------------------------------------------------
 
-    async def _run(self) -> None:
+class _Engine:
+    """The producer and workers of one batch; owned by a task in the client's group."""
+
+    def __init__(
+        self,
+        client: KeyAPIClient,
+        targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
+        *,
+        ordered: bool,
+    ) -> None:
+        self._client = client
+        self._targets = targets
+        workers = client.config.concurrency
+        self._workers = workers
+        self._send: MemoryObjectSendStream[StoryResult]
+        self.receiver: MemoryObjectReceiveStream[StoryResult]
+        self._send, self.receiver = anyio.create_memory_object_stream[StoryResult](workers)
+        # Ordered mode: the producer may run at most this far ahead of the
+        # caller, which bounds the caller's reorder buffer.
+        self._window = asyncio.Semaphore(2 * workers) if ordered else None
+        self.scope = anyio.CancelScope()
+        self.halt = _Halt()
+        self.failure: BaseException | None = None
+        self.started = False
+        self.finished = anyio.Event()
+        self.counts = BatchCounts()
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._client._spawn_batch(self.run)
+
+    def release_window(self) -> None:
+        if self._window is not None:
+            self._window.release()
+
+    async def cancel_and_wait(self) -> None:
+        self.scope.cancel()
+        if self.started:
+            await self.finished.wait()
+
+    async def run(self) -> None:
         try:
-            with self._scope:
+            with self.scope:
                 async with self._send:
                     work_send, work_recv = anyio.create_memory_object_stream[_Work](self._workers)
                     async with anyio.create_task_group() as group:
@@ -242,11 +273,11 @@ class StoryBatch:
                             try:
                                 await self._produce(work_send)
                             except Exception as exc:  # the caller's iterable raised
-                                self._failure = exc
+                                self.failure = exc
         except Exception as exc:
-            self._failure = exc
+            self.failure = exc
         finally:
-            self._finished.set()
+            self.finished.set()
 
     async def _produce(self, work_send: MemoryObjectSendStream[_Work]) -> None:
         seen: set[str] = set()
@@ -284,7 +315,7 @@ class StoryBatch:
             started = clock()
             rendered = str(work.target)
             try:
-                outcome = await fetch(work.target, self._halt)
+                outcome = await fetch(work.target, self.halt)
             except Exception as exc:
                 # A bug must not lose the target: record it as its outcome.
                 error = KeyAPIError(f"internal error: {type(exc).__name__}: {exc}", target=rendered)

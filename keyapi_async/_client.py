@@ -10,10 +10,10 @@ lowers the rate for all of them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 import anyio
@@ -31,7 +31,7 @@ from ._errors import (
 from ._ratelimit import RateGate
 from ._sansio import RequestBuilder, parse_response
 from ._targets import Target, TargetLike, from_arguments
-from ._transport import AiohttpTransport
+from ._transport import AiohttpTransport, Transport
 from .models import Reel
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class KeyAPIClient:
             user_agent=agent,
         )
         self._counters = _Counters()
-        self._transport: AiohttpTransport | None = None
+        self._transport: Transport | None = None
         self._gate: RateGate | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._state = "new"
@@ -175,24 +175,29 @@ class KeyAPIClient:
         self._gate = RateGate(
             qps=config.qps, concurrency=config.concurrency, margin=config.rate_margin
         )
-        if self._user_session is None:
-            self._transport = AiohttpTransport.create(
-                pool_size=config.concurrency,
-                timeout=config.timeout,
-                connect_timeout=config.connect_timeout,
-            )
-        else:
-            self._transport = AiohttpTransport(
-                self._user_session,
-                timeout=config.timeout,
-                connect_timeout=config.connect_timeout,
-                owns_session=False,
-            )
+        self._transport = self._open_transport()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         self._state = "open"
         return self
+
+    def _open_transport(self) -> Transport:
+        # The one seam between the client and the network: tests of timing
+        # logic override it with an in-memory server on a virtual clock.
+        config = self._config
+        if self._user_session is None:
+            return AiohttpTransport.create(
+                pool_size=config.concurrency,
+                timeout=config.timeout,
+                connect_timeout=config.connect_timeout,
+            )
+        return AiohttpTransport(
+            self._user_session,
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            owns_session=False,
+        )
 
     async def __aexit__(
         self,
@@ -219,7 +224,7 @@ class KeyAPIClient:
             await self.__aexit__(None, None, None)
         self._state = "closed"
 
-    def _require_open(self) -> tuple[RateGate, AiohttpTransport]:
+    def _require_open(self) -> tuple[RateGate, Transport]:
         if self._state != "open" or self._gate is None or self._transport is None:
             raise RuntimeError(
                 f"KeyAPIClient is {self._state}: use `async with KeyAPIClient(...) as client:`"
@@ -295,11 +300,11 @@ class KeyAPIClient:
 
     # -- internals shared with the batch engine ----------------------------------
 
-    def _spawn_batch(self, runner: StoryBatch) -> None:
+    def _spawn_batch(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         if self._task_group is None:
             self._require_open()
         assert self._task_group is not None
-        self._task_group.start_soon(runner._run, name="keyapi-batch")
+        self._task_group.start_soon(run, name="keyapi-batch")
 
     def _reserve_credit(self) -> bool:
         limit = self._config.max_credits
@@ -358,7 +363,7 @@ class KeyAPIClient:
                     counters.rate_limited += 1
                     # Even a target out of retries makes everyone else pause.
                     cooldown = delay if delay is not None else policy.wait_for(attempt, last_error)
-                    gate.throttled(ticket, cooldown)
+                    gate.throttled(ticket, cooldown, server_said=last_error.retry_after is not None)
             if halt is not None and isinstance(
                 last_error, (AuthenticationError, InsufficientCreditsError)
             ):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -69,14 +70,17 @@ class Secret:
         raise TypeError("the API key is not picklable")
 
 
-def _number(name: str, value: object, *, minimum: float, allow_none: bool = False) -> None:
+def _number(
+    name: str, value: object, *, allow_zero: bool = False, allow_none: bool = False
+) -> None:
+    """Require a finite number > 0 (or >= 0 with ``allow_zero``), naming ``name`` if not."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < minimum or (minimum == 0 and value == 0):
-        bound = "> 0" if minimum == 0 else f">= {minimum}"
-        raise ConfigurationError(f"{name} must be {bound}, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def _resolve_key(api_key: str | None) -> Secret:
@@ -95,19 +99,30 @@ def _resolve_key(api_key: str | None) -> Secret:
     return Secret(key)
 
 
+def _shown(url: str) -> str:
+    """``url`` without its userinfo, query and fragment (they may hold secrets), for messages."""
+    head = re.split(r"[?#]", url, maxsplit=1)[0]
+    return re.sub(r"//[^/@]*@", "//***@", head)
+
+
 def _resolve_base_url(base_url: str | None) -> str:
     if base_url is None:
         base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     if not isinstance(base_url, str):
         raise ConfigurationError(f"base_url must be a string, got {base_url!r}")
-    parts = urlsplit(base_url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
+    text = base_url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - parsed lazily; raises ValueError when out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"base_url must be an http(s) URL, got {_shown(text)!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
-            f"base_url must not carry a query, fragment or credentials, got {base_url!r}"
+            f"base_url must not carry a query, fragment or credentials, got {_shown(text)!r}"
         )
-    return base_url.strip().rstrip("/")
+    return text.rstrip("/")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,12 +162,12 @@ class ClientConfig:
         user_agent: str = "",
     ) -> ClientConfig:
         """Validate every argument, naming the bad one, and apply env fallbacks."""
-        _number("timeout", timeout, minimum=0)
-        _number("connect_timeout", connect_timeout, minimum=0)
-        _number("qps", qps, minimum=0, allow_none=True)
+        _number("timeout", timeout)
+        _number("connect_timeout", connect_timeout)
+        _number("qps", qps, allow_none=True)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        _number("rate_margin", rate_margin, minimum=0.0)
+        _number("rate_margin", rate_margin, allow_zero=True)
         if rate_margin >= 0.5:
             raise ConfigurationError(f"rate_margin must be below 0.5, got {rate_margin!r}")
         if max_credits is not None and (
@@ -161,6 +176,11 @@ class ClientConfig:
             raise ConfigurationError(f"max_credits must be an int >= 0, got {max_credits!r}")
         if not isinstance(user_agent, str) or not user_agent.isprintable():
             raise ConfigurationError(f"user_agent must be printable text, got {user_agent!r}")
+        # RetryPolicy lets NaN through (NaN < 0 is false), which would silently
+        # turn backoff off; every float the client gets must be finite.
+        _number("backoff_base", backoff_base, allow_zero=True)
+        _number("backoff_cap", backoff_cap, allow_zero=True)
+        _number("retry_after_cap", retry_after_cap, allow_zero=True)
         try:
             retry = RetryPolicy(
                 max_attempts=max_attempts,

@@ -22,9 +22,10 @@ limits, server errors, transport failures and undecodable bodies are transient;
 everything else would fail the same way again (and 401/402 would waste credits).
 
 No exception built here ever holds the API key: messages are built from the
-response body and the target only, and transport errors are raised ``from None``
-so that aiohttp exceptions (whose reprs can include request headers) are never
-chained in.
+response body and the target only, and transport errors are raised outside the
+``except`` clause that caught aiohttp's exception, so that it (whose repr can
+include the request headers) is chained in neither as ``__cause__`` nor as
+``__context__``.
 """
 
 from __future__ import annotations

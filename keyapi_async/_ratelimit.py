@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -96,20 +95,22 @@ class AdaptiveRate:
             return self.ceiling
         return rate
 
-    def throttled(self, now: float, accepted_in_window: int) -> float:
+    def throttled(self, now: float, accepted_in_window: int, sent_in_window: int) -> float | None:
         """Record a 429 at ``now``; returns the new rate.
 
-        ``accepted_in_window`` is how many of our requests were sent in the
-        window before the throttled one (what the server let through).
+        ``sent_in_window`` is how many of our requests went out in the window
+        before the throttled one, ``accepted_in_window`` how many of those the
+        server let through. With nothing sent before it a 429 says nothing
+        about our rate (another client on the same key, a blip): the rate is
+        left alone and only the cooldown applies.
         """
         current = self.current(now)
-        rate = math.inf if current is None else current
+        if sent_in_window <= 0:
+            return current
+        # Unlimited so far: what we actually sent is the rate that tripped it.
+        rate = float(sent_in_window) if current is None else current
         learned = accepted_in_window * (1 - self.margin) if accepted_in_window > 0 else math.inf
-        w_max = min(rate, learned)
-        if math.isinf(w_max):
-            # No ceiling and nothing sent before: start from the floor's
-            # neighbourhood rather than from infinity.
-            w_max = max(self.floor, float(accepted_in_window))
+        w_max = max(self.floor, min(rate, learned))
         new = max(self.floor, min(rate * self.beta, w_max))
         self._w_max = max(new, w_max)
         self._k = ((self._w_max - new) / self.scale) ** (1 / 3)
@@ -157,8 +158,10 @@ class Ticket:
 class RateGate:
     """Admission control shared by every request of one client (see module docstring).
 
-    Build it inside the running event loop (aiolimiter binds to the loop that
-    first uses it). ``clock`` must be the clock ``sleep`` waits on.
+    Build it inside the running event loop: aiolimiter binds to the loop that
+    first uses it, and the gate reads that loop's clock (the one
+    :func:`asyncio.sleep` waits on), so a loop with a virtual clock drives
+    the whole gate in tests.
     """
 
     def __init__(
@@ -167,9 +170,9 @@ class RateGate:
         qps: float | None,
         concurrency: int,
         margin: float = 0.05,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._clock = clock
+        self._clock = asyncio.get_running_loop().time
+        self._margin = margin
         self._inflight = asyncio.Semaphore(concurrency)
         paced = None if qps is None else qps * (1 - margin)
         self._adaptive = AdaptiveRate(paced, margin=margin)
@@ -177,8 +180,10 @@ class RateGate:
         self._limiter = None if paced is None else AsyncLimiter(1, 1.0 / paced)
         self._cooldown_until = -math.inf
         self._last_cut = -math.inf
-        # Send times of requests the server accepted (answered with anything
-        # but a 429), to learn its cap from what it let through.
+        # Send times of all requests, and of those the server accepted
+        # (answered with anything but a 429): what we sent and what it let
+        # through in the window before a 429 is how the rate is learned.
+        self._sent: deque[float] = deque(maxlen=4096)
         self._accepted: deque[float] = deque(maxlen=4096)
         self.throttles = 0
 
@@ -208,28 +213,40 @@ class RateGate:
                 # A 429 arrived while we waited: that turn is forfeit.
                 continue
             ticket.sent_at = now
+            self._sent.append(now)
             return
 
     def accepted(self, ticket: Ticket) -> None:
         """Report that the request behind ``ticket`` was not rate limited."""
         self._accepted.append(ticket.sent_at)
 
-    def throttled(self, ticket: Ticket, delay: float) -> None:
+    def throttled(self, ticket: Ticket, delay: float, *, server_said: bool = False) -> None:
         """Report a 429 for the request behind ``ticket``: pause everyone, slow down.
+
+        ``delay`` is the wait the retry policy chose; ``server_said`` tells
+        whether it came from the server's Retry-After. When it did not, the
+        pause lasts at least until the oldest request the server accepted in
+        the throttled request's window has aged out of it (plus the margin):
+        before then the window is still full and any request would be
+        rejected again, costing another round trip and another rate cut.
 
         Only a 429 for a request sent after the last cut lowers the rate again;
         others were paced at the old rate and say nothing new.
         """
         now = self._clock()
         self.throttles += 1
-        if delay > 0:
-            self._cooldown_until = max(self._cooldown_until, now + delay)
-            self._pacer.delay_until(self._cooldown_until)
-        if ticket.sent_at <= self._last_cut:
-            return
         sent = ticket.sent_at
-        accepted = sum(1 for t in self._accepted if sent - WINDOW <= t < sent)
-        self._adaptive.throttled(now, accepted)
+        in_window = [t for t in self._accepted if sent - WINDOW <= t < sent]
+        until = now + delay
+        if not server_said and in_window:
+            until = max(until, min(in_window) + WINDOW * (1 + self._margin))
+        if until > now:
+            self._cooldown_until = max(self._cooldown_until, until)
+            self._pacer.delay_until(self._cooldown_until)
+        if sent <= self._last_cut:
+            return
+        sent_before = sum(1 for t in self._sent if sent - WINDOW <= t < sent)
+        self._adaptive.throttled(now, len(in_window), sent_before)
         self._last_cut = now
 
     def snapshot(self) -> GateSnapshot:

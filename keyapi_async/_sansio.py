@@ -20,6 +20,7 @@ How an answer is judged:
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 from collections.abc import Mapping
@@ -148,8 +149,9 @@ def _seconds_until_http_date(text: str, now: float | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        # RFC 9110 dates are always GMT; a zone-less parse means GMT too.
-        return None
+        # RFC 9110 dates are always GMT; a zone-less parse (the asctime form
+        # ``Sun Nov  6 08:49:37 1994``, or ``-0000``) means GMT too.
+        when = when.replace(tzinfo=datetime.UTC)
     if now is None:
         import time
 

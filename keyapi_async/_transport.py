@@ -1,23 +1,29 @@
 """The only module that touches aiohttp: send one request, return status, headers and body.
 
 Every aiohttp failure becomes a :class:`~keyapi_async.TransportError` raised
-``from None``: aiohttp's own exceptions can carry request headers (and with
-them the API key) in their reprs, so they are never chained into ours. Only
+after the ``except`` clause has ended: aiohttp's own exceptions can carry
+request headers (and with them the API key) in their reprs, so they are never
+chained into ours, neither as ``__cause__`` nor as ``__context__``. Only
 their class name and, for connection errors, their text (host and OS error)
 are kept.
+
+Each request passes ``raise_for_status=False`` and ``allow_redirects=False``
+itself, so a caller's session configured otherwise cannot turn an API error
+answer into a transport error or send the key on to a redirect target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
 from ._errors import RequestTimeoutError, TransportError
 from ._sansio import Request
 
-__all__ = ["AiohttpTransport", "RawResponse"]
+__all__ = ["AiohttpTransport", "RawResponse", "Transport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,18 @@ class RawResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+class Transport(Protocol):
+    """What the client needs from a transport: send one request, close."""
+
+    async def send(self, request: Request, *, target: str | None = None) -> RawResponse:
+        """Send ``request``; return the answer or raise a TransportError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
 
 
 class AiohttpTransport:
@@ -67,32 +85,37 @@ class AiohttpTransport:
 
     async def send(self, request: Request, *, target: str | None = None) -> RawResponse:
         """Send ``request`` and read the whole body, or raise a TransportError."""
+        error: TransportError
         try:
             async with self._session.request(
                 request.method,
                 request.url,
                 headers=request.headers,
                 allow_redirects=False,
+                raise_for_status=False,
                 timeout=self._timeout,
             ) as response:
                 body = await response.read()
                 return RawResponse(response.status, response.headers, body)
         except TimeoutError:
-            raise RequestTimeoutError(
+            error = RequestTimeoutError(
                 f"no complete answer within {self._timeout.total} s", target=target
-            ) from None
+            )
         except aiohttp.ClientPayloadError:
-            raise TransportError(
+            error = TransportError(
                 "connection closed before the whole response body arrived", target=target
-            ) from None
+            )
         except aiohttp.ClientConnectionError as exc:
-            raise TransportError(
+            error = TransportError(
                 f"connection failed: {type(exc).__name__}: {_safe_text(exc)}", target=target
-            ) from None
+            )
         except aiohttp.ClientError as exc:
-            raise TransportError(
-                f"HTTP client error: {type(exc).__name__}", target=target
-            ) from None
+            error = TransportError(f"HTTP client error: {type(exc).__name__}", target=target)
+        # Raised here, with no exception being handled, so that not even
+        # ``__context__`` refers to aiohttp's exception (``raise ... from None``
+        # only hides it from tracebacks; a ClientResponseError's repr shows
+        # the request headers, Authorization included).
+        raise error
 
     @property
     def closed(self) -> bool:

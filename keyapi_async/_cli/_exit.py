@@ -1,0 +1,47 @@
+"""The process exit statuses of ``keyapi-stories`` (documented in ``--help``)."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["EXIT_CODES_HELP", "CLIError", "ExitCode"]
+
+
+class ExitCode(enum.IntEnum):
+    """What the exit status of a ``keyapi-stories`` run means."""
+
+    OK = 0
+    """Every target ended ``ok`` or ``empty`` (including ones done by an earlier run)."""
+    FAILED = 1
+    """Some targets ended ``error`` or ``not_attempted``, or input lines were invalid."""
+    USAGE = 2
+    """Bad command line, unreadable input or ledger, no API key, or OUT exists."""
+    STOPPED = 3
+    """The API answered 401 (bad key) or 402 (credits exhausted); the rest were not sent."""
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C (SIGINT) or SIGTERM; everything finished was written."""
+
+
+EXIT_CODES_HELP = """\
+exit status:
+  0    every target ended ok or empty
+  1    some targets failed (error / not_attempted) or some input lines were invalid
+  2    usage or input error: bad arguments, unreadable input or ledger, no API key
+       (set KEYAPI_API_KEY or use --api-key-file), OUT exists without --resume/--overwrite
+  3    stopped early: the API answered 401 (bad key) or 402 (credits exhausted)
+  130  interrupted (Ctrl-C / SIGTERM); finished results are in OUT, run with --resume
+"""
+
+
+class CLIError(Exception):
+    """A problem to report in one line on stderr, ending the run with ``code``.
+
+    Raised for usage and input errors found after argparse has finished
+    (unreadable files, a missing key, a corrupt ledger); ``main`` prints the
+    message and returns the code instead of showing a traceback.
+    """
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code

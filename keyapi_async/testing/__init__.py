@@ -1,0 +1,36 @@
+"""An offline emulator of keyapi.ai's Instagram ``fetch_user_stories`` API.
+
+A real :mod:`aiohttp.web` server on a loopback port that answers
+``GET /v1/instagram/fetch_user_stories`` like the real service: Bearer-key
+authentication, parameter validation, a QPS window, a credit quota and
+deterministic synthetic story reels, plus injectable faults (5xx, HTML error
+pages, error codes inside HTTP 200, truncated or empty bodies, connection
+resets, slow answers). Use it for offline tests, demos and benchmarks::
+
+    import aiohttp
+    from keyapi_async.testing import DEFAULT_TEST_KEY, EmulatorConfig, Fault, run_emulator
+
+    config = EmulatorConfig(qps=5, fault_script={"username:javan": [Fault.SERVER_ERROR]})
+    async with run_emulator(config) as emu, aiohttp.ClientSession() as session:
+        url = f"{emu.base_url}/v1/instagram/fetch_user_stories"
+        headers = {"Authorization": f"Bearer {DEFAULT_TEST_KEY}"}
+        async with session.get(url, params={"username": "javan"}, headers=headers) as resp:
+            assert resp.status == 500  # scripted; the next request succeeds
+        assert emu.count(status=500) == 1
+
+From the shell, ``python -m keyapi_async.testing --qps 10`` prints
+``KEYAPI_BASE_URL=http://127.0.0.1:PORT`` and serves until interrupted.
+"""
+
+from ._app import Emulator, RequestRecord
+from ._config import DEFAULT_TEST_KEY, EmulatorConfig, Fault
+from ._runner import run_emulator
+
+__all__ = [
+    "DEFAULT_TEST_KEY",
+    "Emulator",
+    "EmulatorConfig",
+    "Fault",
+    "RequestRecord",
+    "run_emulator",
+]

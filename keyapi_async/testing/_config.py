@@ -1,0 +1,190 @@
+"""Configuration of the emulator: :class:`EmulatorConfig` and the :class:`Fault` catalogue."""
+
+from __future__ import annotations
+
+import enum
+import math
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_TEST_KEY", "EmulatorConfig", "Fault"]
+
+DEFAULT_TEST_KEY = "sk_test_emulator_key"
+"""An obviously fake API key that a default :class:`EmulatorConfig` accepts."""
+
+# Probabilities are summed as floats, so allow for rounding (e.g. 0.1 + 0.2 + 0.7).
+_RATE_SUM_TOLERANCE = 1e-9
+
+
+class Fault(enum.Enum):
+    """A misbehaviour the emulator can inject instead of a normal answer.
+
+    The values are the names accepted on the command line
+    (``python -m keyapi_async.testing --fault-rate server_error=0.1``).
+    """
+
+    SERVER_ERROR = "server_error"
+    """HTTP 500 with the JSON body ``{"code": 500, ..., "message": "Internal server error"}``."""
+
+    BAD_GATEWAY_HTML = "bad_gateway_html"
+    """HTTP 502 with an nginx-like ``text/html`` page instead of JSON."""
+
+    ERROR_CODE_200 = "error_code_200"
+    """HTTP 200 whose JSON body carries ``code`` 500 and ``data`` null."""
+
+    RATE_LIMIT_200 = "rate_limit_200"
+    """HTTP 200 whose JSON body carries ``code`` 429 ``"qps limit exceeded"``."""
+
+    RATE_LIMIT = "rate_limit"
+    """HTTP 429 ``"qps limit exceeded"`` (with ``Retry-After`` when enabled)."""
+
+    TRUNCATED = "truncated"
+    """HTTP 200 JSON whose body is the first half of the real body (matching Content-Length)."""
+
+    EMPTY = "empty"
+    """HTTP 200 ``application/json`` with an empty body."""
+
+    RESET = "reset"
+    """Headers announce the full body, half of it is written, then the connection is aborted."""
+
+    SLOW = "slow"
+    """Wait :attr:`EmulatorConfig.slow_seconds`, then answer normally."""
+
+
+def _coerce_fault(value: Fault | str, field_name: str) -> Fault:
+    try:
+        return Fault(value)
+    except ValueError:
+        names = ", ".join(f.value for f in Fault)
+        raise ValueError(
+            f"{field_name}: unknown fault {value!r} (expected one of {names})"
+        ) from None
+
+
+def _check_non_negative(value: float, field_name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field_name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{field_name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmulatorConfig:
+    """How the emulator behaves; immutable, validated on construction.
+
+    Use :func:`dataclasses.replace` to derive a variant, and assign it to
+    :attr:`Emulator.config <keyapi_async.testing.Emulator.config>` to change a
+    running emulator from the next request on.
+
+    Mappings are copied into read-only views and fault names given as strings
+    are converted to :class:`Fault`, so the config cannot change behind the
+    emulator's back. Invalid values raise :class:`ValueError` naming the field.
+    """
+
+    # Kept out of repr() so configs can be logged or shown in test failures safely.
+    api_keys: frozenset[str] = field(default=frozenset({DEFAULT_TEST_KEY}), repr=False)
+    """Bearer tokens that are accepted; any other token gets 401 ``"apiKey is invalid"``."""
+
+    qps: float | None = None
+    """Accepted-request cap per sliding one-second window (``None``: no cap).
+
+    A request is rejected with 429 when ``floor(qps)`` requests were already
+    accepted in the preceding 1.0 s. For ``qps < 1`` the window is stretched
+    to ``1 / qps`` seconds holding one request. Rejected requests do not
+    occupy the window.
+    """
+
+    retry_after: bool = True
+    """Whether 429 answers carry a ``Retry-After`` header (whole seconds, at least 1)."""
+
+    credits: int | None = None
+    """Starting quota (``None``: unlimited). Each code-0 answer costs 2 credits;
+    with fewer than 2 left the answer is 402 ``"apiKey quota is not enough"``."""
+
+    fault_rates: Mapping[Fault, float] = field(default_factory=dict)
+    """Per-request probability of each fault, drawn from ``random.Random(seed)``; sum <= 1."""
+
+    fault_script: Mapping[str, Sequence[Fault]] = field(default_factory=dict)
+    """Per target key (``"username:javan"`` / ``"user_id:18527"``), the faults applied
+    to that target's 1st, 2nd, ... request that reaches the fault stage; afterwards
+    the target behaves normally. Scripted faults take precedence over random ones."""
+
+    slow_seconds: float = 2.0
+    """How long :attr:`Fault.SLOW` waits before answering."""
+
+    latency: float = 0.0
+    """Delay added before every answer, in seconds."""
+
+    seed: int = 0
+    """Seed for the synthetic data, the random faults and the ``requestId`` values."""
+
+    empty_ratio: float = 0.2
+    """Share of targets that have no active stories."""
+
+    def __post_init__(self) -> None:
+        """Validate every field and normalise the containers."""
+        if isinstance(self.api_keys, str | bytes):
+            raise ValueError("api_keys must be a collection of keys, not a single string")
+        try:
+            key_set = frozenset(self.api_keys)
+        except TypeError:
+            raise ValueError("api_keys must be a collection of strings") from None
+        if not key_set:
+            raise ValueError("api_keys must contain at least one key")
+        for key in key_set:
+            # Keys are secrets-shaped, so never echo them in the message.
+            if not isinstance(key, str) or not key or key != key.strip() or " " in key:
+                raise ValueError("api_keys must be non-empty strings without whitespace")
+        object.__setattr__(self, "api_keys", key_set)
+
+        if self.qps is not None:
+            _check_non_negative(self.qps, "qps")
+            if self.qps == 0:
+                raise ValueError("qps must be > 0 (use None for no cap)")
+
+        if not isinstance(self.retry_after, bool):
+            raise ValueError(f"retry_after must be a bool, got {self.retry_after!r}")
+
+        if self.credits is not None and (
+            isinstance(self.credits, bool) or not isinstance(self.credits, int) or self.credits < 0
+        ):
+            raise ValueError(f"credits must be an int >= 0 or None, got {self.credits!r}")
+
+        rates: dict[Fault, float] = {}
+        if not isinstance(self.fault_rates, Mapping):
+            raise ValueError("fault_rates must be a mapping of Fault to probability")
+        for raw_fault, rate in self.fault_rates.items():
+            fault = _coerce_fault(raw_fault, "fault_rates")
+            _check_non_negative(rate, f"fault_rates[{fault.value}]")
+            if rate > 1:
+                raise ValueError(f"fault_rates[{fault.value}] must be <= 1, got {rate!r}")
+            rates[fault] = float(rate)
+        if sum(rates.values()) > 1 + _RATE_SUM_TOLERANCE:
+            raise ValueError(f"fault_rates must sum to <= 1, got {sum(rates.values())!r}")
+        object.__setattr__(self, "fault_rates", types.MappingProxyType(rates))
+
+        script: dict[str, tuple[Fault, ...]] = {}
+        if not isinstance(self.fault_script, Mapping):
+            raise ValueError("fault_script must be a mapping of target key to faults")
+        for target, faults in self.fault_script.items():
+            kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
+            if not sep or not value or kind not in ("username", "user_id"):
+                raise ValueError(
+                    f"fault_script keys must look like 'username:NAME' or 'user_id:DIGITS', "
+                    f"got {target!r}"
+                )
+            if isinstance(faults, str | Fault) or not isinstance(faults, Sequence):
+                raise ValueError(f"fault_script[{target!r}] must be a sequence of faults")
+            script[target] = tuple(_coerce_fault(f, f"fault_script[{target!r}]") for f in faults)
+        object.__setattr__(self, "fault_script", types.MappingProxyType(script))
+
+        _check_non_negative(self.slow_seconds, "slow_seconds")
+        _check_non_negative(self.latency, "latency")
+
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+        _check_non_negative(self.empty_ratio, "empty_ratio")
+        if self.empty_ratio > 1:
+            raise ValueError(f"empty_ratio must be between 0 and 1, got {self.empty_ratio!r}")

@@ -1,0 +1,90 @@
+"""The retry policy's arithmetic, without I/O or sleeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from keyapi_async import (
+    AuthenticationError,
+    BadRequestError,
+    InsufficientCreditsError,
+    RateLimitError,
+    ResponseDecodeError,
+    ServerError,
+    TransportError,
+)
+from keyapi_async._errors import InvalidTargetError, KeyAPIError
+from keyapi_async._retry import RetryPolicy, backoff_delay
+
+
+def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:
+    top = [backoff_delay(n, base=0.5, cap=8.0, rand=lambda: 0.999999) for n in range(1, 8)]
+    assert top == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0], rel=1e-5)
+    assert backoff_delay(3, base=0.5, cap=8.0, rand=lambda: 0.0) == 0.0
+    assert backoff_delay(3, base=0.5, cap=8.0, rand=lambda: 0.5) == pytest.approx(1.0)
+
+
+def test_backoff_survives_huge_attempt_numbers_and_rejects_zero() -> None:
+    assert backoff_delay(10_000, base=1.0, cap=30.0, rand=lambda: 1.0) == 30.0
+    with pytest.raises(ValueError, match="attempt"):
+        backoff_delay(0, base=1.0, cap=1.0, rand=lambda: 0.5)
+
+
+def _rate_limit(retry_after: float | None) -> RateLimitError:
+    return RateLimitError("qps limit exceeded", status=429, code=429, retry_after=retry_after)
+
+
+def test_retry_after_wins_and_is_capped() -> None:
+    policy = RetryPolicy(max_attempts=5, retry_after_cap=60.0)
+    assert policy.delay_for(1, _rate_limit(3.0)) == 3.0
+    assert policy.delay_for(1, _rate_limit(86_400.0)) == 60.0
+
+
+def test_missing_retry_after_falls_back_to_backoff() -> None:
+    policy = RetryPolicy(max_attempts=5, backoff_base=0.5, backoff_cap=20.0)
+    assert policy.delay_for(2, _rate_limit(None), rand=lambda: 0.5) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("boom", status=500, code=500),
+        TransportError("reset"),
+        ResponseDecodeError("truncated", status=200),
+        _rate_limit(None),
+    ],
+)
+def test_transient_errors_are_retried_until_attempts_run_out(error: KeyAPIError) -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.delay_for(1, error, rand=lambda: 0.5) is not None
+    assert policy.delay_for(2, error, rand=lambda: 0.5) is not None
+    assert policy.delay_for(3, error, rand=lambda: 0.5) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BadRequestError("bad", status=400, code=400),
+        AuthenticationError("apiKey is invalid", status=401, code=401),
+        InsufficientCreditsError("apiKey quota is not enough", status=402, code=402),
+        InvalidTargetError("bad username", value="a b"),
+    ],
+)
+def test_permanent_errors_are_never_retried(error: KeyAPIError) -> None:
+    assert RetryPolicy(max_attempts=10).delay_for(1, error) is None
+
+
+def test_wait_for_ignores_attempt_budget() -> None:
+    # The gate's shared cooldown still needs a wait for a target out of retries.
+    policy = RetryPolicy(max_attempts=1)
+    assert policy.delay_for(1, _rate_limit(2.0)) is None
+    assert policy.wait_for(1, _rate_limit(2.0)) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_attempts", 0), ("backoff_base", -1.0), ("backoff_cap", -0.1), ("retry_after_cap", -5)],
+)
+def test_policy_validates_and_names_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetryPolicy(**{field: value})  # type: ignore[arg-type]
