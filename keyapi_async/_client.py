@@ -340,30 +340,33 @@ class KeyAPIClient:
                 counters.retries += 1
             async with gate.slot() as ticket:
                 counters.requests_sent += 1
+                error: KeyAPIError | None = None
                 try:
                     raw = await transport.send(self._builder.build(target), target=rendered)
                     reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
-                except KeyAPIError as error:
-                    last_error = error
-                    if not isinstance(error, RateLimitError):
-                        gate.accepted(ticket)
-                else:
-                    gate.accepted(ticket)
+                except KeyAPIError as exc:
+                    error = exc
+                finally:
+                    # Released even when cancelled mid-flight, or the budget
+                    # would shrink for good.
                     if budgeted:
                         counters.credits_reserved -= CREDITS_PER_REQUEST
+                if error is None:
+                    gate.accepted(ticket)
                     counters.credits_spent += CREDITS_PER_REQUEST
                     counters.successes += 1
                     if not reel.items:
                         counters.empty += 1
                     return _Outcome(reel, None, attempt)
-                if budgeted:
-                    counters.credits_reserved -= CREDITS_PER_REQUEST
-                delay = policy.delay_for(attempt, last_error)
-                if isinstance(last_error, RateLimitError):
+                last_error = error
+                delay = policy.delay_for(attempt, error)
+                if isinstance(error, RateLimitError):
                     counters.rate_limited += 1
                     # Even a target out of retries makes everyone else pause.
-                    cooldown = delay if delay is not None else policy.wait_for(attempt, last_error)
-                    gate.throttled(ticket, cooldown, server_said=last_error.retry_after is not None)
+                    cooldown = delay if delay is not None else policy.wait_for(attempt, error)
+                    gate.throttled(ticket, cooldown, server_said=error.retry_after is not None)
+                else:
+                    gate.accepted(ticket)
             if halt is not None and isinstance(
                 last_error, (AuthenticationError, InsufficientCreditsError)
             ):

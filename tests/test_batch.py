@@ -403,3 +403,17 @@ async def test_rate_limit_out_of_retries_is_reported(
     (result,) = results
     assert isinstance(result.error, RateLimitError)
     assert (result.error.status, result.error.code, result.attempts) == (200, 429, 2)
+
+
+async def test_waiting_for_the_rate_gate_does_not_count_against_the_timeout(
+    emulator_config: EmulatorConfig, make_client: ClientFactory
+) -> None:
+    # qps=2 with a 0.3 s timeout: the fifth request waits ~2 s for its turn,
+    # far longer than its timeout, and must still succeed.
+    async with (
+        run_emulator(emulator_config) as emu,
+        make_client(emu, qps=2, timeout=0.3, rate_margin=0.0, max_attempts=1) as client,
+    ):
+        results = [r async for r in client.fetch_many(names(5))]
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert max(r.elapsed for r in results) >= 1.5
