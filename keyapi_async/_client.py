@@ -211,7 +211,11 @@ class KeyAPIClient:
                 # Batches left unfinished (the caller broke out of the loop)
                 # are cancelled, not awaited to completion.
                 self._task_group.cancel_scope.cancel()
-                await self._task_group.__aexit__(exc_type, exc, tb)
+                # Not handed the body's exception: the task group would wrap
+                # it in an ExceptionGroup, and ``except AuthenticationError``
+                # around the ``async with`` would never match. It propagates
+                # by itself once this returns.
+                await self._task_group.__aexit__(None, None, None)
         finally:
             self._task_group = None
             if self._transport is not None:

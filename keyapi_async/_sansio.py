@@ -202,8 +202,11 @@ def _error_status(
 ) -> APIStatusError:
     try:
         envelope = decode_error_envelope(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        message = _describe_non_json(status, headers, body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        if isinstance(exc, msgspec.ValidationError) and not 300 <= status < 400:
+            message = f"HTTP {status} with a JSON body that has no usable code"
+        else:
+            message = _describe_non_json(status, headers, body)
         return error_for(
             status=status,
             code=None,

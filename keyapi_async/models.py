@@ -447,7 +447,7 @@ class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The full keyapi response for ``fetch_user_stories``."""
 
     code: int
-    message: str = ""
+    message: str | None = ""
     data: StoriesData | None = None
     request_id: str | None = msgspec.field(default=None, name="requestId")
 
@@ -471,7 +471,8 @@ class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """
 
     code: int
-    message: str = ""
+    # Nullable: a null message must not hide a usable error code.
+    message: str | None = ""
     request_id: str | None = msgspec.field(default=None, name="requestId")
 
 
