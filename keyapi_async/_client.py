@@ -47,11 +47,13 @@ CREDITS_PER_REQUEST = 2
 class ClientStats:
     """Counters of one client since it opened (a snapshot; cheap to take).
 
-    ``requests_sent`` counts every send including retries; ``credits_spent``
+    ``requests_sent`` counts every send including retries, ``in_flight`` the
+    requests sent and not yet answered; ``credits_spent``
     counts 2 per successful answer (the API does not bill errors).
     """
 
     requests_sent: int
+    in_flight: int
     successes: int
     empty: int
     failures: int
@@ -68,6 +70,7 @@ class _Counters:
         "credits_spent",
         "empty",
         "failures",
+        "in_flight",
         "rate_limited",
         "requests_sent",
         "retries",
@@ -76,6 +79,7 @@ class _Counters:
 
     def __init__(self) -> None:
         self.requests_sent = 0
+        self.in_flight = 0
         self.successes = 0
         self.empty = 0
         self.failures = 0
@@ -249,6 +253,7 @@ class KeyAPIClient:
         snapshot = self._gate.snapshot() if self._gate is not None else None
         return ClientStats(
             requests_sent=c.requests_sent,
+            in_flight=c.in_flight,
             successes=c.successes,
             empty=c.empty,
             failures=c.failures,
@@ -344,6 +349,7 @@ class KeyAPIClient:
                 counters.retries += 1
             async with gate.slot() as ticket:
                 counters.requests_sent += 1
+                counters.in_flight += 1
                 error: KeyAPIError | None = None
                 try:
                     raw = await transport.send(self._builder.build(target), target=rendered)
@@ -351,6 +357,7 @@ class KeyAPIClient:
                 except KeyAPIError as exc:
                     error = exc
                 finally:
+                    counters.in_flight -= 1
                     # Released even when cancelled mid-flight, or the budget
                     # would shrink for good.
                     if budgeted:

@@ -236,7 +236,8 @@ class ServerError(APIStatusError):
 class NotAttemptedError(KeyAPIError):
     """A batch target that was never sent; ``reason`` says why.
 
-    ``reason`` is one of :data:`NOT_ATTEMPTED_REASONS`. ``cause`` is the error
+    ``reason`` is one of :data:`NOT_ATTEMPTED_REASONS`, or the text passed to
+    :meth:`~keyapi_async.StoryBatch.stop` (the CLI uses ``"interrupted"``). ``cause`` is the error
     that stopped the batch (a 401 or 402), when there was one.
     """
 
@@ -251,7 +252,7 @@ class NotAttemptedError(KeyAPIError):
         self.cause = cause
 
 
-#: Why a batch target may be left unsent.
+#: Why the library itself leaves a batch target unsent.
 NOT_ATTEMPTED_REASONS = (
     "authentication failed",
     "credits exhausted",

@@ -22,6 +22,7 @@ it could re-spend credits on (or lose) that target.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -98,7 +99,11 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def error_fields(error: KeyAPIError) -> LedgerError:
+def _unchanged(text: str) -> str:
+    return text
+
+
+def error_fields(error: KeyAPIError, redact: Callable[[str], str] = _unchanged) -> LedgerError:
     """Describe an error for the ledger (``message`` without the target suffix)."""
     status = getattr(error, "status", None)
     code = getattr(error, "code", None)
@@ -107,20 +112,20 @@ def error_fields(error: KeyAPIError) -> LedgerError:
         type=type(error).__name__,
         status=status if isinstance(status, int) else None,
         code=code if isinstance(code, int) else None,
-        message=error.message,
+        message=redact(error.message),
         request_id=request_id if isinstance(request_id, str) else None,
     )
 
 
-def result_line(result: StoryResult) -> LedgerLine:
-    """The ledger line of one batch result."""
+def result_line(result: StoryResult, redact: Callable[[str], str] = _unchanged) -> LedgerLine:
+    """The ledger line of one batch result (``redact`` masks secrets in messages)."""
     return LedgerLine(
         target=result.target,
         status=result.status,
         fetched_at=utc_now(),
         attempts=result.attempts,
         stories=result.stories if result.error is None else None,
-        error=error_fields(result.error) if result.error is not None else None,
+        error=error_fields(result.error, redact) if result.error is not None else None,
     )
 
 

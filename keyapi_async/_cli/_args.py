@@ -1,0 +1,331 @@
+"""The command line of ``keyapi-stories``: subcommands, options and their help."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+from .. import __version__
+from .._config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_QPS,
+    DEFAULT_TIMEOUT,
+)
+from ..testing import Fault
+from ._exit import EXIT_CODES_HELP
+
+__all__ = ["DEMO_OUTPUT", "build_parser", "parse_faults"]
+
+PROG = "keyapi-stories"
+DEMO_OUTPUT = "keyapi-demo.jsonl"
+DEFAULT_RETRIES = 4
+DEFAULT_GRACE = 10.0
+
+_DESCRIPTION = """\
+Fetch the active Instagram stories of many accounts through keyapi.ai,
+writing one JSON line per account to a ledger you can resume.
+Start with:  keyapi-stories demo
+"""
+
+_FETCH_DESCRIPTION = f"""\
+Read targets one per line: usernames, @handles, profile URLs, or id:<digits>
+for numeric user ids (bare digits with --user-ids). Blank lines and # comments
+are ignored; duplicates (after normalisation) are fetched once.
+
+Each target gets exactly one line in OUT, written as soon as its outcome is
+known: {{"target", "status" (ok|empty|error|not_attempted), "fetched_at",
+"attempts", "stories" (the reel) or null, "error" {{"type", "status", "code",
+"message", "request_id"}} or null}}. Invalid lines get an error line of type
+InvalidTargetError and are never sent.
+
+The API key comes from ${API_KEY_ENV} or --api-key-file, never from an argument.
+Ctrl-C stops sending, lets in-flight requests finish (up to --grace seconds),
+writes everything and prints the command to resume; a second Ctrl-C exits at once.
+"""
+
+
+def _checked(
+    kind: Callable[[str], float], name: str, *, minimum: float, strict: bool = False
+) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _count(name: str, minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text!r}")
+        return value
+
+    return convert
+
+
+def parse_faults(text: str) -> dict[Fault, float]:
+    """Parse ``NAME=P[,NAME=P...]`` into fault probabilities (ArgumentTypeError if bad)."""
+    rates: dict[Fault, float] = {}
+    for part in text.split(","):
+        name, sep, rate = part.strip().partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=P, got {part.strip()!r}")
+        try:
+            fault = Fault(name.strip().lower())
+        except ValueError:
+            names = ", ".join(f.value for f in Fault)
+            raise argparse.ArgumentTypeError(
+                f"unknown fault {name.strip()!r} (one of: {names})"
+            ) from None
+        try:
+            probability = float(rate)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"probability must be a number, got {rate!r}"
+            ) from None
+        if not 0 <= probability <= 1:
+            raise argparse.ArgumentTypeError(f"probability must be in [0, 1], got {rate!r}")
+        rates[fault] = probability
+    return rates
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-wrapped descriptions and shows defaults where they help."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+
+def _progress_options(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live bar on a terminal, periodic lines otherwise; default: bar only on a terminal",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=_checked(float, "--progress-interval", minimum=0, strict=True),
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between plain progress lines when not on a terminal (default: 10)",
+    )
+
+
+def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fetch = commands.add_parser(
+        "fetch",
+        help="fetch targets from FILE (or stdin) into OUT.jsonl",
+        description=_FETCH_DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    fetch.add_argument(
+        "input", nargs="?", default="-", metavar="FILE", help="targets, one per line; - is stdin"
+    )
+    fetch.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="the JSONL ledger to write (required unless --dry-run)",
+    )
+    fetch.add_argument(
+        "--user-ids", action="store_true", help="treat bare lines as numeric user ids"
+    )
+    mode = fetch.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue OUT: skip targets already ok/empty, retry the rest, append",
+    )
+    mode.add_argument(
+        "--overwrite", action="store_true", help="start OUT over if it exists (default: refuse)"
+    )
+    fetch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and count the input and estimate credits; send nothing",
+    )
+    tuning = fetch.add_argument_group("request settings")
+    tuning.add_argument(
+        "--qps",
+        type=_checked(float, "--qps", minimum=0),
+        default=DEFAULT_QPS,
+        help=f"max requests per second; 0 = no client-side cap (default: {DEFAULT_QPS:g})",
+    )
+    tuning.add_argument(
+        "--concurrency",
+        type=_count("--concurrency", 1),
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"max requests in flight (default: {DEFAULT_CONCURRENCY})",
+    )
+    tuning.add_argument(
+        "--max-credits",
+        type=_count("--max-credits", 0),
+        default=None,
+        metavar="N",
+        help="never spend more than N credits (2 per account); the rest are not_attempted",
+    )
+    tuning.add_argument(
+        "--timeout",
+        type=_checked(float, "--timeout", minimum=0, strict=True),
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per-request timeout (default: {DEFAULT_TIMEOUT:g})",
+    )
+    tuning.add_argument(
+        "--retries",
+        type=_count("--retries", 0),
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help=f"retries of a transient failure (5xx, 429, network) (default: {DEFAULT_RETRIES})",
+    )
+    tuning.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help=f"API root (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    tuning.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help=f"read the API key from PATH instead of ${API_KEY_ENV}",
+    )
+    run = fetch.add_argument_group("run control")
+    _progress_options(run)
+    run.add_argument(
+        "--grace",
+        type=_checked(float, "--grace", minimum=0),
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"after Ctrl-C, wait this long for in-flight requests (default: {DEFAULT_GRACE:g})",
+    )
+    run.add_argument(
+        "--fsync", action="store_true", help="fsync OUT after every line (survives power loss)"
+    )
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run a fetch against the built-in emulator (no key, no network)",
+        description=(
+            "Start the offline emulator on a free loopback port (with a QPS cap and a few\n"
+            "injected faults, so retries and 429 handling show), fetch N synthetic\n"
+            "accounts from it with the real fetch engine, and print the summary.\n"
+            f"Uses the emulator's own fake key; ${API_KEY_ENV} is never read."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    demo.add_argument(
+        "--accounts",
+        type=_count("--accounts", 1),
+        default=300,
+        metavar="N",
+        help="synthetic accounts to fetch (default: 300, about 15 s)",
+    )
+    demo.add_argument(
+        "--qps",
+        type=_checked(float, "--qps", minimum=0, strict=True),
+        default=25.0,
+        help="the emulator's QPS cap; the client runs 20%% above it to provoke 429s (default: 25)",
+    )
+    demo.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        default=None,
+        help=f"ledger path (default: ./{DEMO_OUTPUT}, replaced on every demo run)",
+    )
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (given with -o)"
+    )
+    _progress_options(demo)
+
+
+def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve the offline emulator of the API for your own tests",
+        description=(
+            "Serve the offline emulator of keyapi.ai's fetch_user_stories API on loopback\n"
+            "until Ctrl-C. Prints ready `export KEYAPI_BASE_URL=...` and\n"
+            "`export KEYAPI_API_KEY=...` lines (the emulator's fake key) on stdout."
+        ),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    emulator.add_argument(
+        "--port", type=_count("--port", 0), default=0, help="TCP port; 0 picks a free one"
+    )
+    emulator.add_argument(
+        "--qps",
+        type=_checked(float, "--qps", minimum=0, strict=True),
+        default=None,
+        help="accepted requests per second; more get 429 (default: no cap)",
+    )
+    emulator.add_argument(
+        "--credits",
+        type=_count("--credits", 0),
+        default=None,
+        help="starting quota, 2 per success; then 402 (default: unlimited)",
+    )
+    emulator.add_argument(
+        "--faults",
+        type=parse_faults,
+        action="append",
+        default=[],
+        metavar="NAME=P[,NAME=P]",
+        help=(
+            "inject faults with probability P per request (repeatable); names: "
+            + ", ".join(f.value for f in Fault)
+        ),
+    )
+    emulator.add_argument(
+        "--latency",
+        type=_checked(float, "--latency", minimum=0),
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before every answer (default: 0)",
+    )
+    emulator.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic data and faults"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``keyapi-stories`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=_DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_Formatter,
+        # Exact option names only: the resume hint re-uses the user's own
+        # arguments, and abbreviations would make "--resume" detection fuzzy.
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    _add_fetch(commands)
+    _add_demo(commands)
+    _add_emulator(commands)
+    return parser

@@ -1,0 +1,605 @@
+"""End-to-end tests of the ``keyapi-stories`` console script.
+
+Every test runs the real command in a subprocess (``python -m keyapi_async``,
+the same ``main`` the ``keyapi-stories`` entry point calls) against an
+emulator served by this test process, so the emulator's request log shows
+exactly what the CLI sent. ``asyncio.create_subprocess_exec`` keeps this
+event loop (and so the emulator) serving while the CLI runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import struct
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from keyapi_async import parse_target
+from keyapi_async._cli import main
+from keyapi_async.testing import DEFAULT_TEST_KEY, Emulator, EmulatorConfig, run_emulator
+
+CLI = (sys.executable, "-m", "keyapi_async")
+posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+TIMEOUT = 45.0
+
+
+@dataclass
+class Done:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYAPI_")}
+    env.update(extra)
+    return env
+
+
+async def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, limit: float = TIMEOUT, stdin: bytes = b""
+) -> Done:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"keyapi-stories {shlex.join(args)} did not end in {limit}s") from None
+    assert proc.returncode is not None
+    return Done(proc.returncode, out.decode(), err.decode())
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    # Every line must be complete JSON: the ledger is valid JSONL at all times
+    # between runs.
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def done_targets(lines: Iterable[dict[str, Any]]) -> collections.Counter[str]:
+    return collections.Counter(x["target"] for x in lines if x["status"] in ("ok", "empty"))
+
+
+def emulator_key(target: str) -> str:
+    parsed = parse_target(target)
+    return f"{parsed.kind}:{parsed.value}"
+
+
+def assert_secret_absent(secret: str, *outputs: Done, files: Sequence[Path] = ()) -> None:
+    for done in outputs:
+        assert secret not in done.stdout
+        assert secret not in done.stderr
+    for path in files:
+        if path.exists():
+            assert secret not in path.read_text("utf-8")
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return path.read_bytes().count(b"\n")
+
+
+async def eventually(ready: Callable[[], bool], limit: float = 20.0) -> None:
+    """Poll ``ready`` until it holds; fail after ``limit`` seconds."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not ready():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {limit}s")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_lines(path: Path, minimum: int, proc: asyncio.subprocess.Process) -> None:
+    def ready() -> bool:
+        assert proc.returncode is None, "the CLI exited before the interruption"
+        return count_lines(path) >= minimum
+
+    await eventually(ready)
+
+
+@contextlib.asynccontextmanager
+async def serve(api_key: str, **config: Any) -> AsyncIterator[Emulator]:
+    async with run_emulator(EmulatorConfig(api_keys=frozenset({api_key}), **config)) as emu:
+        yield emu
+
+
+def env_for(emu: Emulator, api_key: str) -> dict[str, str]:
+    return base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
+
+
+def write_targets(path: Path, names: Iterable[str]) -> Path:
+    path.write_text("".join(f"{name}\n" for name in names), "utf-8")
+    return path
+
+
+# -- the command itself ------------------------------------------------------------
+
+
+def test_entry_point_is_installed() -> None:
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="keyapi-stories")
+    assert entry.value == "keyapi_async._cli:main"
+    assert entry.load() is main
+    assert shutil.which("keyapi-stories", path=os.path.dirname(sys.executable)) is not None
+
+
+def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["fetch", "--help"]):
+        assert main(argv) == 0
+        text = capsys.readouterr().out
+        for needle in ("exit status", "\n  0 ", "\n  1 ", "\n  2 ", "\n  3 ", "130", "401", "402"):
+            assert needle in text, (argv, needle)
+        assert "KEYAPI_API_KEY" in text
+    assert main(["fetch", "--qps", "fast"]) == 2
+    assert "--qps must be a number" in capsys.readouterr().err
+
+
+async def test_help_runs_as_a_module(tmp_path: Path) -> None:
+    done = await run_cli("--help", env=base_env(), cwd=tmp_path)
+    assert done.code == 0
+    assert "exit status" in done.stdout
+    assert "fetch" in done.stdout and "demo" in done.stdout and "emulator" in done.stdout
+
+
+# -- fetch ------------------------------------------------------------------------------
+
+VALID = [f"user_{n:03d}" for n in range(230)] + [f"id:{5000 + n}" for n in range(20)]
+INVALID = ["bad name", "no/slash", "x" * 31, "id:12ab", "@", "emoji_\u2764"]
+
+
+def mixed_input() -> list[str]:
+    """300 lines: every valid target once, then duplicates in other spellings, noise, junk."""
+    lines = ["# accounts to watch", ""]
+    lines += VALID
+    lines += ["@USER_000", "https://www.instagram.com/user_001/", "instagram.com/user_002?igsh=x"]
+    lines += ["user_003  # again, with a comment", "ID:5000", "  user_004  ", "\t", "#", ""]
+    lines += INVALID + INVALID[:2]
+    lines += [f"user_{n:03d}" for n in range(5, 5 + 300 - len(lines))]
+    assert len(lines) == 300
+    return lines
+
+
+async def test_fetch_mixed_input_one_line_per_distinct_target(tmp_path: Path, api_key: str) -> None:
+    source = write_targets(tmp_path / "targets.txt", mixed_input())
+    out = tmp_path / "out.jsonl"
+    async with serve(api_key) as emu:
+        done = await run_cli(
+            "fetch",
+            str(source),
+            "-o",
+            str(out),
+            "--qps",
+            "0",
+            env=env_for(emu, api_key),
+            cwd=tmp_path,
+        )
+        successes = emu.successful_targets()
+        sent = {record.target for record in emu.log}
+        reel = emu.reel_for("username:user_007")
+
+    assert done.code == 1, done.stderr  # invalid lines make the run "some failed"
+    lines = read_ledger(out)
+    by_target = {line["target"]: line for line in lines}
+    assert len(by_target) == len(lines) == len(VALID) + len(INVALID)
+    assert done_targets(lines) == collections.Counter(VALID)
+    for text in INVALID:
+        line = by_target[text]
+        assert line["status"] == "error"
+        assert line["attempts"] == 0 and line["stories"] is None
+        assert line["error"]["type"] == "InvalidTargetError"
+        assert repr(text) in done.stderr
+    # Nothing was sent for invalid input, and each valid target exactly once.
+    expected = {emulator_key(target) for target in VALID}
+    assert sent == expected
+    assert set(successes) == expected and set(successes.values()) == {1}
+    # The schema: fetched_at in UTC, the full reel re-encoded, no error.
+    line = by_target["user_007"]
+    assert set(line) == {"target", "status", "fetched_at", "attempts", "stories", "error"}
+    assert datetime.fromisoformat(line["fetched_at"]).utcoffset() == timedelta(0)
+    assert line["error"] is None and line["attempts"] == 1
+    assert reel is not None
+    served: list[dict[str, Any]] = reel["items"]  # type: ignore[assignment]
+    assert [i["id"] for i in line["stories"]["items"]] == [i["id"] for i in served]
+    assert "duplicates" in done.stderr
+    assert_secret_absent(api_key, done, files=[out])
+
+
+async def test_dry_run_counts_and_sends_nothing(tmp_path: Path, api_key: str) -> None:
+    source = write_targets(tmp_path / "targets.txt", mixed_input())
+    async with serve(api_key) as emu:
+        # No key in the environment: a dry run needs none.
+        env = base_env(KEYAPI_BASE_URL=emu.base_url)
+        done = await run_cli("fetch", str(source), "--dry-run", env=env, cwd=tmp_path)
+        clean = await run_cli(
+            "fetch", "-", "--dry-run", env=env, cwd=tmp_path, stdin=b"javan\n@javan\nid:1\n"
+        )
+        assert emu.requests_total == 0
+    assert done.code == 1
+
+    def count(label: str, text: str = done.stdout) -> int:
+        match = re.search(rf"^{label}:\s+(?:at most )?(\d+)", text, re.MULTILINE)
+        assert match is not None, (label, text)
+        return int(match.group(1))
+
+    assert count("valid targets") == len(VALID)
+    assert count("invalid") == len(INVALID)
+    assert count("blank or comment") == 5
+    assert count("duplicates") == 300 - len(VALID) - len(INVALID) - 5
+    assert count("credit estimate") == 2 * len(VALID)
+    assert clean.code == 0
+    assert count("valid targets", clean.stdout) == 2
+    assert count("duplicates", clean.stdout) == 1
+
+
+@posix_signals
+async def test_sigint_stops_gracefully_then_resume_completes(tmp_path: Path, api_key: str) -> None:
+    targets = [f"acct_{n:03d}" for n in range(120)]
+    write_targets(tmp_path / "targets.txt", targets)
+    out = tmp_path / "out.jsonl"
+    async with serve(api_key, latency=0.05) as emu:
+        env = env_for(emu, api_key)
+        args = ["fetch", "targets.txt", "-o", "out.jsonl", "--qps", "30", "--no-progress"]
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+        )
+        await wait_for_lines(out, 20, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 20)
+        first = Done(proc.returncode or 0, stdout.decode(), stderr.decode())
+        assert first.code == 130, first.stderr
+        first_lines = read_ledger(out)
+        assert len(first_lines) == len(targets)  # every target has an outcome
+        assert {line["status"] for line in first_lines} >= {"not_attempted"}
+
+        # The printed command, run as printed, finishes the job.
+        (hint,) = [x for x in first.stderr.splitlines() if x.startswith("To resume: ")]
+        command = shlex.split(hint.removeprefix("To resume: "))
+        assert command[0] == "keyapi-stories" and command[1:] == [*args, "--resume"]
+        second = await run_cli(*command[1:], env=env, cwd=tmp_path)
+        successes = emu.successful_targets()
+
+    assert second.code == 0, second.stderr
+    lines = read_ledger(out)
+    assert done_targets(lines) == collections.Counter(targets)
+    assert set(successes.values()) == {1}  # nothing fetched (and paid for) twice
+    assert len(successes) == len(targets)
+    assert_secret_absent(api_key, first, second, files=[out])
+
+
+@posix_signals
+async def test_grace_expiry_and_second_interrupt(tmp_path: Path, api_key: str) -> None:
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(20)])
+    async with serve(api_key, latency=30.0) as emu:  # answers never come in time
+        env = env_for(emu, api_key)
+
+        async def start(out: str, *extra: str) -> asyncio.subprocess.Process:
+            before = emu.requests_total
+            proc = await asyncio.create_subprocess_exec(
+                *CLI, "fetch", "targets.txt", "-o", out, "--concurrency", "4", *extra,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=env, cwd=tmp_path,
+            )  # fmt: skip
+            # Four requests in flight: the signal handlers are installed by now.
+            await eventually(lambda: emu.requests_total >= before + 4)
+            return proc
+
+        # One Ctrl-C: in-flight requests get --grace, then are abandoned; every
+        # target still gets a line, and the run ends with 130.
+        graceful = await start("grace.jsonl", "--grace", "0.5")
+        graceful.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(graceful.communicate(), 10)
+        assert graceful.returncode == 130, err.decode()
+        assert "--grace of 0.5s expired" in err.decode()
+        lines = read_ledger(tmp_path / "grace.jsonl")
+        assert len(lines) == 20 and {x["status"] for x in lines} == {"not_attempted"}
+
+        # A second Ctrl-C exits at once, without waiting out a long grace.
+        hasty = await start("hasty.jsonl", "--grace", "60")
+        hasty.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.3)
+        hasty.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(hasty.communicate(), 10)
+        assert hasty.returncode == 130, err.decode()
+        assert "exiting now" in err.decode() and "To resume:" in err.decode()
+        read_ledger(tmp_path / "hasty.jsonl")  # whatever is there is whole lines
+
+
+@posix_signals
+async def test_kill_9_then_resume_recovers_torn_line(tmp_path: Path, api_key: str) -> None:
+    targets = [f"acct_{n:03d}" for n in range(120)]
+    write_targets(tmp_path / "targets.txt", targets)
+    out = tmp_path / "out.jsonl"
+    concurrency = 8
+    async with serve(api_key, latency=0.05) as emu:
+        env = env_for(emu, api_key)
+        args = ["fetch", "targets.txt", "-o", "out.jsonl", "--qps", "30"]
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            *args,
+            "--concurrency",
+            str(concurrency),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            cwd=tmp_path,
+        )
+        await wait_for_lines(out, 20, proc)
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+        # What a crash in the middle of a write leaves behind.
+        with out.open("ab") as handle:
+            handle.write(b'{"target":"acct_119","status":"ok","fetched_at":"2026-')
+        resumed = await run_cli(*args, "--resume", env=env, cwd=tmp_path)
+        successes = emu.successful_targets()
+
+    assert resumed.code == 0, resumed.stderr
+    assert "torn final line" in resumed.stderr
+    lines = read_ledger(out)  # valid JSONL again: the torn tail was cut off
+    assert done_targets(lines) == collections.Counter(targets)
+    assert len(successes) == len(targets)
+    # Only requests in flight at the kill can have been answered but not
+    # recorded, so at most `concurrency` targets were fetched twice.
+    assert sum(1 for n in successes.values() if n > 1) <= concurrency
+    assert_secret_absent(api_key, resumed, files=[out])
+
+
+async def test_402_mid_run_exits_3_and_keeps_results(tmp_path: Path, api_key: str) -> None:
+    targets = [f"acct_{n:03d}" for n in range(80)]
+    write_targets(tmp_path / "targets.txt", targets)
+    out = tmp_path / "out.jsonl"
+    async with serve(api_key, credits=60) as emu:  # 30 successes' worth
+        env = env_for(emu, api_key)
+        args = ["fetch", "targets.txt", "-o", "out.jsonl", "--qps", "0"]
+        first = await run_cli(*args, env=env, cwd=tmp_path)
+        lines = read_ledger(out)
+        emu.credits_remaining = 1000  # the user tops up
+        second = await run_cli(*args, "--resume", env=env, cwd=tmp_path)
+        successes = emu.successful_targets()
+
+    assert first.code == 3, first.stderr
+    assert "402" in first.stderr and "credits" in first.stderr
+    assert len(lines) == len(targets)
+    assert sum(done_targets(lines).values()) == 30
+    statuses = collections.Counter(line["status"] for line in lines)
+    assert statuses["not_attempted"] > 0
+    errors = {line["error"]["type"] for line in lines if line["status"] == "error"}
+    assert errors == {"InsufficientCreditsError"}
+    assert second.code == 0, second.stderr
+    assert done_targets(read_ledger(out)) == collections.Counter(targets)
+    assert set(successes.values()) == {1}
+    assert_secret_absent(api_key, first, second, files=[out])
+
+
+async def test_bad_key_exits_3_and_no_key_exits_2(tmp_path: Path, api_key: str) -> None:
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(40)])
+    wrong = "sk_live_" + "9" * 24
+    async with serve(api_key) as emu:
+        bad = await run_cli(
+            "fetch",
+            "targets.txt",
+            "-o",
+            "bad.jsonl",
+            env=base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=wrong),
+            cwd=tmp_path,
+        )
+        sent_with_bad_key = emu.requests_total
+        missing = await run_cli(
+            "fetch",
+            "targets.txt",
+            "-o",
+            "none.jsonl",
+            env=base_env(KEYAPI_BASE_URL=emu.base_url),
+            cwd=tmp_path,
+        )
+        assert emu.requests_total == sent_with_bad_key
+    assert bad.code == 3, bad.stderr
+    assert "401" in bad.stderr and "KEYAPI_API_KEY" in bad.stderr
+    lines = read_ledger(tmp_path / "bad.jsonl")
+    assert len(lines) == 40 and not done_targets(lines)
+    assert sent_with_bad_key <= 16  # stopped after the first answers, not 40 tries
+    assert_secret_absent(wrong, bad, files=[tmp_path / "bad.jsonl"])
+    assert missing.code == 2
+    assert "KEYAPI_API_KEY" in missing.stderr
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+async def test_resume_twice_costs_nothing_the_second_time(tmp_path: Path, api_key: str) -> None:
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(40)])
+    out = tmp_path / "out.jsonl"
+    async with serve(api_key) as emu:
+        env = env_for(emu, api_key)
+        args = ["fetch", "targets.txt", "-o", "out.jsonl", "--qps", "0", "--resume"]
+        first = await run_cli(*args, env=env, cwd=tmp_path)  # no OUT yet: a fresh run
+        before = (emu.requests_total, emu.credits_spent, out.read_bytes())
+        second = await run_cli(*args, env=env, cwd=tmp_path)
+        after = (emu.requests_total, emu.credits_spent, out.read_bytes())
+    assert first.code == 0 and second.code == 0, (first.stderr, second.stderr)
+    assert before == after
+    assert "40 targets already done" in second.stderr
+
+
+async def test_existing_out_needs_resume_or_overwrite(tmp_path: Path, api_key: str) -> None:
+    write_targets(tmp_path / "targets.txt", ["javan"])
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    async with serve(api_key) as emu:
+        env = env_for(emu, api_key)
+        refused = await run_cli("fetch", "targets.txt", "-o", "out.jsonl", env=env, cwd=tmp_path)
+        assert out.read_text() == "precious\n"
+        foreign = await run_cli(
+            "fetch", "targets.txt", "-o", "out.jsonl", "--resume", env=env, cwd=tmp_path
+        )
+        assert out.read_text() == "precious\n"  # not a ledger: never truncated
+        replaced = await run_cli(
+            "fetch", "targets.txt", "-o", "out.jsonl", "--overwrite", env=env, cwd=tmp_path
+        )
+    assert refused.code == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert foreign.code == 2 and "line 1" in foreign.stderr
+    assert replaced.code == 0
+    assert [line["target"] for line in read_ledger(out)] == ["javan"]
+
+
+async def test_without_rich_plain_progress_and_summary(tmp_path: Path, api_key: str) -> None:
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(30)])
+    no_rich = (
+        "import sys; sys.modules['rich'] = None; "
+        "from keyapi_async._cli import main; sys.exit(main())"
+    )
+    async with serve(api_key, latency=0.02) as emu:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            no_rich,
+            "fetch",
+            "targets.txt",
+            "-o",
+            "out.jsonl",
+            "--qps",
+            "40",
+            "--progress",
+            "--progress-interval",
+            "0.2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env_for(emu, api_key),
+            cwd=tmp_path,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    stderr = err.decode()
+    assert proc.returncode == 0, stderr
+    assert "req/s" in stderr and "30/30" in stderr  # plain progress lines
+    assert "keyapi-stories summary" in stderr and "credits spent" in stderr
+    assert "\u2502" not in stderr  # no rich table borders
+    assert len(read_ledger(tmp_path / "out.jsonl")) == 30
+
+
+@posix_signals
+async def test_progress_bar_on_a_terminal(tmp_path: Path, api_key: str) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    termios = pytest.importorskip("termios")
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(30)])
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+
+    def drain() -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO once the child's side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        async with serve(api_key, latency=0.02) as emu:
+            env = env_for(emu, api_key) | {"TERM": "xterm-256color"}
+            proc = await asyncio.create_subprocess_exec(
+                *CLI,
+                "fetch",
+                "targets.txt",
+                "-o",
+                "out.jsonl",
+                "--qps",
+                "40",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=slave,
+                env=env,
+                cwd=tmp_path,
+            )
+            os.close(slave)
+            slave = -1
+            reading = asyncio.create_task(asyncio.to_thread(drain))
+            code = await asyncio.wait_for(proc.wait(), TIMEOUT)
+            screen = (await asyncio.wait_for(reading, 10)).decode("utf-8", "replace")
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert code == 0, screen
+    assert "\x1b[" in screen  # drawn with terminal control sequences
+    assert "30/30" in screen and "req/s" in screen and "ETA" in screen
+    assert "keyapi-stories summary" in screen
+    assert api_key not in screen
+
+
+# -- demo and emulator -------------------------------------------------------------
+
+
+async def test_demo_works_without_key_or_network(tmp_path: Path) -> None:
+    # Poisoned settings prove the demo ignores them.
+    env = base_env(KEYAPI_API_KEY="sk_live_must_not_be_used", KEYAPI_BASE_URL="http://192.0.2.1:9")
+    done = await run_cli("demo", "--accounts", "60", env=env, cwd=tmp_path)
+    assert done.code == 0, done.stderr
+    assert "keyapi-stories summary" in done.stderr
+    assert "Ledger:" in done.stdout and "keyapi-demo.jsonl" in done.stdout
+    lines = read_ledger(tmp_path / "keyapi-demo.jsonl")
+    assert len(lines) == 60
+    assert {line["status"] for line in lines} <= {"ok", "empty"}
+    assert "sk_live_must_not_be_used" not in done.stdout + done.stderr
+
+
+@posix_signals
+async def test_emulator_command_serves_until_interrupted(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "emulator",
+        "--qps",
+        "5",
+        "--credits",
+        "10",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=base_env(),
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+        second = (await asyncio.wait_for(proc.stdout.readline(), 5)).decode()
+        assert first.startswith("export KEYAPI_BASE_URL=http://127.0.0.1:")
+        assert second.strip() == f"export KEYAPI_API_KEY={DEFAULT_TEST_KEY}"
+        base_url = first.strip().split("=", 1)[1]
+        async with aiohttp.ClientSession() as session:
+            url = f"{base_url}/v1/instagram/fetch_user_stories"
+            headers = {"Authorization": f"Bearer {DEFAULT_TEST_KEY}"}
+            async with session.get(url, params={"username": "javan"}, headers=headers) as resp:
+                assert resp.status == 200
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    assert "1 requests" in err.decode()

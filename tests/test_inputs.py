@@ -1,0 +1,65 @@
+"""Unit tests of reading target lines: normalisation, comments, dedupe, invalid lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keyapi_async._cli._exit import CLIError
+from keyapi_async._cli._inputs import parse_lines, read_input
+
+
+def test_accepted_spellings_normalise_and_dedupe() -> None:
+    plan = parse_lines(
+        [
+            "# header",
+            "",
+            "Javan",
+            "@javan",
+            "https://www.instagram.com/javan/?igsh=abc",
+            "instagram.com/other.user/",
+            "id:18527",
+            "ID:18527",
+            "  spaced_out  ",
+            "with_comment  # a friend",
+            "\t",
+        ]
+    )
+    assert plan.targets == ["javan", "other.user", "id:18527", "spaced_out", "with_comment"]
+    assert plan.duplicates == 3
+    assert plan.skipped == 3
+    assert plan.lines == 11
+    assert plan.invalid == []
+
+
+def test_invalid_lines_are_reported_once_with_line_numbers() -> None:
+    plan = parse_lines(["ok", "bad name", "id:12x", "bad name", "@"])
+    assert plan.targets == ["ok"]
+    assert [(x.line_number, x.text) for x in plan.invalid] == [
+        (2, "bad name"),
+        (3, "id:12x"),
+        (5, "@"),
+    ]
+    assert all(x.reason for x in plan.invalid)
+    assert plan.duplicates == 1
+
+
+def test_user_ids_mode() -> None:
+    plan = parse_lines(["18527", "id:42", "javan"], user_ids=True)
+    assert plan.targets == ["id:18527", "id:42"]
+    assert [x.text for x in plan.invalid] == ["javan"]
+
+
+def test_read_input_handles_bom_and_bad_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbfjavan\nbad\xffname\n")
+    plan = read_input(str(path))
+    assert plan.targets == ["javan"]
+    assert len(plan.invalid) == 1
+
+
+def test_unreadable_input_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(CLIError, match="cannot read input") as info:
+        read_input(str(tmp_path / "missing.txt"))
+    assert info.value.code == 2
