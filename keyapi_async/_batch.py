@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchCounts", "StoryBatch", "StoryResult", "estimate_credits"]
 
-Status = Literal["ok", "empty", "error", "not_attempted"]
 _CHECKPOINT_EVERY = 256
 
 
@@ -70,7 +69,7 @@ class StoryResult:
         return self.error is None
 
     @property
-    def status(self) -> Status:
+    def status(self) -> Literal["ok", "empty", "error", "not_attempted"]:
         """``ok``, ``empty`` (no active stories), ``error`` or ``not_attempted``."""
         if self.error is None:
             return "empty" if self.stories is None or not self.stories.items else "ok"

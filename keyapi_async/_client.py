@@ -53,15 +53,25 @@ class ClientStats:
     """
 
     requests_sent: int
+    """Every request sent, retries included."""
     in_flight: int
+    """Requests sent and not answered yet."""
     successes: int
+    """Answers with ``code == 0`` (each cost 2 credits)."""
     empty: int
+    """Successes whose reel had no active stories (included in ``successes``)."""
     failures: int
+    """Targets that ended in an error after their last attempt."""
     rate_limited: int
+    """429 answers (by HTTP status or body code)."""
     retries: int
+    """Sends beyond each target's first."""
     credits_spent: int
+    """2 per success; errors are not billed."""
     current_qps: float | None
+    """The rate the gate paces at now (``None``: no cap)."""
     cooldown_remaining: float
+    """Seconds left of the pause after the last 429."""
 
 
 class _Counters:
@@ -112,10 +122,30 @@ class KeyAPIClient:
             async for result in client.fetch_many(["javan", "id:18527"]):
                 ...
 
-    ``api_key`` falls back to ``KEYAPI_API_KEY`` and ``base_url`` to
-    ``KEYAPI_BASE_URL``; every other setting is documented on
-    :class:`~keyapi_async._config.ClientConfig`. Redirects are never followed,
-    so the key is only ever sent to ``base_url``.
+    Redirects are never followed, so the key is only ever sent to ``base_url``.
+    Every argument is validated here; a bad one raises
+    :class:`~keyapi_async.ConfigurationError` naming it.
+
+    Args:
+        api_key: The ``sk_live_...`` key; defaults to ``$KEYAPI_API_KEY``.
+        base_url: API root; defaults to ``$KEYAPI_BASE_URL``, else
+            ``https://api.keyapi.ai``.
+        timeout: Seconds per attempt, counted from when the rate gate lets the
+            request out (waiting for a turn never eats into it).
+        connect_timeout: Seconds to open a connection.
+        qps: Requests per second never exceeded in any one-second window
+            (default 10, conservative); ``None`` switches the cap off.
+        concurrency: Requests in flight at most (default 16).
+        rate_margin: Share below ``qps`` to pace at, absorbing network
+            jitter (default 0.05).
+        max_attempts: Sends per target for transient failures (default 5).
+        backoff_base: First backoff ceiling in seconds (full jitter, doubling).
+        backoff_cap: Largest backoff in seconds.
+        retry_after_cap: Largest server ``Retry-After`` honoured, in seconds.
+        max_credits: Credit budget: nothing is sent that could exceed it.
+        user_agent: Prefix for the ``User-Agent`` header.
+        session: An ``aiohttp.ClientSession`` to use (and leave open).
+
     """
 
     def __init__(
@@ -335,19 +365,23 @@ class KeyAPIClient:
         attempt = 0
         last_error: KeyAPIError | None = None
         while True:
-            stop = halt.reason if halt is not None else None
-            if stop is None and not self._reserve_credit():
-                stop = NotAttemptedError("credit budget reached", target=rendered)
-            if stop is not None:
-                if last_error is not None:
-                    return _Outcome(None, last_error, attempt)
-                return _Outcome(
-                    None, NotAttemptedError(stop.reason, target=rendered, cause=stop.cause), 0
-                )
-            attempt += 1
-            if attempt > 1:
-                counters.retries += 1
+            if halt is not None and halt.reason is not None:
+                return _unsent(halt.reason, rendered, last_error, attempt)
+            if not self._reserve_credit():
+                reason = NotAttemptedError("credit budget reached")
+                if halt is not None:
+                    halt.cancel(reason.reason)
+                return _unsent(reason, rendered, last_error, attempt)
             async with gate.slot() as ticket:
+                if halt is not None and halt.reason is not None:
+                    # A 401/402 arrived while this request waited for its
+                    # turn: sending it now would only earn another one.
+                    if budgeted:
+                        counters.credits_reserved -= CREDITS_PER_REQUEST
+                    return _unsent(halt.reason, rendered, last_error, attempt)
+                attempt += 1
+                if attempt > 1:
+                    counters.retries += 1
                 counters.requests_sent += 1
                 counters.in_flight += 1
                 error: KeyAPIError | None = None
@@ -379,14 +413,27 @@ class KeyAPIClient:
                 else:
                     gate.accepted(ticket)
             if halt is not None and isinstance(
-                last_error, (AuthenticationError, InsufficientCreditsError)
+                error, (AuthenticationError, InsufficientCreditsError)
             ):
-                halt.stop(last_error)
+                halt.stop(error)
             if delay is None:
                 counters.failures += 1
-                return _Outcome(None, last_error, attempt)
+                return _Outcome(None, error, attempt)
             if delay > 0:
                 await asyncio.sleep(delay)
+
+
+def _unsent(
+    reason: NotAttemptedError, target: str, last_error: KeyAPIError | None, attempts: int
+) -> _Outcome:
+    """The outcome of a target whose next send was called off.
+
+    A target that was tried before keeps the error of its last try: it was
+    attempted, and that error is what the caller needs to see.
+    """
+    if last_error is not None:
+        return _Outcome(None, last_error, attempts)
+    return _Outcome(None, NotAttemptedError(reason.reason, target=target, cause=reason.cause), 0)
 
 
 class _Halt:

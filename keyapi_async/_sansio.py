@@ -40,7 +40,13 @@ from ._errors import (
     ServerError,
 )
 from ._targets import Target
-from .models import Reel, decode_envelope, decode_error_envelope
+from .models import (
+    ErrorEnvelope,
+    Reel,
+    StoriesEnvelope,
+    decode_envelope,
+    decode_error_envelope,
+)
 
 __all__ = [
     "ENDPOINT_PATH",
@@ -215,10 +221,21 @@ def _error_status(
             target=target,
             headers=headers,
         )
+    return _from_envelope(envelope, status, headers, target)
+
+
+def _from_envelope(
+    envelope: ErrorEnvelope | StoriesEnvelope,
+    status: int,
+    headers: Mapping[str, str],
+    target: str | None,
+) -> APIStatusError:
+    """The error an API JSON body with a non-zero ``code`` (or an error status) stands for."""
+    fallback = f"HTTP {status}" if status >= 300 else f"code {envelope.code}"
     return error_for(
         status=status,
         code=envelope.code,
-        message=envelope.message or f"HTTP {status}",
+        message=envelope.message or fallback,
         request_id=envelope.request_id,
         target=target,
         headers=headers,
@@ -258,14 +275,7 @@ def parse_response(
         except (msgspec.DecodeError, msgspec.ValidationError):
             fallback = None
         if fallback is not None and fallback.code != 0:
-            raise error_for(
-                status=status,
-                code=fallback.code,
-                message=fallback.message or f"code {fallback.code}",
-                request_id=fallback.request_id,
-                target=target,
-                headers=headers,
-            ) from None
+            raise _from_envelope(fallback, status, headers, target) from None
         raise ResponseDecodeError(
             "response JSON does not match the stories schema",
             status=status,
@@ -279,14 +289,7 @@ def parse_response(
             reason, status=status, snippet=_snippet(body), target=target
         ) from None
     if envelope.code != 0:
-        raise error_for(
-            status=status,
-            code=envelope.code,
-            message=envelope.message or f"code {envelope.code}",
-            request_id=envelope.request_id,
-            target=target,
-            headers=headers,
-        )
+        raise _from_envelope(envelope, status, headers, target)
     outer = envelope.data
     reel = outer.data if outer is not None else None
     return reel if reel is not None else _EMPTY_REEL

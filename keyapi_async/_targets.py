@@ -78,9 +78,9 @@ class Target:
         return self.value if self.kind == "username" else _ID_PREFIX + self.value
 
 
-#: What the public API accepts as a target: a username string (or ``id:<digits>``),
-#: or a ready :class:`Target`.
 TargetLike = str | Target
+"""What the public API accepts as a target: a username string (or ``id:<digits>``),
+or a ready :class:`Target`."""
 
 
 def parse_target(text: str) -> Target:

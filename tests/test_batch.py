@@ -417,3 +417,31 @@ async def test_waiting_for_the_rate_gate_does_not_count_against_the_timeout(
         results = [r async for r in client.fetch_many(names(5))]
     assert all(r.ok for r in results), [r.error for r in results]
     assert max(r.elapsed for r in results) >= 1.5
+
+
+async def test_requests_queued_at_the_gate_are_not_sent_after_a_402(
+    api_key: str, make_client: ClientFactory
+) -> None:
+    # Paced at 10/s with 16 workers, most requests wait at the gate when the
+    # 402 arrives; none of them may go out afterwards.
+    config = EmulatorConfig(api_keys=frozenset({api_key}), credits=10)
+    async with run_emulator(config) as emu, make_client(emu, qps=10, concurrency=16) as client:
+        batch = client.fetch_many(names(20))
+        results = [r async for r in batch]
+    assert_one_result_each(results, set(names(20)))
+    assert sum(r.ok for r in results) == 5
+    assert emu.count(status=402) == 1
+    assert emu.count() == 6
+    assert batch.stopped_reason is not None
+    assert batch.stopped_reason.reason == "credits exhausted"
+
+
+async def test_budget_reached_is_the_batch_stop_reason(
+    emulator_config: EmulatorConfig, make_client: ClientFactory
+) -> None:
+    async with run_emulator(emulator_config) as emu, make_client(emu, max_credits=4) as client:
+        batch = client.fetch_many(names(10))
+        results = [r async for r in batch]
+    assert sum(r.ok for r in results) == 2
+    assert batch.stopped_reason is not None
+    assert batch.stopped_reason.reason == "credit budget reached"
