@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -155,6 +153,41 @@ class Ticket:
     sent_at: float = 0.0
 
 
+class _Slot:
+    """``async with`` form of one passage through the gate.
+
+    A plain class rather than ``@asynccontextmanager``: it runs once per
+    request, and the generator machinery cost twice as much.
+    """
+
+    __slots__ = ("_gate", "_ticket")
+
+    def __init__(self, gate: RateGate) -> None:
+        self._gate = gate
+        self._ticket = Ticket()
+
+    async def __aenter__(self) -> Ticket:
+        gate = self._gate
+        inflight = gate._inflight
+        await inflight.acquire()
+        if gate._limiter is None and gate._unthrottled:
+            # No cap and no 429 ever: nothing to wait for (the hot path of
+            # qps=None batches, kept free of further awaits).
+            now = gate._clock()
+            self._ticket.sent_at = now
+            gate._sent.append(now)
+            return self._ticket
+        try:
+            await gate._wait_turn(self._ticket)
+        except BaseException:
+            inflight.release()
+            raise
+        return self._ticket
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._gate._inflight.release()
+
+
 class RateGate:
     """Admission control shared by every request of one client (see module docstring).
 
@@ -186,14 +219,14 @@ class RateGate:
         self._sent: deque[float] = deque(maxlen=4096)
         self._accepted: deque[float] = deque(maxlen=4096)
         self.throttles = 0
+        self._unthrottled = True
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Ticket]:
-        """Wait for a turn to send; hold an in-flight place until the block exits."""
-        async with self._inflight:
-            ticket = Ticket()
-            await self._wait_turn(ticket)
-            yield ticket
+    def slot(self) -> _Slot:
+        """Wait for a turn to send; hold an in-flight place until the block exits.
+
+        Use as ``async with gate.slot() as ticket:``.
+        """
+        return _Slot(self)
 
     async def _wait_turn(self, ticket: Ticket) -> None:
         clock = self._clock
@@ -235,6 +268,7 @@ class RateGate:
         """
         now = self._clock()
         self.throttles += 1
+        self._unthrottled = False
         sent = ticket.sent_at
         in_window = [t for t in self._accepted if sent - WINDOW <= t < sent]
         until = now + delay

@@ -48,6 +48,9 @@ class Target:
         """Normalise a username, ``@handle`` or profile URL and validate it."""
         if not isinstance(raw, str):
             raise InvalidTargetError("username must be a string", value=raw)
+        if _USERNAME.fullmatch(raw):
+            # Already canonical (the common case in bulk input): one regex.
+            return cls("username", raw)
         text = raw.strip()
         match = _PROFILE_URL.fullmatch(text)
         if match is not None:
