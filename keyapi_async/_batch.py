@@ -212,7 +212,8 @@ class StoryBatch:
     @property
     def stopped_reason(self) -> NotAttemptedError | None:
         """Why the batch stopped sending (401, 402, budget or :meth:`stop`), if it did."""
-        return self._engine.halt.reason
+        halt = self._engine.halt
+        return halt.reason or halt.budget
 
     def __del__(self) -> None:
         # Dropped mid-iteration: cancel now rather than when the client

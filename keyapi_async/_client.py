@@ -369,8 +369,10 @@ class KeyAPIClient:
                 return _unsent(halt.reason, rendered, last_error, attempt)
             if not self._reserve_credit():
                 reason = NotAttemptedError("credit budget reached")
-                if halt is not None:
-                    halt.cancel(reason.reason)
+                if halt is not None and halt.budget is None:
+                    # Reported, not a stop: requests that already hold a
+                    # reservation still go out.
+                    halt.budget = reason
                 return _unsent(reason, rendered, last_error, attempt)
             async with gate.slot() as ticket:
                 if halt is not None and halt.reason is not None:
@@ -439,10 +441,13 @@ def _unsent(
 class _Halt:
     """A batch-wide stop signal: once set, no new request is sent for that batch."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("budget", "reason")
 
     def __init__(self) -> None:
         self.reason: NotAttemptedError | None = None
+        # Set once a send was refused for the credit budget: not a stop (a
+        # failed request frees its reservation), but why the batch ran dry.
+        self.budget: NotAttemptedError | None = None
 
     def stop(self, cause: KeyAPIError) -> None:
         if self.reason is not None:

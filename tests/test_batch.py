@@ -440,7 +440,12 @@ async def test_requests_queued_at_the_gate_are_not_sent_after_a_402(
 async def test_budget_reached_is_the_batch_stop_reason(
     emulator_config: EmulatorConfig, make_client: ClientFactory
 ) -> None:
-    async with run_emulator(emulator_config) as emu, make_client(emu, max_credits=4) as client:
+    # Paced, so that reserved requests are still waiting at the gate when the
+    # budget runs out: they must still be sent.
+    async with (
+        run_emulator(emulator_config) as emu,
+        make_client(emu, max_credits=4, qps=20) as client,
+    ):
         batch = client.fetch_many(names(10))
         results = [r async for r in batch]
     assert sum(r.ok for r in results) == 2
