@@ -47,9 +47,8 @@ CREDITS_PER_REQUEST = 2
 class ClientStats:
     """Counters of one client since it opened (a snapshot; cheap to take).
 
-    ``requests_sent`` counts every send including retries, ``in_flight`` the
-    requests sent and not yet answered; ``credits_spent``
-    counts 2 per successful answer (the API does not bill errors).
+    ``credits_spent`` counts 2 per successful answer: error answers are
+    assumed not to be billed (the API's documentation does not say).
     """
 
     requests_sent: int
@@ -290,13 +289,14 @@ class KeyAPIClient:
             rate_limited=c.rate_limited,
             retries=c.retries,
             credits_spent=c.credits_spent,
-            current_qps=(
-                snapshot.current_qps
-                if snapshot is not None
-                else (self._config.qps and self._config.qps * (1 - self._config.rate_margin))
-            ),
+            current_qps=snapshot.current_qps if snapshot is not None else self._paced_qps(),
             cooldown_remaining=snapshot.cooldown_remaining if snapshot is not None else 0.0,
         )
+
+    def _paced_qps(self) -> float | None:
+        # Before the gate exists (client not open yet): what it will pace at.
+        qps = self._config.qps
+        return None if qps is None else qps * (1 - self._config.rate_margin)
 
     async def fetch_user_stories(
         self, *, username: str | None = None, user_id: str | int | None = None
