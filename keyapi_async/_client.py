@@ -20,7 +20,18 @@ import anyio
 import anyio.abc
 
 from . import __about__
-from ._config import ClientConfig
+from ._config import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QPS,
+    DEFAULT_RATE_MARGIN,
+    DEFAULT_RETRY_AFTER_CAP,
+    DEFAULT_TIMEOUT,
+    ClientConfig,
+)
 from ._errors import (
     AuthenticationError,
     InsufficientCreditsError,
@@ -152,15 +163,15 @@ class KeyAPIClient:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        qps: float | None = 10.0,
-        concurrency: int = 16,
-        rate_margin: float = 0.05,
-        max_attempts: int = 5,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 20.0,
-        retry_after_cap: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        qps: float | None = DEFAULT_QPS,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        rate_margin: float = DEFAULT_RATE_MARGIN,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_base: float = DEFAULT_BACKOFF_BASE,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP,
+        retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
         max_credits: int | None = None,
         user_agent: str = "",
         session: aiohttp.ClientSession | None = None,

@@ -25,9 +25,15 @@ from ._errors import ConfigurationError
 from ._retry import RetryPolicy
 
 __all__ = [
+    "DEFAULT_BACKOFF_BASE",
+    "DEFAULT_BACKOFF_CAP",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_QPS",
+    "DEFAULT_RATE_MARGIN",
+    "DEFAULT_RETRY_AFTER_CAP",
     "DEFAULT_TIMEOUT",
     "ClientConfig",
     "Secret",
@@ -38,6 +44,11 @@ DEFAULT_QPS = 10.0
 DEFAULT_CONCURRENCY = 16
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_RATE_MARGIN = 0.05
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_BACKOFF_BASE = 0.5
+DEFAULT_BACKOFF_CAP = 20.0
+DEFAULT_RETRY_AFTER_CAP = 60.0
 API_KEY_ENV = "KEYAPI_API_KEY"
 BASE_URL_ENV = "KEYAPI_BASE_URL"
 
@@ -138,7 +149,7 @@ class ClientConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     qps: float | None = DEFAULT_QPS
     concurrency: int = DEFAULT_CONCURRENCY
-    rate_margin: float = 0.05
+    rate_margin: float = DEFAULT_RATE_MARGIN
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_credits: int | None = None
     user_agent: str = ""
@@ -153,11 +164,11 @@ class ClientConfig:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         qps: float | None = DEFAULT_QPS,
         concurrency: int = DEFAULT_CONCURRENCY,
-        rate_margin: float = 0.05,
-        max_attempts: int = 5,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 20.0,
-        retry_after_cap: float = 60.0,
+        rate_margin: float = DEFAULT_RATE_MARGIN,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_base: float = DEFAULT_BACKOFF_BASE,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP,
+        retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
         max_credits: int | None = None,
         user_agent: str = "",
     ) -> ClientConfig:
