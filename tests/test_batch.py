@@ -88,8 +88,9 @@ async def test_a_429_pauses_every_worker_for_the_retry_after(
     throttled = next(r for r in emu.log if r.status == 429)
     later = [r.time - throttled.time for r in emu.log if r.seq > throttled.seq]
     # Retry-After is 1 s: every request after the 429 waited out the cooldown
-    # (those already in flight arrived within a few ms of it).
-    assert all(dt < 0.1 or dt >= 0.95 for dt in later), later
+    # (those already in flight arrive within milliseconds of it; 0.5 s leaves
+    # room for a stalled machine while staying far from the 1 s pause).
+    assert all(dt < 0.5 or dt >= 0.95 for dt in later), later
     assert sum(dt >= 0.95 for dt in later) >= 1
     by_target = {r.target: r for r in results}
     assert by_target["user0"].attempts == 2
