@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_serve(config, args))
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C is how one stops a server run from a shell: a clean exit.
+        return 0
     except OSError as exc:
         print(f"{parser.prog}: cannot serve: {exc}", file=sys.stderr)
         return 1
