@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Literal, Self
 
 import anyio
 import anyio.lowlevel
@@ -161,11 +161,7 @@ class StoryBatch:
         if not engine.started:
             engine.start()
         if not self._ordered:
-            try:
-                # Inline fast path: this runs once per result.
-                result = self._recv.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                result = await self._receive()
+            result = await self._receive()
         else:
             while self._next_index not in self._pending:
                 got = await self._receive()
@@ -177,8 +173,14 @@ class StoryBatch:
         return result
 
     async def _receive(self) -> StoryResult:
+        # anyio's receive() always yields to the loop first, even with a
+        # result waiting; for one consumer that meant one result per loop
+        # iteration. Only wait when the stream is really empty.
         try:
-            return await _take(self._recv)
+            try:
+                return self._recv.receive_nowait()
+            except anyio.WouldBlock:
+                return await self._recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             if self._engine.failure is not None:
                 raise self._engine.failure from None
@@ -332,24 +334,29 @@ class _Engine:
                     window.release()
                 return
             if isinstance(item, StoryResult):
-                await _put(self._send, item)
-                continue
-            started = clock()
-            try:
-                outcome = await fetch(item.target, self.halt)
-            except Exception as exc:
-                # A bug must not lose the target: record it as its outcome.
-                error = KeyAPIError(f"internal error: {type(exc).__name__}: {exc}", target=item.key)
-                result = StoryResult(item.key, None, error, 1, clock() - started, item.index)
+                result = item  # an invalid target: its result is ready
             else:
-                result = StoryResult(
-                    item.key,
-                    outcome.reel,
-                    outcome.error,
-                    outcome.attempts,
-                    clock() - started,
-                    item.index,
-                )
+                started = clock()
+                try:
+                    outcome = await fetch(item.target, self.halt)
+                except Exception as exc:
+                    # A bug must not lose the target: record it as its outcome.
+                    error = KeyAPIError(
+                        f"internal error: {type(exc).__name__}: {exc}", target=item.key
+                    )
+                    result = StoryResult(item.key, None, error, 1, clock() - started, item.index)
+                else:
+                    result = StoryResult(
+                        item.key,
+                        outcome.reel,
+                        outcome.error,
+                        outcome.attempts,
+                        clock() - started,
+                        item.index,
+                    )
+            # Like receive(), send() always yields first; only wait when the
+            # (bounded) stream is really full. Every worker awaits the network
+            # between results, so nothing starves the loop.
             try:
                 self._send.send_nowait(result)
             except anyio.WouldBlock:
@@ -395,28 +402,6 @@ class _Source:
     def close(self) -> None:
         """Read nothing more (after the input raised)."""
         self._done = True
-
-
-_T = TypeVar("_T")
-
-
-# anyio's send()/receive() always yield to the event loop first, even when the
-# item could pass at once; for one consumer that meant one result per loop
-# iteration and 30x more iterations than requests needed. These only wait when
-# the (bounded) stream is really full or empty, and every worker awaits the
-# network between items, so nothing starves the loop.
-async def _put(stream: MemoryObjectSendStream[_T], item: _T) -> None:
-    try:
-        stream.send_nowait(item)
-    except anyio.WouldBlock:
-        await stream.send(item)
-
-
-async def _take(stream: MemoryObjectReceiveStream[_T]) -> _T:
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        return await stream.receive()
 
 
 def _describe(raw: object) -> str:
