@@ -5,7 +5,7 @@ One batch::
     targets (iterable or async iterable, read lazily)
       → ``concurrency`` workers, each pulling the next target itself:
         normalise (invalid: an error result, nothing sent) → dedupe (seen once)
-        → one request at a time (with retries)
+        → one target at a time through the fetcher (with retries)
       → bounded result stream → the caller's ``async for`` (as finished, or in input order)
 
 Memory is bounded by the concurrency, not by the number of targets: at most
@@ -16,36 +16,53 @@ per-target state that grows is the set of keys already seen, which
 deduplication needs (a short string each: about 100 bytes a target, so 5 MB
 for 50,000).
 
-Every task belongs to the batch's task group, which runs inside the client's
-task group: leaving the ``async for`` early (``break``, an exception) cancels
-the batch as soon as the batch object is dropped or closed, and closing the
-client cancels anything left.
+Lifetime. ``async with client.fetch_many(...) as batch:`` opens the batch's
+task group in the caller's task: leaving the block (finished, ``break``, an
+exception, a cancellation) cancels whatever is still running and waits for it,
+so sending stops deterministically and nothing is left open. A plain
+``async for`` over ``fetch_many(...)`` works too: the batch then runs its task
+group inside the client's, the result stream is closed when the loop ends,
+and a loop left early is cancelled when the batch object is dropped (at once
+under CPython's reference counting) or, at the latest, when the client closes.
+
+The batch owns its :class:`~._fetch.Stop` signal: a 401, 403 or 402, the
+circuit breaker (API unreachable) or :meth:`StoryBatch.stop` sets it, and
+every target not sent by then yields a ``not_attempted`` result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import Any, Literal, Self
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._client import CREDITS_PER_REQUEST, _Halt
+from ._budget import CREDITS_PER_REQUEST
 from ._errors import InvalidTargetError, KeyAPIError, NotAttemptedError
+from ._fetch import Fetcher, Stop
 from ._targets import Target, TargetLike, as_target
 from .models import Reel
-
-if TYPE_CHECKING:
-    from ._client import KeyAPIClient
 
 __all__ = ["BatchCounts", "StoryBatch", "StoryResult", "estimate_credits"]
 
 _CHECKPOINT_EVERY = 256
+
+#: Starts a batch's runner in a task group that outlives the call (the client's).
+Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,27 +145,31 @@ class StoryBatch:
 
     Guarantees: every distinct target yields exactly one result (invalid
     ones an :class:`~keyapi_async.InvalidTargetError` without a request;
-    after a 401 or 402, or :meth:`stop`, the rest a
+    after a 401, 403 or 402, an unreachable API, or :meth:`stop`, the rest a
     :class:`~keyapi_async.NotAttemptedError` saying why); duplicates after
     normalisation are fetched and reported once; with ``ordered=True``
     results come in input order.
 
-    Leaving the loop early cancels the batch as soon as this object is
-    dropped; use ``async with`` (or :meth:`aclose`) to cancel and wait for it
-    deterministically.
+    Prefer ``async with client.fetch_many(...) as batch: async for r in batch``:
+    the batch's tasks then live exactly as long as the block.
     """
 
     def __init__(
         self,
-        client: KeyAPIClient,
+        fetcher: Fetcher,
         targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
         *,
         ordered: bool,
+        workers: int,
+        where: str,
+        spawn: Spawner,
     ) -> None:
         # The running tasks reference only the engine, never this handle, so
         # dropping the handle (``break``) is what lets __del__ cancel them.
-        self._engine = _Engine(client, targets, ordered=ordered)
+        self._engine = _Engine(fetcher, targets, ordered=ordered, workers=workers, where=where)
         self._recv = self._engine.receiver
+        self._spawn = spawn
+        self._group: anyio.abc.TaskGroup | None = None
         self._ordered = ordered
         self._pending: dict[int, StoryResult] = {}
         self._next_index = 0
@@ -159,7 +180,8 @@ class StoryBatch:
     async def __anext__(self) -> StoryResult:
         engine = self._engine
         if not engine.started:
-            engine.start()
+            engine.started = True
+            self._spawn(engine.run)
         if not self._ordered:
             result = await self._receive()
         else:
@@ -182,11 +204,20 @@ class StoryBatch:
             except anyio.WouldBlock:
                 return await self._recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._recv.close()
             if self._engine.failure is not None:
                 raise self._engine.failure from None
             raise StopAsyncIteration from None
 
     async def __aenter__(self) -> Self:
+        engine = self._engine
+        if engine.started:
+            raise RuntimeError("use `async with` before iterating the batch, not after")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        engine.started = True
+        group.start_soon(engine.run, name="keyapi-batch")
         return self
 
     async def __aexit__(
@@ -195,16 +226,27 @@ class StoryBatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        group, self._group = self._group, None
+        try:
+            self._engine.scope.cancel()
+            if group is not None:
+                # Not handed the body's exception: the task group would wrap
+                # it in an ExceptionGroup; it propagates by itself.
+                await group.__aexit__(None, None, None)
+        finally:
+            self._recv.close()
 
     async def aclose(self) -> None:
         """Cancel whatever is still running and wait until it has stopped."""
+        if self._group is not None:
+            await self.__aexit__(None, None, None)
+            return
         await self._engine.cancel_and_wait()
         self._recv.close()
 
     def stop(self, reason: str = "batch stopped") -> None:
         """Send no new requests; in-flight ones finish, the rest yield NotAttemptedError."""
-        self._engine.halt.cancel(reason)
+        self._engine.stop.cancel(reason)
 
     @property
     def counts(self) -> BatchCounts:
@@ -213,13 +255,14 @@ class StoryBatch:
 
     @property
     def stopped_reason(self) -> NotAttemptedError | None:
-        """Why the batch stopped sending (401, 402, budget or :meth:`stop`), if it did."""
-        halt = self._engine.halt
-        return halt.reason or halt.budget
+        """Why the batch stopped sending (401, 403, 402, unreachable, budget, :meth:`stop`)."""
+        stop = self._engine.stop
+        return stop.reason or stop.budget
 
     def __del__(self) -> None:
-        # Dropped mid-iteration: cancel now rather than when the client
-        # closes, so that no more requests (and credits) are spent.
+        # A plain ``async for`` left early: cancel now rather than when the
+        # client closes, so that no more requests (and credits) are spent.
+        self._recv.close()
         engine = self._engine
         if engine.started and not engine.finished.is_set():
             try:
@@ -230,7 +273,7 @@ class StoryBatch:
 
 
 class _Engine:
-    """The workers of one batch; owned by a task in the client's task group.
+    """The workers of one batch, in one task group the batch opens.
 
     There is no producer task: each worker pulls the next target from the
     input itself (as a bare ``for url in urls`` worker pool does), so passing
@@ -239,14 +282,15 @@ class _Engine:
 
     def __init__(
         self,
-        client: KeyAPIClient,
+        fetcher: Fetcher,
         targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
         *,
         ordered: bool,
+        workers: int,
+        where: str,
     ) -> None:
-        self._client = client
+        self._fetcher = fetcher
         self._source = _Source(targets)
-        workers = client.config.concurrency
         self._workers = workers
         self._send: MemoryObjectSendStream[StoryResult]
         self.receiver: MemoryObjectReceiveStream[StoryResult]
@@ -257,16 +301,11 @@ class _Engine:
         self._seen: set[str] = set()
         self._next_index = 0
         self.scope = anyio.CancelScope()
-        self.halt = _Halt()
+        self.stop = Stop(where)
         self.failure: BaseException | None = None
         self.started = False
         self.finished = anyio.Event()
         self.counts = BatchCounts()
-
-    def start(self) -> None:
-        if not self.started:
-            self.started = True
-            self._client._spawn_batch(self.run)
 
     def release_window(self) -> None:
         if self._window is not None:
@@ -320,7 +359,8 @@ class _Engine:
                 await anyio.lowlevel.checkpoint()
 
     async def _worker(self) -> None:
-        fetch = self._client._fetch
+        fetch = self._fetcher.fetch
+        stop = self.stop
         clock = time.monotonic
         window = self._window
         while True:
@@ -338,7 +378,7 @@ class _Engine:
             else:
                 started = clock()
                 try:
-                    outcome = await fetch(item.target, self.halt)
+                    outcome = await fetch(item.target, stop)
                 except Exception as exc:
                     # A bug must not lose the target: record it as its outcome.
                     error = KeyAPIError(

@@ -1,16 +1,30 @@
-"""Validated, explicit client settings (keyword-only; every bad value is named).
+"""Validated, explicit client settings: one list of options, their defaults in one place.
+
+:class:`ClientConfig` is that list. :class:`~keyapi_async.KeyAPIClient` takes
+the same names as keyword arguments (typed by :class:`ClientOptions`) and hands
+them to :meth:`ClientConfig.create`, which validates each one, naming the bad
+one, and applies the environment fallbacks.
 
 Defaults and why:
 
 * ``qps=10``: conservative. keyapi.ai does not publish a per-key limit, and a
   429 costs a round trip and a pause for the whole batch, so the default errs
   low; raise it to your plan's limit. ``qps=None`` switches the rate cap off
-  (the in-flight cap still bounds the work, and 429s still slow it down).
-* ``concurrency=16``: enough to keep 10-50 req/s flowing at typical API
-  latencies (0.3-1.5 s) without opening hundreds of sockets.
+  (429s still slow the client down).
+* ``concurrency=None``: derived. Filling a rate cap needs ``qps * latency``
+  requests in flight (Little's law): 20/s at 3 s is 60. No request can be in
+  flight longer than ``timeout``, so ``ceil(qps * timeout)`` in flight can
+  never be the bottleneck under the cap, whatever the API's latency; it is
+  bounded by :data:`MAX_DERIVED_CONCURRENCY` (sockets and tasks) and is at
+  least :data:`MIN_DERIVED_CONCURRENCY`. With ``qps=None`` it is
+  :data:`DEFAULT_UNCAPPED_CONCURRENCY`. An explicit ``concurrency`` is a hard cap.
+  Only requests let out by the rate gate hold a socket, so at ``qps`` req/s
+  and latency ``L`` about ``qps * L`` sockets are open, not ``concurrency``.
 * ``timeout=30`` seconds per attempt, measured from the moment the rate gate
   lets the request out (waiting for a turn never eats into it).
 * ``max_attempts=5`` sends per target for transient failures.
+* ``proxy=None``: honour ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` from the
+  environment, as httpx and requests do; a URL forces that proxy.
 """
 
 from __future__ import annotations
@@ -18,39 +32,37 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
 from ._retry import RetryPolicy
 
 __all__ = [
-    "DEFAULT_BACKOFF_BASE",
-    "DEFAULT_BACKOFF_CAP",
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONCURRENCY",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_QPS",
-    "DEFAULT_RATE_MARGIN",
-    "DEFAULT_RETRY_AFTER_CAP",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_UNCAPPED_CONCURRENCY",
+    "MAX_DERIVED_CONCURRENCY",
+    "MIN_DERIVED_CONCURRENCY",
+    "REDIS_URL_ENV",
     "ClientConfig",
+    "ClientOptions",
     "Secret",
+    "shown_url",
 ]
 
 DEFAULT_BASE_URL = "https://api.keyapi.ai"
-DEFAULT_QPS = 10.0
-DEFAULT_CONCURRENCY = 16
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_RATE_MARGIN = 0.05
-DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_BACKOFF_BASE = 0.5
-DEFAULT_BACKOFF_CAP = 20.0
-DEFAULT_RETRY_AFTER_CAP = 60.0
+MAX_DERIVED_CONCURRENCY = 512
+MIN_DERIVED_CONCURRENCY = 16
+DEFAULT_UNCAPPED_CONCURRENCY = 32
 API_KEY_ENV = "KEYAPI_API_KEY"
 BASE_URL_ENV = "KEYAPI_BASE_URL"
+REDIS_URL_ENV = "KEYAPI_REDIS_URL"
 
 
 class Secret:
@@ -62,7 +74,7 @@ class Secret:
         self._value = value
 
     def reveal(self) -> str:
-        """The secret itself; only the request builder calls this."""
+        """The secret itself; only the request builder and the key fingerprint call this."""
         return self._value
 
     def __repr__(self) -> str:
@@ -81,6 +93,181 @@ class Secret:
         raise TypeError("the API key is not picklable")
 
 
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of :class:`~keyapi_async.KeyAPIClient` (see :class:`ClientConfig`)."""
+
+    base_url: str | None
+    timeout: float
+    connect_timeout: float
+    qps: float | None
+    concurrency: int | None
+    rate_margin: float
+    max_attempts: int
+    backoff_base: float
+    backoff_cap: float
+    retry_after_cap: float
+    max_credits: int | None
+    user_agent: str
+    proxy: str | None
+    redis_url: str | None
+    redis_namespace: str | None
+    redis_grace: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Every setting of a :class:`~keyapi_async.KeyAPIClient`, validated once.
+
+    Build it with :meth:`create`, which applies the environment fallbacks and
+    resolves ``concurrency``; the defaults below are the only ones.
+    """
+
+    api_key: Secret
+    """The key (masked in every repr); ``$KEYAPI_API_KEY`` when not given."""
+    base_url: str = DEFAULT_BASE_URL
+    """API root; ``$KEYAPI_BASE_URL`` when not given."""
+    timeout: float = 30.0
+    """Seconds per attempt, counted from when the rate gate lets the request out."""
+    connect_timeout: float = 10.0
+    """Seconds to open a connection."""
+    qps: float | None = 10.0
+    """Requests never exceeded in any one-second window; ``None``: no cap."""
+    concurrency: int | None = None
+    """Requests in flight at most; ``None`` derives it (module docstring)."""
+    rate_margin: float = 0.05
+    """Share below ``qps`` to pace at, absorbing network jitter."""
+    max_attempts: int = 5
+    """Sends per target for transient failures (1: no retries)."""
+    backoff_base: float = 0.5
+    """First backoff ceiling in seconds (full jitter, doubling)."""
+    backoff_cap: float = 20.0
+    """Largest backoff in seconds."""
+    retry_after_cap: float = 60.0
+    """Largest server ``Retry-After`` honoured, in seconds."""
+    max_credits: int | None = None
+    """Credit budget: nothing is sent that could exceed it."""
+    user_agent: str = ""
+    """Prefix for the ``User-Agent`` header."""
+    proxy: str | None = None
+    """Proxy URL; ``None`` honours the ``*_PROXY`` environment variables."""
+    redis_url: str | None = None
+    """Share the rate, cooldown and budget through this Redis (``$KEYAPI_REDIS_URL``)."""
+    redis_namespace: str | None = None
+    """A separate shared budget and gate under the same key."""
+    redis_grace: float = 5.0
+    """Seconds to wait for a lost Redis before giving up on sending."""
+
+    @classmethod
+    def create(cls, api_key: str | None = None, **options: object) -> ClientConfig:
+        """Validate every option, naming the bad one, and apply env fallbacks.
+
+        Unknown option names raise :class:`TypeError`, as a misspelt keyword
+        argument does anywhere in Python.
+        """
+        known = {f.name for f in fields(cls)} - {"api_key"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+        values: dict[str, object] = {f.name: f.default for f in fields(cls) if f.name != "api_key"}
+        values.update(options)
+        # None (not the dataclass default) so that $KEYAPI_BASE_URL applies.
+        values["base_url"] = options.get("base_url")
+        for name in ("timeout", "connect_timeout", "redis_grace"):
+            _number(name, values[name])
+        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
+            _number(name, values[name], allow_zero=True)
+        _number("qps", values["qps"], allow_none=True)
+        margin = values["rate_margin"]
+        _number("rate_margin", margin, allow_zero=True)
+        if isinstance(margin, (int, float)) and margin >= 0.5:
+            raise ConfigurationError(f"rate_margin must be below 0.5, got {margin!r}")
+        attempts = values["max_attempts"]
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise ConfigurationError(f"max_attempts must be an int, got {attempts!r}")
+        if attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1, got {attempts!r}")
+        _int("concurrency", values["concurrency"], minimum=1, allow_none=True)
+        _int("max_credits", values["max_credits"], minimum=0, allow_none=True)
+        agent = values["user_agent"]
+        if not isinstance(agent, str) or not agent.isprintable():
+            raise ConfigurationError(f"user_agent must be printable text, got {agent!r}")
+        namespace = values["redis_namespace"]
+        if namespace is not None and (
+            not isinstance(namespace, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", namespace)
+        ):
+            raise ConfigurationError(
+                f"redis_namespace must be 1-64 of letters, digits, '.', '_', '-', got {namespace!r}"
+            )
+        qps = None if values["qps"] is None else float(values["qps"])  # type: ignore[arg-type]
+        timeout = float(values["timeout"])  # type: ignore[arg-type]
+        concurrency = values["concurrency"]
+        if concurrency is None:
+            concurrency = derived_concurrency(qps, timeout)
+        redis_url = values["redis_url"]
+        if redis_url is None:
+            redis_url = os.environ.get(REDIS_URL_ENV) or None
+        return cls(
+            api_key=_resolve_key(api_key),
+            base_url=_resolve_url("base_url", values["base_url"], env=BASE_URL_ENV),
+            timeout=timeout,
+            connect_timeout=float(values["connect_timeout"]),  # type: ignore[arg-type]
+            qps=qps,
+            concurrency=concurrency,  # type: ignore[arg-type]
+            rate_margin=float(margin),  # type: ignore[arg-type]
+            max_attempts=values["max_attempts"],  # type: ignore[arg-type]
+            backoff_base=float(values["backoff_base"]),  # type: ignore[arg-type]
+            backoff_cap=float(values["backoff_cap"]),  # type: ignore[arg-type]
+            retry_after_cap=float(values["retry_after_cap"]),  # type: ignore[arg-type]
+            max_credits=values["max_credits"],  # type: ignore[arg-type]
+            user_agent=agent,
+            proxy=None if values["proxy"] is None else _resolve_proxy(values["proxy"]),
+            redis_url=None if redis_url is None else _resolve_redis(redis_url),
+            redis_namespace=namespace,
+            redis_grace=float(values["redis_grace"]),  # type: ignore[arg-type]
+        )
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy these settings describe."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            retry_after_cap=self.retry_after_cap,
+        )
+
+    @property
+    def workers(self) -> int:
+        """The resolved in-flight cap (``concurrency`` after :meth:`create`)."""
+        if self.concurrency is None:
+            return derived_concurrency(self.qps, self.timeout)
+        return self.concurrency
+
+    @property
+    def paced_qps(self) -> float | None:
+        """The rate the gate paces at: ``qps`` less the margin."""
+        return None if self.qps is None else self.qps * (1 - self.rate_margin)
+
+
+def _default(name: str) -> object:
+    return next(f.default for f in fields(ClientConfig) if f.name == name)
+
+
+# Read from the dataclass, the one place defaults are written, for the CLI's
+# help texts.
+DEFAULT_QPS: float | None = _default("qps")  # type: ignore[assignment]
+DEFAULT_TIMEOUT: float = _default("timeout")  # type: ignore[assignment]
+DEFAULT_CONCURRENCY: int | None = _default("concurrency")  # type: ignore[assignment]
+
+
+def derived_concurrency(qps: float | None, timeout: float) -> int:
+    """The in-flight cap when none is given: enough to fill ``qps`` at any latency up to ``timeout``."""  # noqa: E501
+    if qps is None:
+        return DEFAULT_UNCAPPED_CONCURRENCY
+    wanted = math.ceil(qps * timeout)
+    return max(MIN_DERIVED_CONCURRENCY, min(MAX_DERIVED_CONCURRENCY, wanted))
+
+
 def _number(
     name: str, value: object, *, allow_zero: bool = False, allow_none: bool = False
 ) -> None:
@@ -94,7 +281,14 @@ def _number(
         raise ConfigurationError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
-def _resolve_key(api_key: str | None) -> Secret:
+def _int(name: str, value: object, *, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _resolve_key(api_key: object) -> Secret:
     if api_key is None:
         api_key = os.environ.get(API_KEY_ENV)
     if api_key is not None and not isinstance(api_key, str):
@@ -110,106 +304,57 @@ def _resolve_key(api_key: str | None) -> Secret:
     return Secret(key)
 
 
-def _shown(url: str) -> str:
-    """``url`` without its userinfo, query and fragment (they may hold secrets), for messages."""
+def shown_url(url: str) -> str:
+    """``url`` without its password, query and fragment (they may hold secrets), for messages."""
     head = re.split(r"[?#]", url, maxsplit=1)[0]
     return re.sub(r"//[^/@]*@", "//***@", head)
 
 
-def _resolve_base_url(base_url: str | None) -> str:
-    if base_url is None:
-        base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    if not isinstance(base_url, str):
-        raise ConfigurationError(f"base_url must be a string, got {base_url!r}")
-    text = base_url.strip()
+def _resolve_url(name: str, value: object, *, env: str) -> str:
+    if value is None:
+        value = os.environ.get(env) or DEFAULT_BASE_URL
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, got {value!r}")
+    text = value.strip()
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - parsed lazily; raises ValueError when out of range
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"base_url must be an http(s) URL, got {_shown(text)!r}")
+        raise ConfigurationError(f"{name} must be an http(s) URL, got {shown_url(text)!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
-            f"base_url must not carry a query, fragment or credentials, got {_shown(text)!r}"
+            f"{name} must not carry a query, fragment or credentials, got {shown_url(text)!r}"
         )
     return text.rstrip("/")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientConfig:
-    """Every setting of a :class:`~keyapi_async.KeyAPIClient`, validated once.
+def _resolve_proxy(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"proxy must be a URL string, got {type(value).__name__}")
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"proxy must be an http(s) URL, got {shown_url(text)!r}")
+    return text
 
-    Build it with :meth:`create`, which applies the environment fallbacks.
-    """
 
-    api_key: Secret
-    base_url: str = DEFAULT_BASE_URL
-    timeout: float = DEFAULT_TIMEOUT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    qps: float | None = DEFAULT_QPS
-    concurrency: int = DEFAULT_CONCURRENCY
-    rate_margin: float = DEFAULT_RATE_MARGIN
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_credits: int | None = None
-    user_agent: str = ""
-
-    @classmethod
-    def create(
-        cls,
-        api_key: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        qps: float | None = DEFAULT_QPS,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        rate_margin: float = DEFAULT_RATE_MARGIN,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        backoff_base: float = DEFAULT_BACKOFF_BASE,
-        backoff_cap: float = DEFAULT_BACKOFF_CAP,
-        retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
-        max_credits: int | None = None,
-        user_agent: str = "",
-    ) -> ClientConfig:
-        """Validate every argument, naming the bad one, and apply env fallbacks."""
-        _number("timeout", timeout)
-        _number("connect_timeout", connect_timeout)
-        _number("qps", qps, allow_none=True)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        _number("rate_margin", rate_margin, allow_zero=True)
-        if rate_margin >= 0.5:
-            raise ConfigurationError(f"rate_margin must be below 0.5, got {rate_margin!r}")
-        if max_credits is not None and (
-            isinstance(max_credits, bool) or not isinstance(max_credits, int) or max_credits < 0
-        ):
-            raise ConfigurationError(f"max_credits must be an int >= 0, got {max_credits!r}")
-        if not isinstance(user_agent, str) or not user_agent.isprintable():
-            raise ConfigurationError(f"user_agent must be printable text, got {user_agent!r}")
-        # RetryPolicy lets NaN through (NaN < 0 is false), which would silently
-        # turn backoff off; every float the client gets must be finite.
-        _number("backoff_base", backoff_base, allow_zero=True)
-        _number("backoff_cap", backoff_cap, allow_zero=True)
-        _number("retry_after_cap", retry_after_cap, allow_zero=True)
-        try:
-            retry = RetryPolicy(
-                max_attempts=max_attempts,
-                backoff_base=backoff_base,
-                backoff_cap=backoff_cap,
-                retry_after_cap=retry_after_cap,
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(str(exc)) from None
-        return cls(
-            api_key=_resolve_key(api_key),
-            base_url=_resolve_base_url(base_url),
-            timeout=float(timeout),
-            connect_timeout=float(connect_timeout),
-            qps=None if qps is None else float(qps),
-            concurrency=concurrency,
-            rate_margin=float(rate_margin),
-            retry=retry,
-            max_credits=max_credits,
-            user_agent=user_agent,
+def _resolve_redis(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"redis_url must be a string, got {type(value).__name__}")
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"redis_url must be a redis://, rediss:// or unix:// URL, got {shown_url(text)!r}"
         )
+    return text

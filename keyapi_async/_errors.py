@@ -5,21 +5,30 @@ Every error the client raises on purpose derives from :class:`KeyAPIError`::
     KeyAPIError
     ├── InvalidTargetError (also ValueError)   bad username/user id; nothing was sent
     ├── ConfigurationError (also ValueError)   bad client settings, missing API key
-    ├── TransportError                         no usable HTTP answer: refused, reset,
-    │   └── RequestTimeoutError                timed out, body cut off mid-stream
+    ├── TransportError                         no usable HTTP answer: reset, body cut off
+    │   ├── ConnectError                       no connection opened: refused, DNS,
+    │   │                                      unreachable host, proxy refused
+    │   └── RequestTimeoutError                timed out
     ├── ResponseDecodeError                    an answer came but is not the API's JSON
-    │                                          (HTML page, empty or truncated body)
-    ├── APIStatusError                         the API said no (HTTP status and/or body code)
+    │                                          (HTML page, empty, truncated, not UTF-8,
+    │                                          schema drift); ``billed`` if it said code 0
+    ├── APIStatusError                         the API said no (HTTP status and/or body
+    │   │                                      code); ``retry_after`` if the server sent one
     │   ├── BadRequestError                    400
     │   ├── AuthenticationError                401 (missing or wrong key)
     │   ├── InsufficientCreditsError           402 (quota exhausted)
-    │   ├── RateLimitError                     429 (``retry_after`` when the server sent one)
+    │   ├── PermissionDeniedError              403 (the key may not call this endpoint)
+    │   ├── NotFoundError                      404 (account missing or private)
+    │   ├── RateLimitError                     429
     │   └── ServerError                        5xx
+    ├── GateUnavailableError                   the shared rate gate is unreachable;
+    │                                          nothing may be sent
     └── NotAttemptedError                      a batch target never sent, with the reason
 
 ``retryable`` on each class says whether the retry policy may try again: rate
 limits, server errors, transport failures and undecodable bodies are transient;
-everything else would fail the same way again (and 401/402 would waste credits).
+everything else would fail the same way again (and 401/402/403 would waste
+requests, a 404 is an answer about the account, not a glitch).
 
 No exception built here ever holds the API key: messages are built from the
 response body and the target only, and transport errors are raised outside the
@@ -37,10 +46,14 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "ConnectError",
+    "GateUnavailableError",
     "InsufficientCreditsError",
     "InvalidTargetError",
     "KeyAPIError",
     "NotAttemptedError",
+    "NotFoundError",
+    "PermissionDeniedError",
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseDecodeError",
@@ -106,9 +119,19 @@ class ConfigurationError(KeyAPIError, ValueError):
 
 
 class TransportError(KeyAPIError):
-    """No usable HTTP answer arrived: connection refused or reset, or a cut-off body."""
+    """No usable HTTP answer arrived: the connection failed, was reset, or the body was cut off."""
 
     retryable = True
+
+
+class ConnectError(TransportError):
+    """No connection could be opened: refused, DNS failure, unreachable host or proxy.
+
+    Nothing reached the API, so nothing was billed. When every attempt of a
+    batch ends here the API is unreachable (a wrong ``base_url``, a dead
+    proxy), which is why the batch may stop early instead of retrying each
+    target on its own.
+    """
 
 
 class RequestTimeoutError(TransportError):
@@ -118,9 +141,15 @@ class RequestTimeoutError(TransportError):
 class ResponseDecodeError(KeyAPIError):
     """An HTTP answer arrived but its body is not the API's JSON.
 
-    An HTML error page from a proxy, an empty body or truncated JSON all land
-    here, never as "no stories". ``status`` is the HTTP status and ``snippet``
-    the first bytes of the body (decoded leniently) to help diagnosis.
+    An HTML error page from a proxy, an empty, truncated or non-UTF-8 body, or
+    JSON of an unexpected shape all land here, never as "no stories".
+    ``status`` is the HTTP status and ``snippet`` the first bytes of the body
+    (decoded leniently) to help diagnosis.
+
+    ``billed`` is true when the body still said ``code: 0``: the API charged
+    for this answer even though it cannot be used (schema drift, a reel that
+    announces items but carries none). Retrying buys it again, so the retry
+    policy retries such an answer at most once.
     """
 
     retryable = True
@@ -133,15 +162,19 @@ class ResponseDecodeError(KeyAPIError):
         snippet: str = "",
         request_id: str | None = None,
         target: str | None = None,
+        billed: bool = False,
     ) -> None:
         super().__init__(message, target=target)
         self.status = status
         self.snippet = snippet
         self.request_id = request_id
+        self.billed = billed
 
     def __repr__(self) -> str:
+        billed = ", billed=True" if self.billed else ""
         return (
-            f"ResponseDecodeError({self.message!r}, status={self.status}, target={self.target!r})"
+            f"ResponseDecodeError({self.message!r}, status={self.status}, "
+            f"target={self.target!r}{billed})"
         )
 
 
@@ -150,7 +183,10 @@ class APIStatusError(KeyAPIError):
 
     ``status`` is the HTTP status (a 200 whose body ``code`` is non-zero keeps
     200 here), ``code`` the body's ``code`` (``None`` when the body had none),
-    ``request_id`` the body's ``requestId`` when present.
+    ``request_id`` the body's ``requestId`` when present. ``retry_after`` is
+    the wait in seconds the server asked for (``Retry-After`` or
+    ``retry-after-ms``), or ``None`` when it sent none (or nothing usable); the
+    retry policy honours it for every retryable status.
     """
 
     def __init__(
@@ -161,11 +197,13 @@ class APIStatusError(KeyAPIError):
         code: int | None,
         request_id: str | None = None,
         target: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, target=target)
         self.status = status
         self.code = code
         self.request_id = request_id
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         head = f"HTTP {self.status}"
@@ -179,9 +217,11 @@ class APIStatusError(KeyAPIError):
         return text
 
     def __repr__(self) -> str:
+        retry_after = "" if self.retry_after is None else f", retry_after={self.retry_after!r}"
         return (
             f"{type(self).__name__}({self.message!r}, status={self.status}, "
-            f"code={self.code}, request_id={self.request_id!r}, target={self.target!r})"
+            f"code={self.code}, request_id={self.request_id!r}, target={self.target!r}"
+            f"{retry_after})"
         )
 
 
@@ -197,40 +237,41 @@ class InsufficientCreditsError(APIStatusError):
     """The account has no credits left (402)."""
 
 
-class RateLimitError(APIStatusError):
-    """The API's QPS limit was exceeded (429, by status or body code).
+class PermissionDeniedError(APIStatusError):
+    """The API key is valid but may not call this endpoint (403).
 
-    ``retry_after`` is the server's requested wait in seconds, or ``None``
-    when it sent none (or nothing usable).
+    Every other target would get the same answer, so a batch stops on it like
+    on a 401.
     """
 
+
+class NotFoundError(APIStatusError):
+    """The account does not exist or cannot be seen (404).
+
+    An answer about one target, not a glitch: it is not retried and does not
+    stop a batch.
+    """
+
+
+class RateLimitError(APIStatusError):
+    """The API's QPS limit was exceeded (429, by status or body code)."""
+
     retryable = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        code: int | None,
-        request_id: str | None = None,
-        target: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status=status, code=code, request_id=request_id, target=target)
-        self.retry_after = retry_after
-
-    def __repr__(self) -> str:
-        return (
-            f"RateLimitError({self.message!r}, status={self.status}, code={self.code}, "
-            f"request_id={self.request_id!r}, target={self.target!r}, "
-            f"retry_after={self.retry_after!r})"
-        )
 
 
 class ServerError(APIStatusError):
-    """The API failed on its side (5xx)."""
+    """The API failed on its side (5xx, by status or body code)."""
 
     retryable = True
+
+
+class GateUnavailableError(KeyAPIError):
+    """The shared rate gate (e.g. Redis) is unreachable past its grace period.
+
+    Without the gate no request may be sent, since the rate cap could no
+    longer be proven, so nothing is retried. The message names what is
+    unreachable (never with credentials).
+    """
 
 
 class NotAttemptedError(KeyAPIError):
@@ -238,7 +279,7 @@ class NotAttemptedError(KeyAPIError):
 
     ``reason`` is one of :data:`NOT_ATTEMPTED_REASONS`, or the text passed to
     :meth:`~keyapi_async.StoryBatch.stop` (the CLI uses ``"interrupted"``). ``cause`` is the error
-    that stopped the batch (a 401 or 402), when there was one.
+    that stopped the batch (a 401, 402 or 403, an unreachable API), when there was one.
     """
 
     def __init__(
@@ -255,7 +296,9 @@ class NotAttemptedError(KeyAPIError):
 #: Why the library itself leaves a batch target unsent.
 NOT_ATTEMPTED_REASONS = (
     "authentication failed",
+    "permission denied",
     "credits exhausted",
     "credit budget reached",
+    "API unreachable",
     "batch stopped",
 )

@@ -1,19 +1,28 @@
-"""The gate every request passes: in-flight cap, rate cap, shared 429 cooldown, adaptive rate.
+"""The gate every request passes: in-flight cap, shared 429 cooldown, one token bucket.
 
-Order inside :meth:`RateGate.slot`, and why:
+:class:`RateGate` is the one place that decides what an answer means for the
+rate. The fetcher tells it, per request, one :class:`Verdict`: ``ACCEPTED``
+(the server answered with anything but a 429), ``THROTTLED`` (a 429),
+``NO_ANSWER`` (a transport failure, which says nothing about the rate) or
+``UNUSED`` (the turn was granted but nothing was sent).
+
+Order inside :meth:`RateGate.acquire`, and why:
 
 1. **In-flight cap** (a semaphore of ``concurrency``) first, so that a request
-   waiting for its turn never holds a rate token it cannot use yet.
+   waiting for its turn never holds a token it cannot use yet.
 2. **Cooldown**: after any 429 every caller waits until the cooldown ends, so
-   one 429 slows the whole batch rather than one task.
-3. **Adaptive pacing** (:class:`AdaptiveRate` + :class:`Pacer`): evenly spaced
-   send slots at the current rate, lowered after 429s.
-4. **Hard ceiling**: an :class:`aiolimiter.AsyncLimiter` with a bucket of one
-   token refilled every ``1 / (qps * (1 - margin))`` seconds. A bucket of
-   ``qps`` tokens per second would let ``qps`` requests out at once from idle
-   and keep refilling, putting up to ``2 * qps`` into one second; a bucket of
-   one cannot burst, so no one-second window ever holds more than ``qps``
-   sends, the first second included.
+   one 429 slows the whole client rather than one task.
+3. **The token bucket**: an :class:`aiolimiter.AsyncLimiter` with a bucket of
+   ONE token refilled at the current rate (``qps * (1 - margin)``, lowered
+   after 429s by :class:`AdaptiveRate`). A bucket of ``qps`` tokens would let
+   ``qps`` requests out at once from idle and keep refilling, putting up to
+   ``2 * qps`` into one second; a bucket of one cannot burst, so no
+   one-second window ever holds more than ``qps`` sends, the first included.
+   It is the only pacer: the adaptive rate retunes this bucket rather than
+   adding a second limiter beside it.
+4. A turn granted while a cooldown began is forfeit (taken again afterwards),
+   so that the requests queued in the bucket during a pause do not all leave
+   at once when it ends.
 
 Why the margin: the API counts arrivals in a rolling window as *it* sees them,
 and scheduling and network jitter bunch requests together on the way. Pacing
@@ -28,16 +37,77 @@ timeout starts after the gate lets the request through.
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AdaptiveRate", "GateSnapshot", "Pacer", "RateGate", "Ticket"]
+__all__ = ["AdaptiveRate", "Gate", "GateSnapshot", "RateGate", "Ticket", "Verdict"]
 
 #: The window in which the API counts requests, in seconds.
 WINDOW = 1.0
+
+_log = logging.getLogger("keyapi_async")
+
+
+class Verdict(enum.Enum):
+    """What one answer means for the rate."""
+
+    ACCEPTED = "accepted"
+    """The server answered with anything but a 429."""
+    THROTTLED = "throttled"
+    """A 429, by HTTP status or body code."""
+    NO_ANSWER = "no_answer"
+    """A transport failure: it says nothing about the rate."""
+    UNUSED = "unused"
+    """The turn was granted but nothing was sent."""
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Proof of passage through the gate; ``sent_at`` is when the request was let out."""
+
+    sent_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GateSnapshot:
+    """The gate's state at one moment, for stats and progress displays."""
+
+    current_qps: float | None
+    cooldown_remaining: float
+    throttles: int
+
+
+class Gate(Protocol):
+    """Admission control shared by every request of a client (this process, or Redis)."""
+
+    async def acquire(self) -> Ticket:
+        """Wait for an in-flight place and a turn under the rate cap."""
+        ...
+
+    async def release(
+        self,
+        ticket: Ticket,
+        verdict: Verdict,
+        *,
+        cooldown: float = 0.0,
+        server_said: bool = False,
+    ) -> None:
+        """Free the in-flight place and report what the answer means for the rate."""
+        ...
+
+    def snapshot(self) -> GateSnapshot:
+        """The current rate, cooldown and throttle count (no I/O)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources."""
+        ...
 
 
 class AdaptiveRate:
@@ -116,119 +186,73 @@ class AdaptiveRate:
         return new
 
 
-class Pacer:
-    """Hands out evenly spaced send times at a given rate (pure; a GCRA with no burst)."""
+class _Bucket(AsyncLimiter):
+    """aiolimiter's bucket of one token, whose refill rate can be retuned in place.
 
-    __slots__ = ("_next",)
-
-    def __init__(self) -> None:
-        self._next = -math.inf
-
-    def reserve(self, now: float, rate: float | None) -> float:
-        """Reserve the next send slot at or after ``now``; returns when it is."""
-        if rate is None:
-            return now
-        at = max(now, self._next)
-        self._next = at + 1.0 / rate
-        return at
-
-    def delay_until(self, at: float) -> None:
-        """Push every later reservation to ``at`` or after (used by cooldowns)."""
-        self._next = max(self._next, at)
-
-
-@dataclass(frozen=True, slots=True)
-class GateSnapshot:
-    """The gate's state at one moment, for stats and progress displays."""
-
-    current_qps: float | None
-    cooldown_remaining: float
-    throttles: int
-
-
-@dataclass(slots=True)
-class Ticket:
-    """Proof of passage through the gate; ``sent_at`` is when the request was let out."""
-
-    sent_at: float = 0.0
-
-
-class _Slot:
-    """``async with`` form of one passage through the gate.
-
-    A plain class rather than ``@asynccontextmanager``: it runs once per
-    request, and the generator machinery cost twice as much.
+    aiolimiter computes its drip rate once, in ``__init__``; the adaptive
+    rate needs to change it without a second limiter and without dropping
+    the waiters already queued (a new limiter would let one of them out at
+    once, next to the previous grant). Draining the level at the old rate
+    first keeps the change exact from this instant on.
     """
 
-    __slots__ = ("_gate", "_ticket")
+    def __init__(self, rate: float) -> None:
+        super().__init__(1, 1.0 / rate)
+        self.rate = rate
 
-    def __init__(self, gate: RateGate) -> None:
-        self._gate = gate
-        self._ticket = Ticket()
-
-    async def __aenter__(self) -> Ticket:
-        gate = self._gate
-        inflight = gate._inflight
-        await inflight.acquire()
-        if gate._limiter is None and gate._unthrottled:
-            # No cap and no 429 ever: nothing to wait for (the hot path of
-            # qps=None batches, kept free of further awaits).
-            now = gate._clock()
-            self._ticket.sent_at = now
-            gate._sent.append(now)
-            return self._ticket
-        try:
-            await gate._wait_turn(self._ticket)
-        except BaseException:
-            inflight.release()
-            raise
-        return self._ticket
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._gate._inflight.release()
+    def retune(self, rate: float) -> None:
+        if rate == self.rate:
+            return
+        self._leak()
+        self.rate = rate
+        self.time_period = 1.0 / rate
+        self._rate_per_sec = rate
+        # Re-arm the wake-up timer for the head waiter at the new rate.
+        self._wake_next()
 
 
 class RateGate:
-    """Admission control shared by every request of one client (see module docstring).
+    """The gate of one process (see the module docstring).
 
-    Build it inside the running event loop: aiolimiter binds to the loop that
-    first uses it, and the gate reads that loop's clock (the one
+    Build it inside the running event loop: aiolimiter binds to the loop
+    that first uses it, and the gate reads that loop's clock (the one
     :func:`asyncio.sleep` waits on), so a loop with a virtual clock drives
     the whole gate in tests.
     """
 
-    def __init__(
-        self,
-        *,
-        qps: float | None,
-        concurrency: int,
-        margin: float = 0.05,
-    ) -> None:
+    def __init__(self, *, qps: float | None, concurrency: int, margin: float = 0.05) -> None:
         self._clock = asyncio.get_running_loop().time
         self._margin = margin
         self._inflight = asyncio.Semaphore(concurrency)
         paced = None if qps is None else qps * (1 - margin)
         self._adaptive = AdaptiveRate(paced, margin=margin)
-        self._pacer = Pacer()
-        self._limiter = None if paced is None else AsyncLimiter(1, 1.0 / paced)
+        self._bucket = None if paced is None else _Bucket(paced)
         self._cooldown_until = -math.inf
         self._last_cut = -math.inf
-        # Send times of all requests, and of those the server accepted
-        # (answered with anything but a 429): what we sent and what it let
-        # through in the window before a 429 is how the rate is learned.
+        # Send times of all requests, and of those the server accepted: what
+        # we sent and what it let through in the window before a 429 is how
+        # the rate is learned.
         self._sent: deque[float] = deque(maxlen=4096)
         self._accepted: deque[float] = deque(maxlen=4096)
         self.throttles = 0
-        self._unthrottled = True
 
-    def slot(self) -> _Slot:
-        """Wait for a turn to send; hold an in-flight place until the block exits.
+    async def acquire(self) -> Ticket:
+        """Wait for an in-flight place, the end of any cooldown, and a token."""
+        await self._inflight.acquire()
+        try:
+            if self._bucket is None and self.throttles == 0:
+                # No cap and no 429 ever: nothing to wait for (the hot path
+                # of qps=None batches, kept free of further awaits).
+                now = self._clock()
+            else:
+                now = await self._wait_turn()
+        except BaseException:
+            self._inflight.release()
+            raise
+        self._sent.append(now)
+        return Ticket(now)
 
-        Use as ``async with gate.slot() as ticket:``.
-        """
-        return _Slot(self)
-
-    async def _wait_turn(self, ticket: Ticket) -> None:
+    async def _wait_turn(self) -> float:
         clock = self._clock
         while True:
             now = clock()
@@ -236,52 +260,63 @@ class RateGate:
                 await asyncio.sleep(self._cooldown_until - now)
                 continue
             rate = self._adaptive.current(now)
-            at = self._pacer.reserve(now, rate)
-            if at > now:
-                await asyncio.sleep(at - now)
-            if self._limiter is not None:
-                await self._limiter.acquire()
+            bucket = self._bucket
+            if rate is None:
+                return now
+            if bucket is None:
+                # Uncapped until a 429 taught a rate: from now on, pace.
+                bucket = self._bucket = _Bucket(rate)
+            else:
+                bucket.retune(rate)
+            await bucket.acquire()
             now = clock()
             if now < self._cooldown_until:
-                # A 429 arrived while we waited: that turn is forfeit.
-                continue
-            ticket.sent_at = now
-            self._sent.append(now)
-            return
+                continue  # a 429 arrived while we waited: that turn is forfeit
+            return now
 
-    def accepted(self, ticket: Ticket) -> None:
-        """Report that the request behind ``ticket`` was not rate limited."""
-        self._accepted.append(ticket.sent_at)
+    async def release(
+        self,
+        ticket: Ticket,
+        verdict: Verdict,
+        *,
+        cooldown: float = 0.0,
+        server_said: bool = False,
+    ) -> None:
+        """Free the in-flight place; on ``THROTTLED`` pause everyone and slow down."""
+        self._inflight.release()
+        if verdict is Verdict.ACCEPTED:
+            self._accepted.append(ticket.sent_at)
+        elif verdict is Verdict.THROTTLED:
+            self._throttled(ticket, cooldown, server_said=server_said)
 
-    def throttled(self, ticket: Ticket, delay: float, *, server_said: bool = False) -> None:
-        """Report a 429 for the request behind ``ticket``: pause everyone, slow down.
+    def _throttled(self, ticket: Ticket, delay: float, *, server_said: bool) -> None:
+        """Pause everyone and (once per cut) lower the rate.
 
-        ``delay`` is the wait the retry policy chose; ``server_said`` tells
-        whether it came from the server's Retry-After. When it did not, the
-        pause lasts at least until the oldest request the server accepted in
-        the throttled request's window has aged out of it (plus the margin):
-        before then the window is still full and any request would be
-        rejected again, costing another round trip and another rate cut.
-
-        Only a 429 for a request sent after the last cut lowers the rate again;
-        others were paced at the old rate and say nothing new.
+        When the server gave no Retry-After, the pause lasts at least until the
+        oldest request it accepted in the throttled request's window has aged
+        out of it (plus the margin): before then the window is still full and
+        any request would be rejected again, costing another round trip and
+        another rate cut. Only a 429 for a request sent after the last cut
+        lowers the rate again; others were paced at the old rate and say
+        nothing new.
         """
         now = self._clock()
         self.throttles += 1
-        self._unthrottled = False
         sent = ticket.sent_at
         in_window = [t for t in self._accepted if sent - WINDOW <= t < sent]
         until = now + delay
         if not server_said and in_window:
             until = max(until, min(in_window) + WINDOW * (1 + self._margin))
-        if until > now:
-            self._cooldown_until = max(self._cooldown_until, until)
-            self._pacer.delay_until(self._cooldown_until)
+        if until > self._cooldown_until:
+            self._cooldown_until = until
+            _log.info("429: every request waits %.2f s (cooldown)", until - now)
         if sent <= self._last_cut:
             return
         sent_before = sum(1 for t in self._sent if sent - WINDOW <= t < sent)
-        self._adaptive.throttled(now, len(in_window), sent_before)
+        rate = self._adaptive.throttled(now, len(in_window), sent_before)
         self._last_cut = now
+        if rate is not None:
+            _log.info("429: rate lowered to %.2f req/s", rate)
 
     def snapshot(self) -> GateSnapshot:
         """The current rate, cooldown and throttle count."""
@@ -291,3 +326,6 @@ class RateGate:
             cooldown_remaining=max(0.0, self._cooldown_until - now),
             throttles=self.throttles,
         )
+
+    async def aclose(self) -> None:
+        """Nothing to release: the gate holds no connection."""

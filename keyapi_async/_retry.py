@@ -5,8 +5,15 @@ Backoff And Jitter"): the delay is uniform in ``[0, min(cap, base * 2**(n-1))]``
 Full jitter spreads a crowd of retrying workers out instead of letting them
 return in lockstep and trip the rate limit together again.
 
-A server's ``Retry-After`` wins over backoff for rate limits, capped at
-``retry_after_cap`` so a hostile or buggy header cannot park a batch for hours.
+A server's ``Retry-After`` wins over backoff for every retryable status (a
+429, a 503 ...; RFC 9110 section 10.2.3), capped at ``retry_after_cap`` so a
+hostile or buggy header cannot park a batch for hours.
+
+A *billed* :class:`~keyapi_async.ResponseDecodeError` (a 200 whose body said
+``code: 0`` but could not be typed, e.g. schema drift) is retried at most once
+in total: the API charged for that answer, every retry is paid again, and an
+answer the client cannot read is likely to come back the same way. One retry
+covers a transient glitch; more would only buy the same bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import KeyAPIError, RateLimitError
+from ._errors import APIStatusError, KeyAPIError, ResponseDecodeError
 
 __all__ = ["RetryPolicy", "backoff_delay"]
 
@@ -59,9 +66,13 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait before the next try after ``attempt`` failed, or ``None`` to stop.
 
-        ``attempt`` is the 1-based number of the send that just failed.
+        ``attempt`` is the 1-based number of the send that just failed. A
+        billed :class:`~keyapi_async.ResponseDecodeError` stops once two sends
+        were made, whatever ``max_attempts`` allows (each retry is paid).
         """
         if not error.retryable or attempt >= self.max_attempts:
+            return None
+        if attempt >= 2 and isinstance(error, ResponseDecodeError) and error.billed:
             return None
         return self.wait_for(attempt, error, rand=rand)
 
@@ -70,9 +81,10 @@ class RetryPolicy:
     ) -> float:
         """How long to wait after ``attempt`` failed with ``error``, retries left or not.
 
-        The server's capped ``Retry-After`` for a rate limit, else full-jitter
-        backoff. The rate gate also uses it as the shared cooldown after a 429.
+        The server's ``Retry-After`` (capped at ``retry_after_cap``) for any
+        retryable status error that carried one, else full-jitter backoff. The
+        rate gate also uses it as the shared cooldown after a 429.
         """
-        if isinstance(error, RateLimitError) and error.retry_after is not None:
+        if isinstance(error, APIStatusError) and error.retryable and error.retry_after is not None:
             return min(error.retry_after, self.retry_after_cap)
         return backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap, rand=rand)

@@ -8,14 +8,25 @@ to :func:`parse_response`.
 How an answer is judged:
 
 * HTTP status >= 300 is an error whatever the body says; its class follows the
-  status (400, 401, 402, 429, 5xx), the body's ``code``/``message``/``requestId``
-  are attached when the body is the API's JSON. A non-JSON error page (a proxy's
-  HTML 502) still maps by status, so a 502 is a retryable :class:`ServerError`.
-* A 2xx whose body is not the API's JSON (HTML, empty, truncated) is a
-  :class:`ResponseDecodeError`: never mistaken for "no stories".
+  status (400, 401, 402, 403, 404, 429, 5xx), the body's ``code``/``message``/
+  ``requestId`` are attached when the body is the API's JSON (read leniently:
+  a proxy's Latin-1 message still yields the code). A non-JSON error page (a
+  proxy's HTML 502) still maps by status, so a 502 is a retryable
+  :class:`ServerError`. ``Retry-After`` is read for every error, whatever its
+  status, and attached as ``retry_after``.
+* A 2xx whose body is not the API's JSON (HTML, empty, truncated, not UTF-8,
+  too deeply nested, or JSON of an unexpected shape) is a
+  :class:`ResponseDecodeError`: never mistaken for "no stories". When that body
+  still says ``code: 0`` the API billed it, and the error says so (``billed``).
 * A 2xx whose body ``code`` is non-zero is an error mapped by that code (a
-  200 carrying ``code: 429`` is a rate limit).
-* ``code == 0`` with ``data.data`` null or ``items: []`` is a normal, empty reel.
+  200 carrying ``code: 429`` is a rate limit, ``code: 404`` a missing account).
+* ``code == 0`` with ``data.data`` null, ``items: []``, or no ``items`` and no
+  positive ``count`` is a normal, empty reel. A reel announcing ``count > 0``
+  without an ``items`` key is a billed :class:`ResponseDecodeError`: malformed
+  is not empty, and "no stories" would make a resumed run skip the account.
+
+Nothing but :class:`~keyapi_async.KeyAPIError` subclasses ever leaves
+:func:`parse_response`, whatever the bytes.
 """
 
 from __future__ import annotations
@@ -36,18 +47,16 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     InsufficientCreditsError,
+    KeyAPIError,
+    NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     ResponseDecodeError,
     ServerError,
 )
 from ._targets import Target
-from .models import (
-    ErrorEnvelope,
-    Reel,
-    StoriesEnvelope,
-    decode_envelope,
-    decode_error_envelope,
-)
+from ._wire import ErrorEnvelope, StoriesEnvelope, decode_envelope, decode_error_envelope
+from .models import Reel
 
 __all__ = [
     "ENDPOINT_PATH",
@@ -159,7 +168,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
 def _seconds_until_http_date(text: str, now: float | None) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         # RFC 9110 dates are always GMT; a zone-less parse (the asctime form
@@ -169,7 +178,10 @@ def _seconds_until_http_date(text: str, now: float | None) -> float | None:
         import time
 
         now = time.time()
-    return when.timestamp() - now
+    try:
+        return when.timestamp() - now
+    except (OverflowError, ValueError):
+        return None
 
 
 def error_for(
@@ -185,50 +197,81 @@ def error_for(
 
     The class follows the HTTP status when it signals an error, otherwise the
     body's ``code`` (the API also reports errors inside HTTP 200 answers).
+    ``retry_after`` comes from the headers whatever the class: a 503 may ask
+    for a pause as well as a 429.
     """
     kind = status if status >= 300 or code is None else code
-    if kind == 429:
-        return RateLimitError(
-            message,
-            status=status,
-            code=code,
-            request_id=request_id,
-            target=target,
-            retry_after=parse_retry_after(headers),
-        )
-    cls: type[APIStatusError]
-    if kind == 400:
-        cls = BadRequestError
-    elif kind == 401:
-        cls = AuthenticationError
-    elif kind == 402:
-        cls = InsufficientCreditsError
-    elif kind >= 500:
-        cls = ServerError
-    else:
-        cls = APIStatusError
-    return cls(message, status=status, code=code, request_id=request_id, target=target)
+    cls = _CLASS_BY_KIND.get(kind)
+    if cls is None:
+        cls = ServerError if kind >= 500 else APIStatusError
+    return cls(
+        message,
+        status=status,
+        code=code,
+        request_id=request_id,
+        target=target,
+        retry_after=parse_retry_after(headers),
+    )
+
+
+_CLASS_BY_KIND: Mapping[int, type[APIStatusError]] = MappingProxyType(
+    {
+        400: BadRequestError,
+        401: AuthenticationError,
+        402: InsufficientCreditsError,
+        403: PermissionDeniedError,
+        404: NotFoundError,
+        429: RateLimitError,
+    }
+)
+
+# What decoding untrusted bytes may raise: msgspec.DecodeError and its
+# ValidationError, UnicodeDecodeError for non-UTF-8 bytes inside a modelled
+# string (all ValueErrors), and RecursionError for absurd nesting, even
+# inside fields msgspec skips.
+_DECODE_FAILURES = (ValueError, RecursionError)
+
+
+def _salvage(body: bytes) -> tuple[ErrorEnvelope | None, bool]:
+    """The body's ``code``/``message``/``requestId`` if any can be read, and whether it is JSON.
+
+    Bytes that are not UTF-8 are re-read with replacement characters: a
+    proxy's Latin-1 message must not hide the code next to it. Error path only.
+    """
+    try:
+        return decode_error_envelope(body), True
+    except UnicodeDecodeError:
+        pass
+    except msgspec.ValidationError:
+        return None, True
+    except _DECODE_FAILURES:
+        return None, False
+    try:
+        return decode_error_envelope(body.decode("utf-8", errors="replace")), True
+    except msgspec.ValidationError:
+        return None, True
+    except _DECODE_FAILURES:
+        return None, False
 
 
 def _error_status(
     status: int, headers: Mapping[str, str], body: bytes, target: str | None
 ) -> APIStatusError:
-    try:
-        envelope = decode_error_envelope(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        if isinstance(exc, msgspec.ValidationError) and not 300 <= status < 400:
-            message = f"HTTP {status} with a JSON body that has no usable code"
-        else:
-            message = _describe_non_json(status, headers, body)
-        return error_for(
-            status=status,
-            code=None,
-            message=message,
-            request_id=None,
-            target=target,
-            headers=headers,
-        )
-    return _from_envelope(envelope, status, headers, target)
+    envelope, is_json = _salvage(body)
+    if envelope is not None:
+        return _from_envelope(envelope, status, headers, target)
+    if is_json and not 300 <= status < 400:
+        message = f"HTTP {status} with a JSON body that has no usable code"
+    else:
+        message = _describe_non_json(status, headers, body)
+    return error_for(
+        status=status,
+        code=None,
+        message=message,
+        request_id=None,
+        target=target,
+        headers=headers,
+    )
 
 
 def _from_envelope(
@@ -259,6 +302,38 @@ def _describe_non_json(status: int, headers: Mapping[str, str], body: bytes) -> 
     return f"HTTP {status} with a non-JSON body ({content_type})"
 
 
+def _undecodable(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    target: str | None,
+    failure: BaseException,
+) -> KeyAPIError:
+    """The error for a 2xx body the stories decoder rejected."""
+    envelope, is_json = _salvage(body)
+    if envelope is not None and envelope.code != 0:
+        # An error body with an odd ``data``, or an odd message: its code decides.
+        return _from_envelope(envelope, status, headers, target)
+    if isinstance(failure, UnicodeDecodeError):
+        reason = "response body is not valid UTF-8"
+    elif isinstance(failure, RecursionError):
+        reason = "response JSON is nested too deeply"
+    elif is_json:
+        reason = "response JSON does not match the stories schema"
+    elif not body.strip():
+        reason = "empty response body"
+    else:
+        reason = "response body is not valid JSON"
+    return ResponseDecodeError(
+        reason,
+        status=status,
+        snippet=_snippet(body),
+        request_id=envelope.request_id if envelope is not None else None,
+        target=target,
+        billed=envelope is not None,  # it said code 0: the API charged for it
+    )
+
+
 def parse_response(
     status: int,
     headers: Mapping[str, str],
@@ -268,38 +343,38 @@ def parse_response(
 ) -> Reel:
     """Turn one HTTP answer into the typed reel, or raise the matching error.
 
+    Raises only :class:`~keyapi_async.KeyAPIError` subclasses (an
+    :class:`~keyapi_async.APIStatusError` or a
+    :class:`~keyapi_async.ResponseDecodeError`), whatever ``body`` holds.
     ``target`` (the rendered target) is attached to any error raised.
     """
     if status >= 300 or status < 200:
         raise _error_status(status, headers, body, target)
+    error: KeyAPIError
     try:
         envelope = decode_envelope(body)
-    except msgspec.ValidationError:
-        # Valid JSON, unexpected shape: an error body with an odd ``data`` or
-        # a success body we cannot type. Salvage the code if there is one.
-        try:
-            fallback = decode_error_envelope(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            fallback = None
-        if fallback is not None and fallback.code != 0:
-            raise _from_envelope(fallback, status, headers, target) from None
-        raise ResponseDecodeError(
-            "response JSON does not match the stories schema",
+    except _DECODE_FAILURES as exc:
+        error = _undecodable(status, headers, body, target, exc)
+    else:
+        if envelope.code != 0:
+            raise _from_envelope(envelope, status, headers, target)
+        outer = envelope.data
+        wire = outer.data if outer is not None else None
+        if wire is None:
+            return _EMPTY_REEL
+        if wire.items is not msgspec.UNSET or wire.count <= 0:
+            return wire.to_reel()
+        error = ResponseDecodeError(
+            f"reel says count {wire.count} but has no items",
             status=status,
             snippet=_snippet(body),
-            request_id=fallback.request_id if fallback is not None else None,
+            request_id=envelope.request_id,
             target=target,
-        ) from None
-    except msgspec.DecodeError:
-        reason = "empty response body" if not body.strip() else "response body is not valid JSON"
-        raise ResponseDecodeError(
-            reason, status=status, snippet=_snippet(body), target=target
-        ) from None
-    if envelope.code != 0:
-        raise _from_envelope(envelope, status, headers, target)
-    outer = envelope.data
-    reel = outer.data if outer is not None else None
-    return reel if reel is not None else _EMPTY_REEL
+            billed=True,
+        )
+    # Raised outside the ``except`` clause so msgspec's exception is not
+    # chained as ``__context__`` either (it can quote the body).
+    raise error
 
 
 # Reels are frozen, so one shared empty instance is safe to hand out.

@@ -21,11 +21,18 @@ __all__ = ["Target", "TargetLike", "as_target", "parse_target"]
 # It is applied after lowercasing, because Instagram handles are case-insensitive.
 _USERNAME = re.compile(r"[a-z0-9._]{1,30}")
 _USER_ID = re.compile(r"[0-9]{1,30}")
-# A profile URL: optional scheme, optional www./m. host prefix, the handle, then
-# an optional trailing slash, query or fragment (share links carry ?igsh=...).
-_PROFILE_URL = re.compile(
-    r"(?:https?://)?(?:www\.|m\.)?instagram\.com/([^/?#]+)/?(?:[?#].*)?",
-    re.IGNORECASE,
+# Anything with a scheme, or with a '/' (which no username contains), is read
+# as a URL: optional scheme, a host (with an optional port), a path, then an
+# optional query or fragment (share links carry ?igsh=...).
+_URL = re.compile(
+    r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>[^/?#\s]*)(?P<path>/[^?#]*)?(?:[?#].*)?",
+    re.IGNORECASE | re.DOTALL,
+)
+_INSTAGRAM_HOSTS = frozenset({"instagram.com", "www.instagram.com", "m.instagram.com"})
+# First path segments of instagram.com pages that are not an account: a link
+# to a post or a reel must not be read as the account named "p" or "reel".
+_NOT_ACCOUNTS = frozenset(
+    {"p", "reel", "reels", "tv", "explore", "accounts", "direct", "about", "legal", "web"}
 )
 _ID_PREFIX = "id:"
 
@@ -45,16 +52,19 @@ class Target:
 
     @classmethod
     def username(cls, raw: str) -> Target:
-        """Normalise a username, ``@handle`` or profile URL and validate it."""
+        """Normalise a username, ``@handle``, profile URL or story URL and validate it.
+
+        A story URL (``instagram.com/stories/<user>/<story id>/``) resolves to
+        its account; a URL on another site is rejected as "not an Instagram URL".
+        """
         if not isinstance(raw, str):
             raise InvalidTargetError("username must be a string", value=raw)
         if _USERNAME.fullmatch(raw):
             # Already canonical (the common case in bulk input): one regex.
             return cls("username", raw)
         text = raw.strip()
-        match = _PROFILE_URL.fullmatch(text)
-        if match is not None:
-            text = match.group(1)
+        if "/" in text:
+            text = _username_from_url(text, raw)
         text = text.removeprefix("@").lower()
         if not text:
             raise InvalidTargetError("username is empty", value=raw)
@@ -79,6 +89,31 @@ class Target:
 
     def __str__(self) -> str:
         return self.value if self.kind == "username" else _ID_PREFIX + self.value
+
+
+def _username_from_url(text: str, raw: object) -> str:
+    """The account a profile or story URL names (``InvalidTargetError`` for any other URL).
+
+    Accepted: ``[https://][www.|m.]instagram.com/<user>[/]`` and
+    ``.../stories/<user>/<story id>[/]``, each with any query or fragment.
+    """
+    match = _URL.fullmatch(text)
+    host = match.group("host").lower() if match is not None else ""
+    host = host.rsplit(":", 1)[0] if host.rsplit(":", 1)[-1].isdigit() else host
+    if match is None or host not in _INSTAGRAM_HOSTS:
+        raise InvalidTargetError("not an Instagram URL", value=raw)
+    segments = [part for part in (match.group("path") or "").split("/") if part]
+    if len(segments) in (2, 3) and segments[0].lower() == "stories":
+        if segments[1].lower() == "highlights":
+            raise InvalidTargetError(
+                "a story highlight URL names no account; give the account instead", value=raw
+            )
+        return segments[1]
+    if len(segments) == 1 and segments[0].lower() not in _NOT_ACCOUNTS | {"stories"}:
+        return segments[0]
+    raise InvalidTargetError(
+        "an Instagram URL that names no account (use a profile or story URL)", value=raw
+    )
 
 
 TargetLike = str | Target

@@ -1,15 +1,14 @@
-"""Typed msgspec models for keyapi.ai's Instagram ``fetch_user_stories`` response.
+"""Typed msgspec models (the domain types) for keyapi.ai's Instagram stories.
 
-The wire format is a keyapi envelope wrapped around Instagram's own reel
-object::
+The API wraps Instagram's own reel object in a keyapi envelope::
 
     {"code": 0, "message": "success", "requestId": "...",
      "data": {"data": {"additional_data": {...}, "count": 2, "items": [...]}}}
 
-which maps to ``StoriesEnvelope -> StoriesData -> Reel -> ReelInfo`` plus a
-list of ``StoryItem``.  Error bodies (``{"code": 402, "data": null,
-"message": "..."}``) decode with ``ErrorEnvelope``, which has no ``data`` field
-so whatever shape the server puts there cannot make the fallback decode fail.
+The envelope is a wire detail, decoded privately by ``keyapi_async._wire``;
+this module holds what a user gets back: a :class:`Reel` with its
+:class:`ReelInfo` and a list of :class:`StoryItem`. :func:`decode_reel` and
+:func:`encode` round-trip reels a caller stored.
 
 Design choices:
 
@@ -46,7 +45,6 @@ import msgspec
 
 __all__ = [
     "Caption",
-    "ErrorEnvelope",
     "Hashtag",
     "ImageCandidate",
     "ImageVersions",
@@ -57,16 +55,12 @@ __all__ = [
     "Reel",
     "ReelInfo",
     "ReelMention",
-    "StoriesData",
-    "StoriesEnvelope",
     "StoryComment",
     "StoryHashtag",
     "StoryItem",
     "TaggedUser",
     "User",
     "VideoVersion",
-    "decode_envelope",
-    "decode_error_envelope",
     "decode_reel",
     "encode",
 ]
@@ -437,74 +431,15 @@ class Reel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return self.additional_data.expiring_at_datetime
 
 
-class StoriesData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The envelope's ``data`` object, which wraps the reel in another ``data``."""
-
-    data: Reel | None = None
-
-
-class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The full keyapi response for ``fetch_user_stories``."""
-
-    code: int
-    message: str | None = ""
-    data: StoriesData | None = None
-    request_id: str | None = msgspec.field(default=None, name="requestId")
-
-    @property
-    def ok(self) -> bool:
-        """Whether keyapi reported success (``code == 0``)."""
-        return self.code == 0
-
-    @property
-    def reel(self) -> Reel | None:
-        """The reel at ``data.data``, or None when either level is null."""
-        return None if self.data is None else self.data.data
-
-
-class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A keyapi error body.
-
-    There is intentionally no ``data`` field: error bodies carry ``null`` or
-    arbitrary objects there, and ignoring it means this fallback decode only
-    fails if ``code`` itself is unusable.
-    """
-
-    code: int
-    # Nullable: a null message must not hide a usable error code.
-    message: str | None = ""
-    request_id: str | None = msgspec.field(default=None, name="requestId")
-
-
-_ENVELOPE_DECODER = msgspec.json.Decoder(StoriesEnvelope)
-_ERROR_DECODER = msgspec.json.Decoder(ErrorEnvelope)
 _REEL_DECODER = msgspec.json.Decoder(Reel)
 _ENCODER = msgspec.json.Encoder()
-
-
-def decode_envelope(body: bytes) -> StoriesEnvelope:
-    """Decode a ``fetch_user_stories`` response body.
-
-    Raises ``msgspec.DecodeError`` for malformed JSON and
-    ``msgspec.ValidationError`` (a subclass) for JSON of the wrong shape.
-    """
-    return _ENVELOPE_DECODER.decode(body)
-
-
-def decode_error_envelope(body: bytes) -> ErrorEnvelope:
-    """Decode a keyapi error body, ignoring whatever ``data`` holds.
-
-    Raises ``msgspec.DecodeError``/``msgspec.ValidationError`` like
-    ``decode_envelope``.
-    """
-    return _ERROR_DECODER.decode(body)
 
 
 def decode_reel(body: bytes) -> Reel:
     """Decode a bare reel object, e.g. one previously written with ``encode``.
 
-    Raises ``msgspec.DecodeError``/``msgspec.ValidationError`` like
-    ``decode_envelope``.
+    Raises ``msgspec.DecodeError`` for malformed JSON and
+    ``msgspec.ValidationError`` (a subclass) for JSON of the wrong shape.
     """
     return _REEL_DECODER.decode(body)
 

@@ -23,6 +23,7 @@ from keyapi_async import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    ConnectError,
     InsufficientCreditsError,
     InvalidTargetError,
     KeyAPIClient,
@@ -410,8 +411,8 @@ async def test_connection_refused(api_key: str) -> None:
     async with KeyAPIClient(api_key, base_url=f"http://127.0.0.1:{port}", max_attempts=1) as c:
         with pytest.raises(TransportError) as info:
             await c.fetch_user_stories(username="javan")
-    assert type(info.value) is TransportError
-    assert info.value.message.startswith("connection failed: ClientConnector")
+    assert type(info.value) is ConnectError
+    assert f"127.0.0.1:{port}" in info.value.message
     assert info.value.target == "javan"
 
 

@@ -122,7 +122,8 @@ def test_defaults_and_normalisation() -> None:
     assert config.base_url == "https://proxy.example/base"
     assert config.qps == 20.0
     assert isinstance(config.qps, float)
-    assert config.concurrency == 16
+    # Derived: enough in flight to fill 20/s at any latency up to the timeout.
+    assert config.concurrency == 512  # ceil(20 * 30) = 600, bounded at 512
     assert config.timeout == 30.0
     assert config.connect_timeout == 10.0
     assert config.rate_margin == 0.05
@@ -195,3 +196,48 @@ def test_client_config_create_is_the_same_validation() -> None:
     assert (config.qps, config.retry.max_attempts, config.max_credits) == (None, 2, 10)
     with pytest.raises(ConfigurationError, match=r"^concurrency "):
         ClientConfig.create("k", concurrency=0)
+
+
+@pytest.mark.parametrize(
+    ("qps", "timeout", "expected"),
+    [(10, 30, 300), (20, 30, 512), (1, 5, 16), (None, 30, 32), (20, 5, 100)],
+)
+def test_concurrency_is_derived_from_qps_and_timeout(
+    qps: float | None, timeout: float, expected: int
+) -> None:
+    config = ClientConfig.create("k", qps=qps, timeout=timeout)
+    assert config.concurrency == expected
+    # An explicit value is a hard cap, whatever qps says.
+    assert ClientConfig.create("k", qps=qps, concurrency=7).concurrency == 7
+
+
+def test_an_unknown_option_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="qsp"):
+        ClientConfig.create("k", qsp=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"proxy": "ftp://user:pw@proxy.example"},
+            r"^proxy must be an http\(s\) URL, got 'ftp://\*\*\*@",
+        ),
+        ({"redis_url": "http://127.0.0.1:6379"}, "^redis_url must be"),
+        ({"redis_namespace": "a b"}, "^redis_namespace must be"),
+        ({"redis_grace": -1}, "^redis_grace must be"),
+    ],
+)
+def test_new_options_are_validated_without_echoing_secrets(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match) as caught:
+        ClientConfig.create("k", **kwargs)
+    assert "pw" not in str(caught.value)
+
+
+def test_redis_url_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYAPI_REDIS_URL", "redis://127.0.0.1:6390/0")
+    assert ClientConfig.create("k").redis_url == "redis://127.0.0.1:6390/0"
+    monkeypatch.delenv("KEYAPI_REDIS_URL")
+    assert ClientConfig.create("k").redis_url is None

@@ -11,9 +11,16 @@ from typing import Any
 import msgspec
 import pytest
 
+from keyapi_async._wire import (
+    ErrorEnvelope,
+    StoriesData,
+    StoriesEnvelope,
+    WireReel,
+    decode_envelope,
+    decode_error_envelope,
+)
 from keyapi_async.models import (
     Caption,
-    ErrorEnvelope,
     Hashtag,
     ImageCandidate,
     ImageVersions,
@@ -22,16 +29,12 @@ from keyapi_async.models import (
     Reel,
     ReelInfo,
     ReelMention,
-    StoriesData,
-    StoriesEnvelope,
     StoryComment,
     StoryHashtag,
     StoryItem,
     TaggedUser,
     User,
     VideoVersion,
-    decode_envelope,
-    decode_error_envelope,
     decode_reel,
     encode,
 )
@@ -62,7 +65,7 @@ def envelope(seed_bytes: bytes) -> StoriesEnvelope:
 def reel(envelope: StoriesEnvelope) -> Reel:
     assert envelope.data is not None
     assert envelope.data.data is not None
-    return envelope.data.data
+    return envelope.data.data.to_reel()
 
 
 def _body(obj: Any) -> bytes:
@@ -453,8 +456,9 @@ def test_empty_items_is_empty_reel() -> None:
         b'{"code": 0, "message": "success", "data": {"data": {"count": 0, "items": []}},'
         b' "requestId": "r-1"}'
     )
-    reel = envelope.reel
-    assert reel is not None
+    assert envelope.reel is not None
+    assert envelope.reel.items == []
+    reel = envelope.reel.to_reel()
     assert reel.is_empty
     assert reel.count == 0
     assert reel.user is None

@@ -1,30 +1,24 @@
-"""Rate control: pure arithmetic, and whole batches on a virtual clock.
+"""Rate control: pure arithmetic, the gate, and whole batches on a virtual clock.
 
 The batch tests run the real ``KeyAPIClient`` (gate, retry loop, sans-I/O
-parsing, batch engine) on :class:`VirtualClockLoop`, with the network replaced
-by an in-memory server that enforces a strict sliding one-second window and
-answers 429 ``qps limit exceeded`` like the API. Timestamps are exact, so the
-issue's timing bounds (1.10x at the cap, 1.5x when misconfigured 3x over) are
-asserted without measuring wall-clock speed.
+parsing, batch engine) on :class:`VirtualClockLoop`, against the real emulator
+through its in-memory transport (:class:`EmulatorTransport`): its sliding
+one-second window, its 429 ``qps limit exceeded`` answers and its latency, with
+no sockets. Timestamps are exact, so the timing bounds (1.10x at the cap at any
+latency with default settings, 1.5x when misconfigured 3x over) are asserted
+without measuring wall-clock speed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import math
-import random
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
-import msgspec
 import pytest
 
 from keyapi_async import KeyAPIClient
-from keyapi_async._ratelimit import AdaptiveRate, Pacer
-from keyapi_async._sansio import Request
-from keyapi_async._transport import RawResponse
+from keyapi_async._ratelimit import AdaptiveRate, RateGate, Verdict
+from keyapi_async.testing import Emulator, EmulatorConfig, EmulatorTransport
 
 from .virtual_clock import run_virtual
 
@@ -93,146 +87,185 @@ def test_throttle_respects_the_floor() -> None:
     assert AdaptiveRate(0.6, floor=0.5).throttled(0.0, 0, 3) == 0.5
 
 
-def test_pacer_spaces_evenly_with_no_initial_burst() -> None:
-    pacer = Pacer()
-    slots = [pacer.reserve(0.0, 20.0) for _ in range(21)]
-    assert slots[0] == 0.0
-    assert slots[20] == pytest.approx(1.0)
-    assert all(b - a == pytest.approx(0.05) for a, b in itertools.pairwise(slots))
-    assert Pacer().reserve(5.0, None) == 5.0
+def test_gate_spaces_sends_evenly_with_no_initial_burst() -> None:
+    async def main() -> list[float]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.0)
+        times = []
+        for _ in range(21):
+            ticket = await gate.acquire()
+            times.append(ticket.sent_at)
+            await gate.release(ticket, Verdict.ACCEPTED)
+        return times
+
+    times = run_virtual(main)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == pytest.approx([0.05] * 20, abs=1e-4)
 
 
-def test_pacer_delay_until_pushes_later_slots() -> None:
-    pacer = Pacer()
-    pacer.reserve(0.0, 10.0)
-    pacer.delay_until(3.0)
-    assert pacer.reserve(0.5, 10.0) == 3.0
+def test_gate_holds_the_inflight_cap() -> None:
+    async def main() -> int:
+        gate = RateGate(qps=None, concurrency=3)
+        held = [await gate.acquire() for _ in range(3)]
+        waiter = asyncio.ensure_future(gate.acquire())
+        await asyncio.sleep(1.0)
+        blocked = not waiter.done()
+        await gate.release(held[0], Verdict.NO_ANSWER)
+        ticket = await waiter
+        for t in (*held[1:], ticket):
+            await gate.release(t, Verdict.UNUSED)
+        return int(blocked)
+
+    assert run_virtual(main) == 1
 
 
-# -- whole batches on a virtual clock ----------------------------------------------
+def test_a_throttle_pauses_everyone_and_retunes_the_one_bucket() -> None:
+    async def main() -> tuple[list[float], float | None]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.0)
+        for _ in range(10):
+            ticket = await gate.acquire()
+            await gate.release(ticket, Verdict.ACCEPTED)
+        throttled = await gate.acquire()
+        await gate.release(throttled, Verdict.THROTTLED, cooldown=2.0, server_said=True)
+        pause_ends = throttled.sent_at + 2.0
+        times = []
+        for _ in range(5):
+            ticket = await gate.acquire()
+            times.append(ticket.sent_at)
+            await gate.release(ticket, Verdict.ACCEPTED)
+        return [t - pause_ends for t in times], gate.snapshot().current_qps
+
+    times, rate = run_virtual(main)
+    assert times[0] >= 0.0  # nobody sends during the cooldown
+    assert rate is not None and rate < 20.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Paced at the lowered rate by the same bucket: wider gaps than 1/20 s.
+    assert min(gaps) > 0.05
 
 
-def max_in_any_window(times: list[float], window: float = 1.0) -> int:
-    """Most arrivals in any half-open window [t, t + window)."""
-    ordered = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(ordered):
-        while ordered[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
+def test_turns_granted_during_a_cooldown_are_forfeit_not_bunched() -> None:
+    async def main() -> list[float]:
+        gate = RateGate(qps=10.0, concurrency=100, margin=0.0)
+        times: list[float] = []
+
+        async def sender() -> None:
+            ticket = await gate.acquire()
+            times.append(ticket.sent_at)
+            if len(times) == 2:
+                await gate.release(ticket, Verdict.THROTTLED, cooldown=1.5, server_said=True)
+            else:
+                await gate.release(ticket, Verdict.ACCEPTED)
+
+        await asyncio.gather(*(sender() for _ in range(12)))
+        return sorted(times)
+
+    times = run_virtual(main)
+    after = [t for t in times if t >= 1.5]
+    assert len(after) >= 9
+    # No two sends closer than the (lowered) bucket spacing after the pause.
+    assert all(b - a >= 0.099 for a, b in itertools.pairwise(after))
 
 
-_OK_BODY = msgspec.json.encode(
-    {"code": 0, "message": "success", "data": {"data": {"count": 0, "items": []}}}
-)
-_429_BODY = msgspec.json.encode({"code": 429, "data": None, "message": "qps limit exceeded"})
+# -- whole batches against the emulator, on a virtual clock --------------------------
 
 
-@dataclass
-class WindowServer:
-    """A strict sliding-window API with network jitter, in virtual time."""
+def run_batch(config: EmulatorConfig, n: int, **options: object) -> tuple[float, int, Emulator]:
+    emulator = Emulator(config)
 
-    cap: int
-    retry_after: bool
-    seed: int = 0
-    latency: float = 0.004
-    jitter: float = 0.003
-    arrivals: list[float] = field(default_factory=list)
-    rejected: int = 0
-    _accepted: deque[float] = field(default_factory=deque)
-
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-
-    async def send(self, request: Request, *, target: str | None = None) -> RawResponse:
+    async def main() -> tuple[float, int]:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(self._rng.uniform(0, self.jitter))
-        now = loop.time()
-        self.arrivals.append(now)
-        while self._accepted and self._accepted[0] <= now - 1.0:
-            self._accepted.popleft()
-        await asyncio.sleep(self.latency)
-        if len(self._accepted) >= self.cap:
-            self.rejected += 1
-            wait = self._accepted[0] + 1.0 - now
-            headers: Mapping[str, str] = (
-                {"Retry-After": str(max(1, math.ceil(wait)))} if self.retry_after else {}
-            )
-            return RawResponse(429, headers, _429_BODY)
-        self._accepted.append(now)
-        return RawResponse(200, {}, _OK_BODY)
-
-    async def aclose(self) -> None:
-        return None
-
-
-class SimulatedClient(KeyAPIClient):
-    def __init__(self, server: WindowServer, **options: object) -> None:
-        super().__init__("sk_test_virtual", base_url="http://127.0.0.1:9", **options)  # type: ignore[arg-type]
-        self._server = server
-
-    def _open_transport(self) -> WindowServer:  # type: ignore[override]
-        return self._server
-
-
-def run_batch(server: WindowServer, n: int, **options: object) -> tuple[float, int, int]:
-    async def main() -> tuple[float, int, int]:
-        loop = asyncio.get_running_loop()
-        async with SimulatedClient(server, **options) as client:
+        client = KeyAPIClient(
+            "sk_test_virtual",
+            base_url="http://127.0.0.1:9",
+            transport=EmulatorTransport(emulator),
+            **options,  # type: ignore[arg-type]
+        )
+        async with client:
             start = loop.time()
-            results = [r async for r in client.fetch_many(f"user{i}" for i in range(n))]
+            async with client.fetch_many(f"user{i}" for i in range(n)) as batch:
+                results = [r async for r in batch]
             elapsed = loop.time() - start
-        ok = sum(r.ok for r in results)
-        return elapsed, ok, len({r.target for r in results})
+        assert len({r.target for r in results}) == n
+        return elapsed, sum(r.ok for r in results)
 
-    return run_virtual(main)
+    elapsed, ok = run_virtual(main)
+    return elapsed, ok, emulator
+
+
+def _config(**overrides: object) -> EmulatorConfig:
+    options: dict[str, object] = {
+        "api_keys": frozenset({"sk_test_virtual"}),
+        "qps": 20,
+        "latency": 0.004,
+        "latency_jitter": 0.003,
+    }
+    options.update(overrides)
+    return EmulatorConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("latency", [0.05, 0.5, 1.5, 3.0, 5.0])
+def test_default_settings_fill_the_cap_at_any_latency(latency: float) -> None:
+    # The user gives qps and nothing else: concurrency is derived from it.
+    config = _config(latency=latency, latency_jitter=0.1 * latency)
+    elapsed, ok, emu = run_batch(config, 200, qps=20)
+    assert ok == 200
+    assert emu.count(status=429) == 0
+    assert emu.max_in_window() <= 20
+    assert elapsed <= 1.10 * 200 / 20 + 1.1 * latency, elapsed
+
+
+def test_the_old_fixed_sixteen_could_not_fill_the_cap_at_three_seconds() -> None:
+    # The regression this guards: 16 in flight at 3 s latency is 5.3 req/s.
+    elapsed, ok, _ = run_batch(
+        _config(latency=3.0, latency_jitter=0.0), 200, qps=20, concurrency=16
+    )
+    assert ok == 200
+    assert elapsed > 1.5 * 200 / 20
 
 
 @pytest.mark.parametrize("retry_after", [True, False])
 def test_at_the_cap_no_429_and_within_ten_percent_of_ideal(retry_after: bool) -> None:
-    server = WindowServer(cap=20, retry_after=retry_after)
-    elapsed, ok, distinct = run_batch(server, 200, qps=20, concurrency=16)
-    assert (ok, distinct) == (200, 200)
-    assert server.rejected == 0
-    assert max_in_any_window(server.arrivals) <= 20
-    ideal = 200 / 20
-    assert elapsed <= 1.10 * ideal, elapsed
+    elapsed, ok, emu = run_batch(_config(retry_after=retry_after), 200, qps=20)
+    assert ok == 200
+    assert emu.count(status=429) == 0
+    assert emu.max_in_window() <= 20
+    assert elapsed <= 1.10 * 200 / 20, elapsed
 
 
 @pytest.mark.parametrize("retry_after", [True, False])
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(6))
 def test_misconfigured_three_times_over_adapts_down(retry_after: bool, seed: int) -> None:
-    server = WindowServer(cap=20, retry_after=retry_after, seed=seed)
-    elapsed, ok, distinct = run_batch(server, 200, qps=60, concurrency=16)
-    assert (ok, distinct) == (200, 200)
-    sends = len(server.arrivals)
-    assert server.rejected <= 0.10 * sends, (server.rejected, sends)
+    config = _config(retry_after=retry_after, seed=seed)
+    elapsed, ok, emu = run_batch(config, 200, qps=60, concurrency=16)
+    assert ok == 200
+    sends = emu.requests_total
+    assert emu.count(status=429) <= 0.10 * sends, (emu.count(status=429), sends)
     assert elapsed <= 1.5 * (200 / 20), elapsed
 
 
 def test_no_cap_and_429s_learns_a_rate() -> None:
-    server = WindowServer(cap=20, retry_after=False)
-    elapsed, ok, _ = run_batch(server, 200, qps=None, concurrency=16)
+    elapsed, ok, emu = run_batch(_config(retry_after=False), 200, qps=None, concurrency=16)
     assert ok == 200
     # Unbounded at first, so a burst of 429s is expected; it must settle.
-    assert server.rejected <= 0.25 * len(server.arrivals)
+    assert emu.count(status=429) <= 0.25 * emu.requests_total
     assert elapsed <= 2.0 * (200 / 20), elapsed
 
 
 def test_first_second_never_exceeds_qps_even_from_idle() -> None:
-    server = WindowServer(cap=1000, retry_after=True, jitter=0.0)
-    run_batch(server, 60, qps=20, concurrency=32)
-    first = [t for t in server.arrivals if t < server.arrivals[0] + 1.0]
+    config = _config(qps=1000, latency_jitter=0.0)
+    _, _, emu = run_batch(config, 60, qps=20, concurrency=32)
+    arrivals = [r.time for r in emu.log]
+    first = [t for t in arrivals if t < arrivals[0] + 1.0]
     assert len(first) <= 20
-    assert max_in_any_window(server.arrivals) <= 20
+    assert emu.max_in_window() <= 20
 
 
 def test_one_429_pauses_every_worker() -> None:
-    server = WindowServer(cap=10, retry_after=True, jitter=0.0)
-    run_batch(server, 40, qps=40, concurrency=8)
+    config = _config(qps=10, latency_jitter=0.0)
+    run_batch_result = run_batch(config, 40, qps=40, concurrency=8)
+    emu = run_batch_result[2]
+    arrivals = [r.time for r in emu.log]
     # After a 429 with Retry-After: 1 nobody sends for the cooldown: there is
     # a gap of at least ~1 s between two consecutive arrivals.
-    gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:], strict=False)]
-    assert server.rejected >= 1
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert emu.count(status=429) >= 1
     assert max(gaps) >= 0.95

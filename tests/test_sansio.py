@@ -16,6 +16,9 @@ from keyapi_async import (
     AuthenticationError,
     BadRequestError,
     InsufficientCreditsError,
+    KeyAPIError,
+    NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     Reel,
     ResponseDecodeError,
@@ -155,7 +158,9 @@ def test_any_2xx_status_counts_as_an_answer() -> None:
         (429, 429, "qps limit exceeded", RateLimitError),
         (500, 500, "Internal server error", ServerError),
         (503, 503, "unavailable", ServerError),
-        (404, 404, "not found", APIStatusError),
+        (403, 403, "apiKey has no permission for this endpoint", PermissionDeniedError),
+        (404, 404, "user not found", NotFoundError),
+        (418, 418, "teapot", APIStatusError),
         # The HTTP status decides when it signals an error, whatever the body code says.
         (500, 429, "odd", ServerError),
         (401, 0, "odd", AuthenticationError),
@@ -358,6 +363,8 @@ def test_json_of_the_wrong_shape_is_a_decode_error(body: bytes) -> None:
     assert error.snippet == body.decode()
     assert error.target == "t"
     assert error.request_id == ("r-9" if b"r-9" in body else None)
+    # A body that still said code 0 was charged for; anything else was not.
+    assert error.billed is body.startswith(b'{"code": 0')
 
 
 # -- error_for ------------------------------------------------------------------

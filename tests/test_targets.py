@@ -32,6 +32,22 @@ BAD_NAME = "username must be 1-30 letters, digits, '.' or '_'"
         ("https://www.instagram.com/javan/#top", "javan"),
         ("HTTPS://WWW.INSTAGRAM.COM/JaVan/", "javan"),
         ("  https://instagram.com/@Javan  ", "javan"),
+        ("https://www.instagram.com:443/javan/", "javan"),
+        # Story URLs resolve to their account.
+        ("https://www.instagram.com/stories/javan/3312345678901234567/", "javan"),
+        ("https://www.instagram.com/stories/javan/3312345678901234567", "javan"),
+        ("https://www.instagram.com/stories/javan/", "javan"),
+        ("http://instagram.com/stories/Javan/33/", "javan"),
+        ("instagram.com/stories/javan/33/", "javan"),
+        ("www.instagram.com/stories/javan/33", "javan"),
+        ("https://m.instagram.com/stories/j.a_v4n/33/", "j.a_v4n"),
+        ("https://www.instagram.com/stories/javan/33/?igsh=MWQ1ZGUxMzBkMA==", "javan"),
+        (
+            "https://www.instagram.com/stories/javan/33/?utm_source=ig_story_item_share&igsh=x",
+            "javan",
+        ),
+        ("https://www.instagram.com/stories/javan/33/#x", "javan"),
+        ("HTTPS://WWW.INSTAGRAM.COM/STORIES/JAVAN/33/", "javan"),
     ],
 )
 def test_username_normalisation(raw: str, expected: str) -> None:
@@ -53,11 +69,9 @@ def test_username_normalisation(raw: str, expected: str) -> None:
         ("jävan", BAD_NAME),
         ("id:123", BAD_NAME),
         ("@@javan", BAD_NAME),
-        (
-            "https://www.instagram.com/stories/javan/123/",
-            BAD_NAME,
-        ),
-        ("https://example.com/javan", BAD_NAME),
+        ("https://www.instagram.com/jav an/", BAD_NAME),
+        ("https://www.instagram.com/javan!/", BAD_NAME),
+        ("https://www.instagram.com/stories/" + "a" * 31 + "/1/", BAD_NAME),
         ("", "username is empty"),
         ("   ", "username is empty"),
         ("@", "username is empty"),
@@ -72,6 +86,49 @@ def test_invalid_usernames(raw: str, reason: str) -> None:
     assert error.value == raw
     assert error.target is None
     assert str(error) == f"{reason}: {raw!r}"
+
+
+NOT_INSTAGRAM = "not an Instagram URL"
+NO_ACCOUNT = "an Instagram URL that names no account (use a profile or story URL)"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("https://example.com/javan", NOT_INSTAGRAM),
+        ("http://example.com/stories/javan/33/", NOT_INSTAGRAM),
+        ("example.com/javan", NOT_INSTAGRAM),
+        ("https://instagram.com.evil.example/javan", NOT_INSTAGRAM),
+        ("https://notinstagram.com/javan", NOT_INSTAGRAM),
+        ("https://l.instagram.com/javan", NOT_INSTAGRAM),
+        ("ftp://instagram.example/javan", NOT_INSTAGRAM),
+        ("no/slash", NOT_INSTAGRAM),
+        ("https://www.instagram.com/p/C1a2b3c4d5/", NO_ACCOUNT),
+        ("https://www.instagram.com/reel/C1a2b3c4d5/", NO_ACCOUNT),
+        ("https://www.instagram.com/explore/", NO_ACCOUNT),
+        ("https://www.instagram.com/", NO_ACCOUNT),
+        ("https://www.instagram.com/stories/", NO_ACCOUNT),
+        ("https://www.instagram.com/javan/tagged/", NO_ACCOUNT),
+        ("https://www.instagram.com/stories/javan/33/extra/", NO_ACCOUNT),
+        (
+            "https://www.instagram.com/stories/highlights/17912345678901234/",
+            "a story highlight URL names no account; give the account instead",
+        ),
+    ],
+)
+def test_urls_that_name_no_instagram_account(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidTargetError) as info:
+        Target.username(raw)
+    assert info.value.message == reason
+    assert info.value.value == raw
+    with pytest.raises(InvalidTargetError) as parsed:
+        parse_target(raw)
+    assert parsed.value.message == reason
+
+
+def test_story_url_and_handle_are_one_target() -> None:
+    story = parse_target("https://www.instagram.com/stories/Javan/3312345678901234567/?igsh=x")
+    assert story == parse_target("@javan") == Target("username", "javan")
 
 
 @pytest.mark.parametrize("raw", [None, 123, b"javan", ["javan"]])

@@ -11,16 +11,15 @@ from .._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
-    DEFAULT_CONCURRENCY,
     DEFAULT_QPS,
     DEFAULT_TIMEOUT,
 )
-from ..testing import Fault
+from ..testing.__main__ import add_emulator_arguments
 from ._exit import EXIT_CODES_HELP
+from ._invocation import PROG
 
-__all__ = ["DEMO_OUTPUT", "build_parser", "parse_faults"]
+__all__ = ["DEMO_OUTPUT", "PROG", "build_parser"]
 
-PROG = "keyapi-stories"
 DEMO_OUTPUT = "keyapi-demo.jsonl"
 DEFAULT_RETRIES = 4
 DEFAULT_GRACE = 10.0
@@ -77,37 +76,28 @@ def _count(name: str, minimum: int) -> Callable[[str], int]:
     return convert
 
 
-def parse_faults(text: str) -> dict[Fault, float]:
-    """Parse ``NAME=P[,NAME=P...]`` into fault probabilities (ArgumentTypeError if bad)."""
-    rates: dict[Fault, float] = {}
-    for part in text.split(","):
-        name, sep, rate = part.strip().partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected NAME=P, got {part.strip()!r}")
-        try:
-            fault = Fault(name.strip().lower())
-        except ValueError:
-            names = ", ".join(f.value for f in Fault)
-            raise argparse.ArgumentTypeError(
-                f"unknown fault {name.strip()!r} (one of: {names})"
-            ) from None
-        try:
-            probability = float(rate)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"probability must be a number, got {rate!r}"
-            ) from None
-        if not 0 <= probability <= 1:
-            raise argparse.ArgumentTypeError(f"probability must be in [0, 1], got {rate!r}")
-        rates[fault] = probability
-    return rates
-
-
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-wrapped descriptions and shows defaults where they help."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
+
+
+def _verbosity_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only errors and a one-line summary (no progress, no notes)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="also show the library's log lines on stderr (-v: INFO, -vv: DEBUG)",
+    )
 
 
 def _progress_options(parser: argparse._ActionsContainer) -> None:
@@ -171,9 +161,12 @@ def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tuning.add_argument(
         "--concurrency",
         type=_count("--concurrency", 1),
-        default=DEFAULT_CONCURRENCY,
+        default=None,
         metavar="N",
-        help=f"max requests in flight (default: {DEFAULT_CONCURRENCY})",
+        help=(
+            "max requests in flight (default: derived from --qps and --timeout "
+            "so the cap is filled at any API latency)"
+        ),
     )
     tuning.add_argument(
         "--max-credits",
@@ -219,6 +212,7 @@ def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--fsync", action="store_true", help="fsync OUT after every line (survives power loss)"
     )
+    _verbosity_options(fetch)
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -259,6 +253,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--overwrite", action="store_true", help="replace OUT if it exists (given with -o)"
     )
     _progress_options(demo)
+    _verbosity_options(demo)
 
 
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -267,49 +262,15 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="serve the offline emulator of the API for your own tests",
         description=(
             "Serve the offline emulator of keyapi.ai's fetch_user_stories API on loopback\n"
-            "until Ctrl-C. Prints ready `export KEYAPI_BASE_URL=...` and\n"
-            "`export KEYAPI_API_KEY=...` lines (the emulator's fake key) on stdout."
+            "until Ctrl-C. Prints one KEYAPI_BASE_URL=... line on stdout, and on stderr\n"
+            "the `export` line to paste into another shell (with the emulator's fake key).\n"
+            "The same command as `python -m keyapi_async.testing`."
         ),
         formatter_class=_Formatter,
         allow_abbrev=False,
     )
-    emulator.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
-    emulator.add_argument(
-        "--port", type=_count("--port", 0), default=0, help="TCP port; 0 picks a free one"
-    )
-    emulator.add_argument(
-        "--qps",
-        type=_checked(float, "--qps", minimum=0, strict=True),
-        default=None,
-        help="accepted requests per second; more get 429 (default: no cap)",
-    )
-    emulator.add_argument(
-        "--credits",
-        type=_count("--credits", 0),
-        default=None,
-        help="starting quota, 2 per success; then 402 (default: unlimited)",
-    )
-    emulator.add_argument(
-        "--faults",
-        type=parse_faults,
-        action="append",
-        default=[],
-        metavar="NAME=P[,NAME=P]",
-        help=(
-            "inject faults with probability P per request (repeatable); names: "
-            + ", ".join(f.value for f in Fault)
-        ),
-    )
-    emulator.add_argument(
-        "--latency",
-        type=_checked(float, "--latency", minimum=0),
-        default=0.0,
-        metavar="SECONDS",
-        help="delay before every answer (default: 0)",
-    )
-    emulator.add_argument(
-        "--seed", type=int, default=0, help="seed of the synthetic data and faults"
-    )
+    # One definition of the options for both spellings of the command.
+    add_emulator_arguments(emulator)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +23,11 @@ from .._errors import (
     InsufficientCreditsError,
     KeyAPIError,
     NotAttemptedError,
+    PermissionDeniedError,
 )
 from ._exit import CLIError, ExitCode
 from ._inputs import InputPlan, InvalidLine
+from ._invocation import PROG, shell_command
 from ._ledger import (
     LedgerState,
     LedgerWriter,
@@ -35,6 +36,7 @@ from ._ledger import (
     result_line,
     scan_ledger,
 )
+from ._logs import library_logs
 from ._progress import Reporter, Snapshot, Summary, Tally, make_reporter, render_summary
 from ._signals import Interrupts
 
@@ -51,6 +53,12 @@ __all__ = [
 #: How many invalid lines are listed on stderr before "... and N more".
 _MAX_LISTED_INVALID = 20
 _RATE_WINDOW = 5.0
+#: Answers that stop the whole batch (exit status 3): nothing sent after them
+#: could succeed with this key or account.
+_FATAL = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
+_INTERRUPTED = "interrupted"
+#: After Ctrl-C, how often to check whether anything sent is still unanswered.
+_IDLE_POLL = 0.02
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +66,8 @@ class FetchSettings:
     """How to send and how to show progress (the request and run-control options)."""
 
     qps: float | None = 10.0
-    concurrency: int = 16
+    concurrency: int | None = None
+    """Requests in flight; None lets the client derive it from ``qps`` and ``timeout``."""
     max_credits: int | None = None
     timeout: float = 30.0
     retries: int = 4
@@ -67,6 +76,10 @@ class FetchSettings:
     progress_interval: float = 10.0
     grace: float = 10.0
     fsync: bool = False
+    quiet: bool = False
+    """``-q``: no progress and no notes; errors and a one-line summary only."""
+    verbose: int = 0
+    """``-v``: 1 shows the library's INFO log lines, 2 DEBUG too."""
 
 
 @dataclass(slots=True)
@@ -86,16 +99,21 @@ class Job:
 
 def make_client(settings: FetchSettings, api_key: str) -> KeyAPIClient:
     """Build (but do not open) the client; a bad setting is a usage error."""
+    # Passed only when given: otherwise the client derives it from qps and
+    # timeout, so that the rate cap is filled whatever the API's latency.
+    extra: dict[str, int] = {}
+    if settings.concurrency is not None:
+        extra["concurrency"] = settings.concurrency
     try:
         return KeyAPIClient(
             api_key,
             base_url=settings.base_url,
             qps=settings.qps or None,  # --qps 0 switches the client-side cap off
-            concurrency=settings.concurrency,
             max_credits=settings.max_credits,
             timeout=settings.timeout,
             max_attempts=settings.retries + 1,
-            user_agent="keyapi-stories",
+            user_agent=PROG,
+            **extra,
         )
     except ConfigurationError as exc:
         raise CLIError(str(exc)) from None
@@ -131,12 +149,16 @@ def _job(plan: InputPlan, output: str, writer: LedgerWriter, state: LedgerState)
     )
 
 
-def resume_command(argv: Sequence[str]) -> str:
-    """The user's own ``fetch`` command line, with ``--resume`` (once) and no ``--overwrite``."""
+def resume_command(argv: Sequence[str], argv0: str | None = None) -> str:
+    """The user's own ``fetch`` command line, with ``--resume`` (once) and no ``--overwrite``.
+
+    It starts the way this process was started (see :mod:`._invocation`), so
+    that it runs as pasted even when ``keyapi-stories`` is not on PATH.
+    """
     args = [arg for arg in argv if arg != "--overwrite"]
     if "--resume" not in args:
         args.append("--resume")
-    return shlex.join(["keyapi-stories", *args])
+    return shell_command(args, argv0)
 
 
 def _list_invalid(plan: InputPlan, note: Callable[[str], None]) -> None:
@@ -206,6 +228,9 @@ class _Run:
     phase: str = "fetching"
     meter: _Meter = field(default_factory=_Meter)
     fatal: KeyAPIError | None = None
+    interrupted: bool = False
+    leftover: str | None = None
+    """Why targets left without an outcome by the batch were not attempted."""
     written: set[str] = field(default_factory=set)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -214,11 +239,12 @@ class _Run:
         tally = self.tally
         now = time.monotonic()
         return Snapshot(
-            done=tally.done,
+            done=tally.attempted,
             total=tally.total,
             ok=tally.ok,
             empty=tally.empty,
-            failed=tally.failed + tally.not_attempted,
+            failed=tally.failed,
+            not_attempted=tally.not_attempted,
             requests=stats.requests_sent,
             rate_limited=stats.rate_limited,
             credits=stats.credits_spent,
@@ -241,20 +267,33 @@ async def execute(
     Returns the exit status. Must run in the event loop that will receive
     Ctrl-C; it installs (and removes) the SIGINT/SIGTERM handlers itself.
     """
+    with library_logs(settings.verbose, redact) as logs:
+        reporter = make_reporter(
+            settings.progress,
+            total=len(job.pending),
+            interval=settings.progress_interval,
+            quiet=settings.quiet,
+        )
+        if logs is not None:
+            # Through the display, so a log line never tears the live bar.
+            logs.sink = reporter.note
+        run = _Run(
+            job=job,
+            client=client,
+            reporter=reporter,
+            tally=Tally(total=len(job.pending)),
+            redact=redact,
+        )
+        return await _execute(run, settings, resume_hint)
+
+
+async def _execute(run: _Run, settings: FetchSettings, resume_hint: str | None) -> int:
+    job, reporter = run.job, run.reporter
     writer = job.writer
-    reporter = make_reporter(
-        settings.progress, total=len(job.pending), interval=settings.progress_interval
-    )
-    run = _Run(
-        job=job,
-        client=client,
-        reporter=reporter,
-        tally=Tally(total=len(job.pending)),
-        redact=redact,
-    )
     if job.torn_bytes:
         reporter.note(f"resume: removed a torn final line ({job.torn_bytes} bytes) from OUT")
-    _list_invalid(job.plan, reporter.note)
+    # Invalid input lines are errors: listed even with -q.
+    _list_invalid(job.plan, _to_stderr if settings.quiet else reporter.note)
     try:
         for line in job.new_invalid:
             writer.write(invalid_line(line))
@@ -263,19 +302,19 @@ async def execute(
     if job.already_done:
         reporter.note(f"resume: {job.already_done} targets already done in OUT are skipped")
 
-    interrupted = False
     write_error: OSError | None = None
     if job.pending:
         reporter.start()
         try:
-            interrupted, write_error = await _fetch_all(run, settings, resume_hint)
+            write_error = await _fetch_all(run, settings, resume_hint)
         finally:
             reporter.close()
 
-    # Whatever the batch did not report (a --grace expiry cancelled it, or
-    # writing failed) still gets its one line, so --resume retries it.
+    # Whatever the batch did not report (stopped early after Ctrl-C, a
+    # --grace expiry, or a failed write) still gets its one line, so that
+    # --resume retries it.
     if write_error is None:
-        reason = "interrupted before an answer arrived" if interrupted else "no outcome reported"
+        reason = run.leftover or "no outcome reported"
         try:
             for target in job.pending:
                 if target not in run.written:
@@ -288,21 +327,25 @@ async def execute(
     if write_error is not None:
         raise CLIError(f"cannot write {job.output!r}: {write_error.strerror or write_error}")
 
-    code = _exit_code(run, interrupted)
-    _summarise(run, code, resume_hint)
+    code = _exit_code(run)
+    _summarise(run, code, resume_hint, quiet=settings.quiet)
     return code
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 async def _fetch_all(
     run: _Run, settings: FetchSettings, resume_hint: str | None
-) -> tuple[bool, OSError | None]:
-    """Run the batch to completion (or to the --grace deadline after Ctrl-C)."""
+) -> OSError | None:
+    """Run the batch to completion (or, after Ctrl-C, until nothing sent is unanswered)."""
     loop = asyncio.get_running_loop()
     reporter, writer, tally, client = run.reporter, run.job.writer, run.tally, run.client
-    interrupted = False
     write_error: OSError | None = None
     async with client:
         batch = client.fetch_many(run.job.pending)
+        background: list[asyncio.Task[None]] = []
 
         async def ticker(period: float) -> None:
             # Keeps the rate, 429 and ETA figures moving while no result
@@ -311,15 +354,36 @@ async def _fetch_all(
                 await asyncio.sleep(period)
                 reporter.update(run.snapshot())
 
-        ticking = asyncio.create_task(ticker(reporter.refresh))
+        async def settle() -> None:
+            # After Ctrl-C the batch sends nothing new, but workers already
+            # queued at the rate gate would each wait for a turn only to give
+            # it back: at --qps 10 and 16 workers, 1.5 s of idling before the
+            # summary. Once nothing sent is unanswered (twice in a row, so an
+            # answer being decoded has reached the stream), no outcome is left
+            # that a request paid for: close the batch, and the targets
+            # without an outcome get their not_attempted lines below.
+            quiet_polls = 0
+            while quiet_polls < 2:
+                await asyncio.sleep(_IDLE_POLL)
+                quiet_polls = quiet_polls + 1 if client.stats.in_flight == 0 else 0
+            # Closing ends the consumer's iteration cleanly (no cancellation
+            # of the consumer itself, so no received result can be dropped).
+            await batch.aclose()
+
+        background.append(asyncio.create_task(ticker(reporter.refresh)))
         try:
             async with asyncio.timeout(None) as deadline:
 
-                def on_first(signum: int) -> None:
-                    nonlocal interrupted
-                    interrupted = True
-                    batch.stop("interrupted")
+                def wind_down(reason: str) -> None:
                     run.phase = "stopping"
+                    if run.leftover is None:
+                        run.leftover = reason
+                        background.append(asyncio.create_task(settle()))
+
+                def on_first(signum: int) -> None:
+                    run.interrupted = True
+                    batch.stop(_INTERRUPTED)
+                    wind_down(_INTERRUPTED)
                     deadline.reschedule(loop.time() + settings.grace)
                     reporter.note(
                         "Interrupted: sending no new requests; waiting up to "
@@ -348,24 +412,25 @@ async def _fetch_all(
                         tally.record(result.status, type(error).__name__ if error else None)
                         if isinstance(error, NotAttemptedError):
                             run.reasons[error.reason] += 1
-                        elif (
-                            isinstance(error, AuthenticationError | InsufficientCreditsError)
-                            and run.fatal is None
-                        ):
+                        elif isinstance(error, _FATAL) and run.fatal is None:
                             run.fatal = error
-                            run.phase = "stopping"
+                            stopped = batch.stopped_reason
+                            wind_down(stopped.reason if stopped else type(error).__name__)
                         reporter.update(run.snapshot())
         except TimeoutError:
+            run.leftover = f"{_INTERRUPTED} before an answer arrived"
             reporter.note(f"--grace of {settings.grace:g}s expired; abandoning requests in flight")
         finally:
-            ticking.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await batch.aclose()
         reporter.update(run.snapshot())
-    return interrupted, write_error
+    return write_error
 
 
-def _exit_code(run: _Run, interrupted: bool) -> ExitCode:
-    if interrupted:
+def _exit_code(run: _Run) -> ExitCode:
+    if run.interrupted:
         return ExitCode.INTERRUPTED
     if run.fatal is not None:
         return ExitCode.STOPPED
@@ -375,17 +440,23 @@ def _exit_code(run: _Run, interrupted: bool) -> ExitCode:
     return ExitCode.OK
 
 
-def _summarise(run: _Run, code: ExitCode, resume_hint: str | None) -> None:
+def _stop_reason(run: _Run, code: ExitCode) -> str | None:
+    fatal = run.fatal
+    if code is ExitCode.INTERRUPTED:
+        return "interrupted"
+    if isinstance(fatal, InsufficientCreditsError):
+        return f"402 credits exhausted: {run.redact(fatal.message)}"
+    if isinstance(fatal, AuthenticationError):
+        return f"401 key rejected: {run.redact(fatal.message)}"
+    if isinstance(fatal, PermissionDeniedError):
+        return f"403 permission denied: {run.redact(fatal.message)}"
+    return None
+
+
+def _summarise(run: _Run, code: ExitCode, resume_hint: str | None, *, quiet: bool) -> None:
     stats = run.client.stats
     tally = run.tally
     job = run.job
-    stopped: str | None = None
-    if code is ExitCode.INTERRUPTED:
-        stopped = "interrupted"
-    elif isinstance(run.fatal, InsufficientCreditsError):
-        stopped = f"402 credits exhausted: {run.redact(run.fatal.message)}"
-    elif isinstance(run.fatal, AuthenticationError):
-        stopped = f"401 key rejected: {run.redact(run.fatal.message)}"
     summary = Summary(
         output=job.output,
         lines_read=job.plan.lines,
@@ -399,15 +470,21 @@ def _summarise(run: _Run, code: ExitCode, resume_hint: str | None) -> None:
         rate_limited=stats.rate_limited,
         credits=stats.credits_spent,
         elapsed=time.monotonic() - tally.started,
-        stopped=stopped,
+        stopped=_stop_reason(run, code),
         top_errors=tally.error_types.most_common(5),
         reasons=run.reasons.most_common(3),
     )
-    render_summary(summary)
     out = sys.stderr
+    if quiet:
+        print(summary.line(), file=out, flush=True)
+        return
+    render_summary(summary)
     if code is ExitCode.STOPPED and isinstance(run.fatal, AuthenticationError):
+        print("The API rejected the key: check KEYAPI_API_KEY (or --api-key-file).", file=out)
+    elif code is ExitCode.STOPPED and isinstance(run.fatal, PermissionDeniedError):
         print(
-            "The API rejected the key: check KEYAPI_API_KEY (or --api-key-file).",
+            "The API refused this key access to the endpoint (403): check the key's plan "
+            "and permissions with keyapi.ai, then resume.",
             file=out,
         )
     elif code is ExitCode.STOPPED:

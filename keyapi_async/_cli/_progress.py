@@ -54,8 +54,13 @@ class Tally:
 
     @property
     def done(self) -> int:
-        """Targets with an outcome written."""
-        return self.ok + self.empty + self.failed + self.not_attempted
+        """Targets with an outcome written (``not_attempted`` ones included)."""
+        return self.attempted + self.not_attempted
+
+    @property
+    def attempted(self) -> int:
+        """Targets that ended ``ok``, ``empty`` or ``error``: the progress actually made."""
+        return self.ok + self.empty + self.failed
 
     def record(self, status: str, error_type: str | None) -> None:
         """Count one outcome (``error_type`` for failures, to rank them in the summary)."""
@@ -73,13 +78,19 @@ class Tally:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One frame of progress: outcome counts plus the client's request counters."""
+    """One frame of progress: outcome counts plus the client's request counters.
+
+    ``done`` counts targets that ended ``ok``, ``empty`` or ``error``; targets
+    given up after a stop are ``not_attempted``, shown apart and never as
+    progress, so an interrupted run's bar does not jump to 100%.
+    """
 
     done: int
     total: int
     ok: int
     empty: int
     failed: int
+    not_attempted: int
     requests: int
     rate_limited: int
     credits: int
@@ -90,8 +101,8 @@ class Snapshot:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at the average pace so far (None before the first outcome)."""
-        if self.done == 0 or self.elapsed <= 0:
+        """Seconds left at the average pace so far (None before the first outcome, or stopping)."""
+        if self.done == 0 or self.elapsed <= 0 or self.phase != "fetching":
             return None
         return (self.total - self.done) * self.elapsed / self.done
 
@@ -99,7 +110,8 @@ class Snapshot:
         """The frame as one plain-text line."""
         return (
             f"[{_duration(self.elapsed)}] {self.phase}: {self.done}/{self.total} "
-            f"(ok {self.ok}, empty {self.empty}, failed {self.failed}) | "
+            f"(ok {self.ok}, empty {self.empty}, failed {self.failed}"
+            f"{f', not attempted {self.not_attempted}' if self.not_attempted else ''}) | "
             f"{self.rate:.1f} req/s | 429s {self.rate_limited} | "
             f"credits {self.credits} | ETA {_duration(self.eta)}"
         )
@@ -155,6 +167,13 @@ class _Silent:
         print(message, file=self._stream, flush=True)
 
     def close(self) -> None:
+        pass
+
+
+class _Quiet(_Silent):
+    """``-q``: no progress and no notes; errors are printed by the caller."""
+
+    def note(self, message: str) -> None:
         pass
 
 
@@ -252,6 +271,9 @@ class _RichBar:
         stats.append(str(snapshot.empty))
         stats.append("  failed ", "red")
         stats.append(str(snapshot.failed))
+        if snapshot.not_attempted:
+            stats.append("  not attempted ", "yellow")
+            stats.append(str(snapshot.not_attempted))
         stats.append(
             f"  |  {snapshot.rate:.1f} req/s  429s {snapshot.rate_limited}"
             f"  credits {snapshot.credits}"
@@ -270,14 +292,22 @@ class _RichBar:
 
 
 def make_reporter(
-    mode: bool | None, *, total: int, interval: float, stream: IO[str] | None = None
+    mode: bool | None,
+    *,
+    total: int,
+    interval: float,
+    stream: IO[str] | None = None,
+    quiet: bool = False,
 ) -> Reporter:
     """Choose the display: ``mode`` None is auto (bar on a TTY, else nothing).
 
     ``True`` forces progress (the bar on a TTY, plain lines every ``interval``
     seconds otherwise or when rich is missing); ``False`` shows none.
+    ``quiet`` (``-q``) shows neither progress nor notes.
     """
     out = stream if stream is not None else sys.stderr
+    if quiet:
+        return _Quiet(out)
     if mode is False:
         return _Silent(out)
     tty = out.isatty()
@@ -312,6 +342,27 @@ class Summary:
     reasons: Sequence[tuple[str, int]] = ()
     """Why targets were not attempted."""
 
+    def counts(self) -> str:
+        """The outcome counts in one phrase, for the ``-q`` summary line."""
+        t = self.tally
+        parts = [f"{t.ok} ok", f"{t.empty} empty", f"{t.failed} failed"]
+        if t.not_attempted:
+            parts.append(f"{t.not_attempted} not attempted")
+        if self.invalid:
+            parts.append(f"{self.invalid} invalid lines")
+        if self.already_done:
+            parts.append(f"{self.already_done} already done")
+        return ", ".join(parts)
+
+    def line(self, prog: str = "keyapi-stories") -> str:
+        """The whole summary as one line (``-q``)."""
+        state = f"stopped ({self.stopped})" if self.stopped else "done"
+        return (
+            f"{prog}: {state}: {self.counts()} of {self.tally.total} targets; "
+            f"{self.requests} requests, {self.credits} credits, {self.elapsed:.1f}s; "
+            f"ledger {self.output}"
+        )
+
     def rows(self) -> list[tuple[str, str]]:
         """The table as (label, value) rows."""
         t = self.tally
@@ -322,7 +373,7 @@ class Summary:
             ("invalid lines", str(self.invalid)),
             ("duplicates skipped", str(self.duplicates)),
             ("already done (resume)", str(self.already_done)),
-            ("fetched this run", f"{t.done} of {t.total}"),
+            ("attempted this run", f"{t.attempted} of {t.total}"),
             ("  ok (stories)", str(t.ok)),
             ("  empty (no stories)", str(t.empty)),
             ("  failed", str(t.failed)),

@@ -5,7 +5,10 @@ A real :mod:`aiohttp.web` server on a loopback port that answers
 authentication, parameter validation, a QPS window, a credit quota and
 deterministic synthetic story reels, plus injectable faults (5xx, HTML error
 pages, error codes inside HTTP 200, truncated or empty bodies, connection
-resets, slow answers). Use it for offline tests, demos and benchmarks::
+resets, slow answers, and hostile answers: non-UTF-8 bytes, Latin-1 error
+messages, schema drift, a reel without items, a 503 with ``Retry-After``),
+403 for forbidden keys and 404 for missing accounts. Use it for offline
+tests, demos and benchmarks::
 
     import aiohttp
     from keyapi_async.testing import DEFAULT_TEST_KEY, EmulatorConfig, Fault, run_emulator
@@ -18,19 +21,29 @@ resets, slow answers). Use it for offline tests, demos and benchmarks::
             assert resp.status == 500  # scripted; the next request succeeds
         assert emu.count(status=500) == 1
 
+:class:`EmulatorTransport` runs the same emulator in memory, without sockets,
+for ``KeyAPIClient(transport=...)`` on a virtual-clock event loop.
+
 From the shell, ``python -m keyapi_async.testing --qps 10`` prints
 ``KEYAPI_BASE_URL=http://127.0.0.1:PORT`` and serves until interrupted.
 """
 
-from ._app import Emulator, RequestRecord
-from ._config import DEFAULT_TEST_KEY, EmulatorConfig, Fault
+from ._app import Answer, Emulator, RequestRecord
+from ._config import BILLED_FAULTS, DEFAULT_TEST_KEY, EmulatorConfig, Fault
+from ._media import MediaConfig, MediaFault
 from ._runner import run_emulator
+from ._transport import EmulatorTransport
 
 __all__ = [
+    "BILLED_FAULTS",
     "DEFAULT_TEST_KEY",
+    "Answer",
     "Emulator",
     "EmulatorConfig",
+    "EmulatorTransport",
     "Fault",
+    "MediaConfig",
+    "MediaFault",
     "RequestRecord",
     "run_emulator",
 ]

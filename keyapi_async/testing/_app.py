@@ -11,15 +11,16 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 from aiohttp import hdrs, web
 
-from ._config import EmulatorConfig, Fault
+from ._config import BILLED_FAULTS, EmulatorConfig, Fault
 from ._data import build_reel, encoded_reel, split_target_key, target_key
+from ._media import install_media
 
-__all__ = ["ENDPOINT", "Emulator", "RequestRecord"]
+__all__ = ["ENDPOINT", "Answer", "Emulator", "RequestRecord"]
 
 ENDPOINT: Final = "/v1/instagram/fetch_user_stories"
 """The only path the emulator serves (``GET``)."""
@@ -34,10 +35,25 @@ _MSG_BAD_USER_ID: Final = "Invalid parameter: user_id"
 _MSG_QPS: Final = "qps limit exceeded"
 _MSG_QUOTA: Final = "apiKey quota is not enough"
 _MSG_SERVER_ERROR: Final = "Internal server error"
+_MSG_FORBIDDEN: Final = "apiKey has no permission for this endpoint"
+_MSG_NOT_FOUND: Final = "user not found"
+_MSG_UNAVAILABLE: Final = "Service temporarily unavailable"
+# What a proxy in front of the API might say, sent as Latin-1 bytes.
+_MSG_LATIN1: Final = "Erreur interne du serveur : délai dépassé, réessayez".encode("latin-1")
+_MISSING_PREFIX: Final = "missing_"
+_UNAVAILABLE_RETRY_AFTER: Final = "2"
+_ANNOUNCED_COUNT: Final = 3
 
 _JSON: Final = "application/json"
 _JSON_HEADERS: Final[Mapping[str, str]] = {hdrs.CONTENT_TYPE: _JSON}
 _HTML_HEADERS: Final[Mapping[str, str]] = {hdrs.CONTENT_TYPE: "text/html"}
+_LATIN1_HEADERS: Final[Mapping[str, str]] = {
+    hdrs.CONTENT_TYPE: "application/json; charset=iso-8859-1"
+}
+_UNAVAILABLE_HEADERS: Final[Mapping[str, str]] = {
+    hdrs.CONTENT_TYPE: _JSON,
+    hdrs.RETRY_AFTER: _UNAVAILABLE_RETRY_AFTER,
+}
 _BAD_GATEWAY_PAGE: Final = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -58,7 +74,11 @@ class RequestRecord:
     seq: int
     """Arrival number, starting at 1."""
     time: float
-    """``time.monotonic()`` when the request arrived."""
+    """The running event loop's ``time()`` when the request arrived.
+
+    On a default loop that is ``time.monotonic()``; on a virtual-clock loop it
+    is the virtual time, so timing assertions hold however fast the test runs.
+    """
     username: str | None
     """The ``username`` query parameter, if given (non-empty)."""
     user_id: str | None
@@ -70,7 +90,7 @@ class RequestRecord:
     fault: Fault | None
     """The injected fault, if any."""
     authorized: bool
-    """Whether the request carried an accepted API key."""
+    """Whether the request carried an accepted API key (a forbidden key counts: it got 403)."""
 
     @property
     def target(self) -> str | None:
@@ -80,12 +100,31 @@ class RequestRecord:
         return target_key(self.username, self.user_id)
 
 
-class _Answer(NamedTuple):
+class Answer(NamedTuple):
+    """What the emulator decided to answer one request (see :meth:`Emulator.decide`)."""
+
     status: int
+    """HTTP status; 0 for :attr:`Fault.RESET` (the connection is cut instead)."""
     body: bytes
+    """The body to send; for :attr:`Fault.RESET` the full body, of which half is written."""
     headers: Mapping[str, str]
+    """Response headers (``Content-Type``, ``Retry-After`` when set)."""
     body_code: int | None
+    """The body's ``code``, or ``None`` when the body is not a JSON envelope."""
     fault: Fault | None
+    """The injected fault, if any."""
+    delay: float = 0.0
+    """Seconds to wait before answering: latency, jitter and :attr:`Fault.SLOW`'s wait."""
+
+
+def _loop_time() -> float:
+    # The running loop's clock, so a virtual-clock loop drives the QPS window
+    # and the log; outside a loop (a direct call in a sync test) the monotonic
+    # clock, which is what a default loop's time() is anyway.
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 def _bearer_token(header: str | None) -> str | None:
@@ -115,26 +154,38 @@ class Emulator:
 
     1. it is logged (:attr:`log`) and counted;
     2. authentication: 401 ``"apiKey is null"`` without a ``Bearer`` token,
-       401 ``"apiKey is invalid"`` for a token not in ``config.api_keys``;
+       401 ``"apiKey is invalid"`` for a token in neither ``config.api_keys``
+       nor ``config.forbidden_keys``, 403 ``"apiKey has no permission for this
+       endpoint"`` for one in ``config.forbidden_keys``;
     3. parameters: 400 without ``username``/``user_id``, with both, or with a
        non-numeric ``user_id``;
     4. the QPS window: 429 if ``config.qps`` requests were accepted in the
        last second (a 429 does not enter the window; every later step does);
     5. credits: 402 when fewer than 2 remain;
-    6. faults: the target's next scripted fault, otherwise a random fault per
+    6. missing accounts: 404 ``"user not found"`` for a target in
+       ``config.missing_accounts`` or a username starting with ``missing_``
+       (free, and no fault applies);
+    7. faults: the target's next scripted fault, otherwise a random fault per
        ``config.fault_rates``. Faulted requests therefore still count in the
-       QPS window but never cost credits (except :attr:`Fault.SLOW`, which
-       ends in a normal success);
-    7. success: the synthetic reel, costing 2 credits.
+       QPS window; those whose body says code 0 (:data:`BILLED_FAULTS`:
+       :attr:`Fault.SLOW`, which ends in a normal success, and the hostile
+       :attr:`Fault.NON_UTF8`, :attr:`Fault.SCHEMA_DRIFT`,
+       :attr:`Fault.COUNT_WITHOUT_ITEMS`) cost 2 credits like a success, the
+       others nothing;
+    8. success: the synthetic reel, costing 2 credits.
 
-    All decisions are taken on arrival; ``config.latency`` (plus
-    ``config.slow_seconds`` for :attr:`Fault.SLOW`) is waited afterwards, just
-    before the answer is written.
+    All decisions are taken on arrival by :meth:`decide`, the one code path
+    shared by the aiohttp handler and the in-memory
+    :class:`~keyapi_async.testing.EmulatorTransport`; ``config.latency`` (plus
+    up to ``config.latency_jitter``, plus ``config.slow_seconds`` for
+    :attr:`Fault.SLOW`) is waited afterwards, just before the answer is
+    written. Times are the running event loop's (``loop.time()``), so a
+    virtual-clock loop drives the QPS window, the latency and the log.
 
     Assigning :attr:`config` takes effect from the next request. A new
     ``credits`` value resets :attr:`credits_remaining`, a new ``fault_script``
     restarts every target's script, and a new ``seed`` reseeds the random
-    faults and request ids; the QPS window keeps its history.
+    faults, the latency jitter and request ids; the QPS window keeps its history.
     """
 
     base_url: str
@@ -204,6 +255,7 @@ class Emulator:
         if previous is None or previous.seed != new.seed:
             self._fault_rng = random.Random(f"keyapi-emulator-faults:{new.seed}")
             self._id_rng = random.Random(f"keyapi-emulator-request-ids:{new.seed}")
+            self._latency_rng = random.Random(f"keyapi-emulator-latency:{new.seed}")
         if previous is None or previous.credits != new.credits:
             self.credits_remaining = new.credits
         if previous is None or previous.fault_script != new.fault_script:
@@ -242,7 +294,9 @@ class Emulator:
         """Count requests matching every given filter (``None`` = any value).
 
         ``count()`` is the number of requests; ``count(status=200, body_code=0)``
-        the number of successes; ``count(fault=Fault.RESET)`` the resets. Counts
+        the number of code-0 answers (successes, plus billed hostile faults such
+        as :attr:`Fault.SCHEMA_DRIFT`, which ``fault=`` tells apart);
+        ``count(fault=Fault.RESET)`` the resets. Counts
         are kept separately from :attr:`log`, so ``max_log`` does not affect them.
         """
         return sum(
@@ -267,18 +321,15 @@ class Emulator:
         app = web.Application()
         # HEAD would run the full pipeline (and spend credits) for no body.
         app.router.add_get(ENDPOINT, self._handle, allow_head=False)
+        install_media(app, self)  # /media/... and signed media URLs in answers
         return app
 
     # -- request handling -----------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        config = self._config
-        answer = self._decide(request, config)
-        delay = config.latency
-        if answer.fault is Fault.SLOW:
-            delay += config.slow_seconds
-        if delay > 0:
-            await asyncio.sleep(delay)
+        answer = self.decide(request.query, request.headers.get(hdrs.AUTHORIZATION))
+        if answer.delay > 0:
+            await asyncio.sleep(answer.delay)
         if answer.fault is Fault.RESET:
             return await self._send_reset(request, answer.body)
         return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
@@ -299,21 +350,38 @@ class Emulator:
     def _request_id(self) -> str:
         return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
 
-    def _decide(self, request: web.Request, config: EmulatorConfig) -> _Answer:
-        now = time.monotonic()
+    def decide(self, query: Mapping[str, str], authorization: str | None) -> Answer:
+        """Decide, log and count the answer to one request; nothing is awaited.
+
+        ``query`` is the request's query parameters (``username``/``user_id``;
+        the first value of a repeated one), ``authorization`` its
+        ``Authorization`` header. The caller waits :attr:`Answer.delay` and then
+        sends the answer (or, for :attr:`Fault.RESET`, cuts the connection).
+        """
+        config = self._config
+        now = _loop_time()
         self._seq += 1
         self.requests_total += 1
-        query = request.query
         username = query.get("username") or None
         user_id = query.get("user_id") or None
-        token = _bearer_token(request.headers.get(hdrs.AUTHORIZATION))
-        authorized = token is not None and token in config.api_keys
+        token = _bearer_token(authorization)
+        forbidden = token is not None and token in config.forbidden_keys
+        authorized = token is not None and (forbidden or token in config.api_keys)
         if token is None:
             answer = self._json_error(401, _MSG_NO_KEY)
         elif not authorized:
             answer = self._json_error(401, _MSG_BAD_KEY)
+        elif forbidden:
+            answer = self._json_error(403, _MSG_FORBIDDEN)
         else:
             answer = self._decide_authorized(config, now, username, user_id)
+        delay = config.latency
+        if config.latency_jitter > 0:
+            delay += self._latency_rng.uniform(0.0, config.latency_jitter)
+        if answer.fault is Fault.SLOW:
+            delay += config.slow_seconds
+        if delay > 0:
+            answer = answer._replace(delay=delay)
 
         record = RequestRecord(
             seq=self._seq,
@@ -329,6 +397,11 @@ class Emulator:
         self._outcomes[answer.status, answer.body_code, answer.fault] += 1
         return answer
 
+    def _is_missing(self, config: EmulatorConfig, key: str, username: str | None) -> bool:
+        if username is not None and username.startswith(_MISSING_PREFIX):
+            return True
+        return key in config.missing_accounts
+
     def _append(self, record: RequestRecord) -> None:
         log = self.log
         log.append(record)
@@ -339,7 +412,7 @@ class Emulator:
 
     def _decide_authorized(
         self, config: EmulatorConfig, now: float, username: str | None, user_id: str | None
-    ) -> _Answer:
+    ) -> Answer:
         if username is None and user_id is None:
             return self._json_error(400, _MSG_NO_HANDLE)
         if username is not None and user_id is not None:
@@ -361,17 +434,36 @@ class Emulator:
         if self.credits_remaining is not None and self.credits_remaining < CREDITS_PER_SUCCESS:
             return self._json_error(402, _MSG_QUOTA)
 
+        if self._is_missing(config, key, username):
+            return self._json_error(404, _MSG_NOT_FOUND)
+
         fault = self._pick_fault(config, key)
-        if fault is None or fault is Fault.SLOW:
+        if fault is None or fault in BILLED_FAULTS:
             if self.credits_remaining is not None:
                 self.credits_remaining -= CREDITS_PER_SUCCESS
             self.credits_spent += CREDITS_PER_SUCCESS
-            self._successes[key] += 1
-            return _Answer(200, self._success_body(config, key), _JSON_HEADERS, 0, fault)
+            if fault is None or fault is Fault.SLOW:
+                self._successes[key] += 1
+                return Answer(200, self._success_body(config, key), _JSON_HEADERS, 0, fault)
+            return Answer(200, self._billed_fault_body(config, key, fault), _JSON_HEADERS, 0, fault)
+        if fault is Fault.SERVER_ERROR_LATIN1:
+            body = b"".join(
+                (
+                    b'{"code":500,"data":null,"message":"',
+                    _MSG_LATIN1,
+                    b'","requestId":"',
+                    self._request_id().encode(),
+                    b'"}',
+                )
+            )
+            return Answer(500, body, _LATIN1_HEADERS, 500, fault)
+        if fault is Fault.SERVICE_UNAVAILABLE:
+            body = _envelope(503, _MSG_UNAVAILABLE, self._request_id())
+            return Answer(503, body, _UNAVAILABLE_HEADERS, 503, fault)
         if fault is Fault.SERVER_ERROR:
             return self._json_error(500, _MSG_SERVER_ERROR, fault=fault)
         if fault is Fault.BAD_GATEWAY_HTML:
-            return _Answer(502, _BAD_GATEWAY_PAGE, _HTML_HEADERS, None, fault)
+            return Answer(502, _BAD_GATEWAY_PAGE, _HTML_HEADERS, None, fault)
         if fault is Fault.ERROR_CODE_200:
             return self._json_error(500, _MSG_SERVER_ERROR, status=200, fault=fault)
         if fault is Fault.RATE_LIMIT_200:
@@ -379,12 +471,12 @@ class Emulator:
         if fault is Fault.RATE_LIMIT:
             return self._rate_limited(config, now, status=429, fault=fault)
         if fault is Fault.EMPTY:
-            return _Answer(200, b"", _JSON_HEADERS, None, fault)
+            return Answer(200, b"", _JSON_HEADERS, None, fault)
         body = self._success_body(config, key)
         if fault is Fault.TRUNCATED:
-            return _Answer(200, body[: len(body) // 2], _JSON_HEADERS, None, fault)
+            return Answer(200, body[: len(body) // 2], _JSON_HEADERS, None, fault)
         # Fault.RESET: the handler writes half of this body, then aborts.
-        return _Answer(0, body, _JSON_HEADERS, None, fault)
+        return Answer(0, body, _JSON_HEADERS, None, fault)
 
     def _pick_fault(self, config: EmulatorConfig, key: str) -> Fault | None:
         scripted: Fault | None = None
@@ -408,15 +500,38 @@ class Emulator:
         request_id = self._request_id().encode()
         return b"".join((_SUCCESS_HEAD, reel, _REQUEST_ID_HEAD, request_id, _SUCCESS_TAIL))
 
+    def _billed_fault_body(self, config: EmulatorConfig, key: str, fault: Fault) -> bytes:
+        """A code-0 body the client cannot use: the hostile answers the API still bills."""
+        if fault is Fault.NON_UTF8:
+            body = self._success_body(config, key)
+            # Into a string the client models (the owner's name, else the
+            # message): a byte in a skipped field would pass unnoticed.
+            if b'"full_name":"' in body:
+                return body.replace(b'"full_name":"', b'"full_name":"\xff', 1)
+            return body.replace(b'"message":"success"', b'"message":"succ\xffss"', 1)
+        request_id = self._request_id()
+        reel: dict[str, Any] = build_reel(key, config.seed, config.empty_ratio)["data"] or {}
+        if fault is Fault.SCHEMA_DRIFT:
+            items = reel.get("items") or [{"media_type": 1}]
+            # Ids as numbers, as if the API had changed its schema.
+            reel["items"] = [{**item, "id": 1_000 + n} for n, item in enumerate(items)]
+            reel["count"] = len(items)
+        else:  # Fault.COUNT_WITHOUT_ITEMS
+            reel.pop("items", None)
+            reel["count"] = _ANNOUNCED_COUNT
+        return msgspec.json.encode(
+            {"code": 0, "message": "success", "data": {"data": reel}, "requestId": request_id}
+        )
+
     def _json_error(
         self, code: int, message: str, *, status: int | None = None, fault: Fault | None = None
-    ) -> _Answer:
+    ) -> Answer:
         body = _envelope(code, message, self._request_id())
-        return _Answer(code if status is None else status, body, _JSON_HEADERS, code, fault)
+        return Answer(code if status is None else status, body, _JSON_HEADERS, code, fault)
 
     def _rate_limited(
         self, config: EmulatorConfig, now: float, *, status: int, fault: Fault | None
-    ) -> _Answer:
+    ) -> Answer:
         answer = self._json_error(429, _MSG_QPS, status=status, fault=fault)
         if not config.retry_after:
             return answer

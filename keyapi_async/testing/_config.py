@@ -7,8 +7,11 @@ import math
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
-__all__ = ["DEFAULT_TEST_KEY", "EmulatorConfig", "Fault"]
+from ._media import MediaConfig
+
+__all__ = ["BILLED_FAULTS", "DEFAULT_TEST_KEY", "EmulatorConfig", "Fault"]
 
 DEFAULT_TEST_KEY = "sk_test_emulator_key"
 """An obviously fake API key that a default :class:`EmulatorConfig` accepts."""
@@ -51,6 +54,30 @@ class Fault(enum.Enum):
     SLOW = "slow"
     """Wait :attr:`EmulatorConfig.slow_seconds`, then answer normally."""
 
+    # Hostile answers, appended so that seeded draws of the faults above keep
+    # their sequence. The ones whose body says code 0 are billed like a success.
+
+    NON_UTF8 = "non_utf8"
+    """HTTP 200, code 0, with a byte ``0xff`` inside a JSON string (billed: 2 credits)."""
+
+    SERVER_ERROR_LATIN1 = "server_error_latin1"
+    """HTTP 500 JSON whose ``message`` is Latin-1 bytes, as some proxies send."""
+
+    SCHEMA_DRIFT = "schema_drift"
+    """HTTP 200, code 0, whose story items have numeric ids (billed: 2 credits)."""
+
+    COUNT_WITHOUT_ITEMS = "count_without_items"
+    """HTTP 200, code 0, a reel with ``count: 3`` and no ``items`` key (billed: 2 credits)."""
+
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    """HTTP 503 JSON ``{"code": 503, ...}`` with ``Retry-After: 2``."""
+
+
+#: Faults whose answer says code 0 and therefore costs credits like a success.
+BILLED_FAULTS: frozenset[Fault] = frozenset(
+    {Fault.SLOW, Fault.NON_UTF8, Fault.SCHEMA_DRIFT, Fault.COUNT_WITHOUT_ITEMS}
+)
+
 
 def _coerce_fault(value: Fault | str, field_name: str) -> Fault:
     try:
@@ -69,6 +96,29 @@ def _check_non_negative(value: float, field_name: str) -> None:
         raise ValueError(f"{field_name} must be a finite number >= 0, got {value!r}")
 
 
+def _check_target_key(target: object, field_name: str) -> None:
+    kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
+    if not sep or not value or kind not in ("username", "user_id"):
+        raise ValueError(
+            f"{field_name} keys must look like 'username:NAME' or 'user_id:DIGITS', "
+            f"got {target!r}"
+        )
+
+
+def _key_set(keys: object, field_name: str) -> frozenset[str]:
+    if isinstance(keys, str | bytes):
+        raise ValueError(f"{field_name} must be a collection of keys, not a single string")
+    try:
+        key_set: frozenset[object] = frozenset(keys)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(f"{field_name} must be a collection of strings") from None
+    for key in key_set:
+        # Keys are secrets-shaped, so never echo them in the message.
+        if not isinstance(key, str) or not key or key != key.strip() or " " in key:
+            raise ValueError(f"{field_name} must be non-empty strings without whitespace")
+    return cast("frozenset[str]", key_set)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EmulatorConfig:
     """How the emulator behaves; immutable, validated on construction.
@@ -85,6 +135,11 @@ class EmulatorConfig:
     # Kept out of repr() so configs can be logged or shown in test failures safely.
     api_keys: frozenset[str] = field(default=frozenset({DEFAULT_TEST_KEY}), repr=False)
     """Bearer tokens that are accepted; any other token gets 401 ``"apiKey is invalid"``."""
+
+    forbidden_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    """Bearer tokens that authenticate (they need not be in :attr:`api_keys`) but may
+    not call the endpoint: every request with one gets 403 ``"apiKey has no
+    permission for this endpoint"``, before parameters, QPS window and credits."""
 
     qps: float | None = None
     """Accepted-request cap per sliding one-second window (``None``: no cap).
@@ -110,17 +165,28 @@ class EmulatorConfig:
     to that target's 1st, 2nd, ... request that reaches the fault stage; afterwards
     the target behaves normally. Scripted faults take precedence over random ones."""
 
+    missing_accounts: frozenset[str] = frozenset()
+    """Target keys (``"username:ghost"``, ``"user_id:123"``) whose account does not
+    exist: 404 ``"user not found"``, as does any username starting with
+    ``missing_``. Decided after the credit check and before faults; never billed."""
+
     slow_seconds: float = 2.0
     """How long :attr:`Fault.SLOW` waits before answering."""
 
     latency: float = 0.0
     """Delay added before every answer, in seconds."""
 
+    latency_jitter: float = 0.0
+    """Extra delay per answer, uniform in ``[0, latency_jitter]`` seconds (seeded)."""
+
     seed: int = 0
     """Seed for the synthetic data, the random faults and the ``requestId`` values."""
 
     empty_ratio: float = 0.2
     """Share of targets that have no active stories."""
+
+    media: MediaConfig = field(default_factory=MediaConfig)
+    """The media CDN: signed ``/media`` URLs in answers, their expiry, sizes and faults."""
 
     def __post_init__(self) -> None:
         """Validate every field and normalise the containers."""
@@ -137,6 +203,9 @@ class EmulatorConfig:
             if not isinstance(key, str) or not key or key != key.strip() or " " in key:
                 raise ValueError("api_keys must be non-empty strings without whitespace")
         object.__setattr__(self, "api_keys", key_set)
+        object.__setattr__(
+            self, "forbidden_keys", _key_set(self.forbidden_keys, "forbidden_keys")
+        )
 
         if self.qps is not None:
             _check_non_negative(self.qps, "qps")
@@ -168,19 +237,25 @@ class EmulatorConfig:
         if not isinstance(self.fault_script, Mapping):
             raise ValueError("fault_script must be a mapping of target key to faults")
         for target, faults in self.fault_script.items():
-            kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
-            if not sep or not value or kind not in ("username", "user_id"):
-                raise ValueError(
-                    f"fault_script keys must look like 'username:NAME' or 'user_id:DIGITS', "
-                    f"got {target!r}"
-                )
+            _check_target_key(target, "fault_script")
             if isinstance(faults, str | Fault) or not isinstance(faults, Sequence):
                 raise ValueError(f"fault_script[{target!r}] must be a sequence of faults")
             script[target] = tuple(_coerce_fault(f, f"fault_script[{target!r}]") for f in faults)
         object.__setattr__(self, "fault_script", types.MappingProxyType(script))
 
+        if isinstance(self.missing_accounts, str | bytes):
+            raise ValueError("missing_accounts must be a collection of target keys")
+        try:
+            missing = frozenset(self.missing_accounts)
+        except TypeError:
+            raise ValueError("missing_accounts must be a collection of target keys") from None
+        for target in missing:
+            _check_target_key(target, "missing_accounts")
+        object.__setattr__(self, "missing_accounts", missing)
+
         _check_non_negative(self.slow_seconds, "slow_seconds")
         _check_non_negative(self.latency, "latency")
+        _check_non_negative(self.latency_jitter, "latency_jitter")
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")

@@ -11,12 +11,21 @@ import base64
 import functools
 import hashlib
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 
-__all__ = ["BASE_EPOCH", "build_reel", "encoded_reel", "split_target_key", "target_key"]
+__all__ = [
+    "BASE_EPOCH",
+    "IMAGE_RENDITIONS",
+    "build_reel",
+    "encoded_reel",
+    "localize_media",
+    "split_target_key",
+    "target_key",
+]
 
 BASE_EPOCH: Final = 1_773_108_781
 """The newest possible ``taken_at`` (the seed example's latest story, March 2026)."""
@@ -45,6 +54,12 @@ _COMMENTS: Final = (
     "Who else is out in this rain?",
     "Swipe for the full set →",
 )
+IMAGE_RENDITIONS: Final = ((720, 1280), (1080, 1920), (360, 640))
+"""``(width, height)`` of the image renditions :func:`localize_media` lists, in wire order.
+
+The largest is deliberately not first: a client must pick by size, not position.
+"""
+
 _SHORTCODE_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
 # Item fields that never vary; copied into every item so bodies carry the
@@ -389,3 +404,36 @@ def build_reel(key: str, seed: int = 0, empty_ratio: float = 0.2) -> dict[str, A
 def encoded_reel(key: str, seed: int = 0, empty_ratio: float = 0.2) -> bytes:
     """Return :func:`build_reel` encoded as compact JSON with sorted keys (cached)."""
     return msgspec.json.encode(build_reel(key, seed, empty_ratio), order="sorted")
+
+
+def localize_media(
+    reel: dict[str, Any], media_url: Callable[[str, str, int, int], str]
+) -> None:
+    """Point every item's image and video URLs of a reel (``data.data``) at a media server, in place.
+
+    ``media_url(story_id, ext, width, height)`` returns the URL of one rendition
+    (``ext`` is ``"jpg"`` or ``"mp4"``). Images get the :data:`IMAGE_RENDITIONS`;
+    videos keep their renditions' sizes, reordered so the largest is in the
+    middle. ``thumbnail_url`` follows the first image rendition.
+    """
+    for item in reel.get("items") or ():
+        story_id = str(item["id"])
+        candidates = [
+            {
+                "height": height,
+                "is_spatial_image": False,
+                "url": media_url(story_id, "jpg", width, height),
+                "width": width,
+            }
+            for width, height in IMAGE_RENDITIONS
+        ]
+        item["image_versions"] = {"items": candidates}
+        item["thumbnail_url"] = candidates[0]["url"]
+        versions = item.get("video_versions")
+        if versions:
+            ordered = sorted(versions, key=lambda v: v["width"] * v["height"])
+            # Smallest, largest, the rest: the best rendition is never first or last.
+            ordered = [ordered[0], ordered[-1], *ordered[1:-1]] if len(ordered) > 2 else ordered
+            item["video_versions"] = [
+                {**v, "url": media_url(story_id, "mp4", v["width"], v["height"])} for v in ordered
+            ]
