@@ -12,7 +12,6 @@ target through them. :meth:`KeyAPIClient.fetch_user_stories` is one target;
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -170,12 +169,12 @@ class KeyAPIClient:
             # running event loop, and a client may be built outside of one.
             gate = RateGate(qps=config.qps, concurrency=config.workers, margin=config.rate_margin)
             return gate, LocalBudget(config.max_credits)
-        from ._redis import connect_shared
+        from . import _redis
 
-        shared = await connect_shared(
+        shared = await _redis.connect_shared(
             url=config.redis_url,
             namespace=config.redis_namespace,
-            key_fingerprint=hashlib.sha256(config.api_key.reveal().encode()).hexdigest(),
+            key_fingerprint=_redis.fingerprint(config.api_key.reveal()),
             qps=config.qps,
             margin=config.rate_margin,
             concurrency=config.workers,

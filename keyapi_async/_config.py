@@ -53,7 +53,9 @@ __all__ = [
     "ClientConfig",
     "ClientOptions",
     "Secret",
+    "mask_proxy_url",
     "shown_url",
+    "validate_proxy_url",
 ]
 
 DEFAULT_BASE_URL = "https://api.keyapi.ai"
@@ -220,7 +222,7 @@ class ClientConfig:
             retry_after_cap=float(values["retry_after_cap"]),  # type: ignore[arg-type]
             max_credits=values["max_credits"],  # type: ignore[arg-type]
             user_agent=agent,
-            proxy=None if values["proxy"] is None else _resolve_proxy(values["proxy"]),
+            proxy=None if values["proxy"] is None else validate_proxy_url(values["proxy"]),
             redis_url=None if redis_url is None else _resolve_redis(redis_url),
             redis_namespace=namespace,
             redis_grace=float(values["redis_grace"]),  # type: ignore[arg-type]
@@ -330,17 +332,61 @@ def _resolve_url(name: str, value: object, *, env: str) -> str:
     return text.rstrip("/")
 
 
-def _resolve_proxy(value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"proxy must be a URL string, got {type(value).__name__}")
-    text = value.strip()
+_PROXY_SCHEMES = ("http", "https")
+
+
+def mask_proxy_url(url: str) -> str:
+    """Return ``scheme://host:port`` of a proxy URL, credentials shown as ``***@``.
+
+    Path, query and fragment are dropped. Everything before the last ``@`` is
+    taken for credentials, even where a parser would see a host, a port or a
+    fragment (``user:pa#ss@host``): an unencoded password must not leak.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "", url.strip()
+    userinfo = ""
+    if "@" in rest:
+        userinfo, rest = "***@", rest.rsplit("@", 1)[1]
+    hostport = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    prefix = f"{scheme}://" if sep else ""
+    try:
+        parts = urlsplit(f"//{hostport}")
+        port = parts.port
+    except ValueError:
+        return f"{prefix}{userinfo}{hostport}"
+    if port is None and parts.hostname and scheme in _PROXY_SCHEMES:
+        hostport += ":443" if scheme == "https" else ":80"
+    return f"{prefix}{userinfo}{hostport}"
+
+
+def validate_proxy_url(url: object) -> str:
+    """Check a proxy URL and return it stripped of surrounding blanks.
+
+    It must be ``http://`` or ``https://`` (the scheme of the hop to the
+    proxy; https targets are tunnelled either way) with a host and a valid
+    port; ``user:password@`` is allowed and sent as ``Proxy-Authorization``.
+
+    Raises:
+        ConfigurationError: naming the URL with its credentials masked.
+
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"proxy must be a URL string, got {type(url).__name__}")
+    text = url.strip()
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError when out of range
+        parts.port  # noqa: B018 - parsed lazily; raises ValueError when out of range
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"proxy must be an http(s) URL, got {shown_url(text)!r}")
+    if parts is None or parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
+        raise ConfigurationError(
+            f"proxy must be an http:// or https:// URL with a host, got {mask_proxy_url(text)!r}"
+        )
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ConfigurationError(
+            f"proxy must not carry a path, query or fragment, got {mask_proxy_url(text)!r}"
+        )
     return text
 
 

@@ -93,7 +93,7 @@ class Outcome:
 class Stop:
     """A batch's stop signal and circuit breaker: once set, nothing new is sent for it."""
 
-    __slots__ = ("_answered", "_connect_failures", "_where", "budget", "reason")
+    __slots__ = ("_answered", "_connect_failures", "_where", "budget", "reason", "waiters")
 
     def __init__(self, where: str = "") -> None:
         self.reason: NotAttemptedError | None = None
@@ -101,6 +101,8 @@ class Stop:
         # failed request frees its reservation), but why the batch ran dry.
         self.budget: NotAttemptedError | None = None
         self._where = where
+        # Cancel scopes of the requests waiting at the gate for their turn.
+        self.waiters: set[anyio.CancelScope] = set()
         self._answered = False
         self._connect_failures = 0
 
@@ -116,14 +118,18 @@ class Stop:
             why = "authentication failed"
         else:
             why = str(cause)
-        self.reason = NotAttemptedError(why, cause=cause)
-        _log.info("batch stopped: %s", self.reason.message)
+        self._set(NotAttemptedError(why, cause=cause))
 
-    def cancel(self, why: str) -> None:
-        """Stop for a reason of the caller's (``stop()``, Ctrl-C)."""
+    def _set(self, reason: NotAttemptedError) -> None:
+        self.reason = reason
+        _log.info("batch stopped: %s", reason.message)
+        for scope in self.waiters:
+            scope.cancel()
+
+    def cancel(self, why: str, *, cause: KeyAPIError | None = None) -> None:
+        """Stop for a reason of the caller's (``stop()``, Ctrl-C) or a lost shared gate."""
         if self.reason is None:
-            self.reason = NotAttemptedError(why)
-            _log.info("batch stopped: %s", why)
+            self._set(NotAttemptedError(why, cause=cause))
 
     def answered(self) -> None:
         """An HTTP answer arrived: the API is reachable, the breaker stays closed."""
@@ -135,8 +141,10 @@ class Stop:
             return
         self._connect_failures += 1
         if self._connect_failures >= BREAKER_THRESHOLD:
-            self.reason = NotAttemptedError(f"API unreachable at {self._where}", cause=error)
-            _log.info("batch stopped: %s", self.reason.message)
+            self._set(NotAttemptedError(f"API unreachable at {self._where}", cause=error))
+
+
+_STOPS_A_BATCH = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
 
 
 class Fetcher:
@@ -172,89 +180,28 @@ class Fetcher:
 
     async def fetch(self, target: Target, stop: Stop | None = None) -> Outcome:
         """Fetch ``target`` with retries; never raises a KeyAPIError (returns it)."""
-        counters = self.counters
-        policy = self._policy
         rendered = str(target)
         attempt = 0
         last_error: KeyAPIError | None = None
         while True:
             if stop is not None and stop.reason is not None:
                 return _unsent(stop.reason, rendered, last_error, attempt)
-            async with hold(self._budget) as credits:
-                if not credits.granted:
-                    reason = NotAttemptedError("credit budget reached")
-                    if stop is not None and stop.budget is None:
-                        # Reported, not a stop: requests that already hold a
-                        # reservation still go out.
-                        stop.budget = reason
-                    return _unsent(reason, rendered, last_error, attempt)
-                try:
-                    ticket = await self._gate.acquire()
-                except GateUnavailableError as exc:
-                    exc.target = rendered
-                    if stop is not None:
-                        stop.cancel(exc.message)
-                    counters.failures += 1
+            try:
+                sent = await self._send_once(target, rendered, stop, attempt + 1)
+            except GateUnavailableError as exc:
+                # The shared gate or budget (Redis) is gone past its grace:
+                # nothing may be sent, for this target or any other.
+                exc.target = rendered
+                if stop is None:
                     return Outcome(None, last_error or exc, attempt)
-                if stop is not None and stop.reason is not None:
-                    # A 401/402 arrived while this request waited for its
-                    # turn: sending it now would only earn another one.
-                    await self._gate.release(ticket, Verdict.UNUSED)
-                    return _unsent(stop.reason, rendered, last_error, attempt)
-                attempt += 1
-                if attempt > 1:
-                    counters.retries += 1
-                counters.requests_sent += 1
-                counters.in_flight += 1
-                started = time.perf_counter()
-                verdict = Verdict.NO_ANSWER
-                error: KeyAPIError | None = None
-                cooldown = 0.0
-                try:
-                    raw = await self._transport.send(self._builder.build(target), target=rendered)
-                    verdict = Verdict.ACCEPTED
-                    reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
-                except KeyAPIError as exc:
-                    error = exc
-                    if isinstance(exc, RateLimitError):
-                        verdict = Verdict.THROTTLED
-                except BaseException:
-                    # Cancelled mid-flight: the place in the gate is given back
-                    # (shielded: a shared gate needs a round trip for it).
-                    counters.in_flight -= 1
-                    with anyio.CancelScope(shield=True):
-                        await self._gate.release(ticket, verdict)
-                    raise
-                counters.in_flight -= 1
-                delay = None if error is None else policy.delay_for(attempt, error)
-                if verdict is Verdict.THROTTLED:
-                    assert error is not None
-                    counters.rate_limited += 1
-                    # Even a target out of retries makes everyone else pause.
-                    cooldown = delay if delay is not None else policy.wait_for(attempt, error)
-                    await self._gate.release(
-                        ticket,
-                        verdict,
-                        cooldown=cooldown,
-                        server_said=getattr(error, "retry_after", None) is not None,
-                    )
-                else:
-                    await self._gate.release(ticket, verdict)
-                if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
-                    credits.charge(CREDITS_PER_REQUEST)
-                    counters.credits_spent += CREDITS_PER_REQUEST
-            if _log.isEnabledFor(logging.DEBUG):
-                _log.debug(
-                    "GET %s attempt=%d %s latency=%.3fs",
-                    rendered,
-                    attempt,
-                    "ok" if error is None else type(error).__name__,
-                    time.perf_counter() - started,
-                )
+                stop.cancel(exc.message, cause=exc)
+                assert stop.reason is not None
+                return _unsent(stop.reason, rendered, last_error, attempt)
+            if isinstance(sent, NotAttemptedError):
+                return _unsent(sent, rendered, last_error, attempt)
+            attempt += 1
+            reel, error, verdict = sent
             if error is None:
-                counters.successes += 1
-                if not reel.items:
-                    counters.empty += 1
                 if stop is not None:
                     stop.answered()
                 return Outcome(reel, None, attempt)
@@ -264,15 +211,106 @@ class Fetcher:
                     stop.connect_failed(error)
                 elif verdict is not Verdict.NO_ANSWER:
                     stop.answered()
-                if isinstance(
-                    error, (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
-                ):
+                if isinstance(error, _STOPS_A_BATCH):
                     stop.stop(error)
+            delay = self._policy.delay_for(attempt, error)
             if delay is None:
-                counters.failures += 1
+                self.counters.failures += 1
                 return Outcome(None, error, attempt)
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    async def _send_once(
+        self, target: Target, rendered: str, stop: Stop | None, attempt: int
+    ) -> tuple[Reel | None, KeyAPIError | None, Verdict] | NotAttemptedError:
+        """Send number ``attempt``: reserve → gate → send → judge → tell the gate.
+
+        Returns the reel or the error with the gate's verdict, or, when
+        nothing was sent, why not.
+        """
+        counters = self.counters
+        async with hold(self._budget) as credits:
+            if not credits.granted:
+                reason = NotAttemptedError("credit budget reached")
+                if stop is not None and stop.budget is None:
+                    # Reported, not a stop: requests that already hold a
+                    # reservation still go out.
+                    stop.budget = reason
+                return reason
+            gate = self._gate
+            if stop is None or gate.idle:
+                ticket = await gate.acquire()
+            else:
+                # Waiting for a turn ends at once when the batch stops: with
+                # hundreds of workers queued at the gate, draining them one
+                # turn at a time would take minutes.
+                with anyio.CancelScope() as waiting:
+                    stop.waiters.add(waiting)
+                    try:
+                        ticket = await gate.acquire()
+                    finally:
+                        stop.waiters.discard(waiting)
+                if waiting.cancelled_caught:
+                    assert stop.reason is not None
+                    return stop.reason
+            if stop is not None and stop.reason is not None:
+                # A 401/402 arrived while this request waited for its turn:
+                # sending it now would only earn another one.
+                await self._gate.release(ticket, Verdict.UNUSED)
+                return stop.reason
+            counters.requests_sent += 1
+            if attempt > 1:
+                counters.retries += 1
+            counters.in_flight += 1
+            started = time.perf_counter()
+            verdict = Verdict.NO_ANSWER
+            reel: Reel | None = None
+            error: KeyAPIError | None = None
+            try:
+                raw = await self._transport.send(self._builder.build(target), target=rendered)
+                verdict = Verdict.ACCEPTED
+                reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
+            except KeyAPIError as exc:
+                error = exc
+                if isinstance(exc, RateLimitError):
+                    verdict = Verdict.THROTTLED
+            except BaseException:
+                # Cancelled mid-flight: the place in the gate is given back
+                # (shielded: a shared gate needs a round trip for it).
+                counters.in_flight -= 1
+                with anyio.CancelScope(shield=True):
+                    await self._gate.release(ticket, verdict)
+                raise
+            counters.in_flight -= 1
+            if verdict is Verdict.THROTTLED:
+                assert error is not None
+                counters.rate_limited += 1
+                # Even a target out of retries makes everyone else pause.
+                await self._gate.release(
+                    ticket,
+                    verdict,
+                    cooldown=self._policy.wait_for(attempt, error),
+                    server_said=getattr(error, "retry_after", None) is not None,
+                )
+            else:
+                await self._gate.release(ticket, verdict)
+            if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
+                credits.charge(CREDITS_PER_REQUEST)
+                counters.credits_spent += CREDITS_PER_REQUEST
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "GET %s attempt=%d %s latency=%.3fs",
+                rendered,
+                attempt,
+                "ok" if error is None else type(error).__name__,
+                time.perf_counter() - started,
+            )
+        if error is None:
+            assert reel is not None
+            counters.successes += 1
+            if not reel.items:
+                counters.empty += 1
+        return reel, error, verdict
 
 
 def _unsent(

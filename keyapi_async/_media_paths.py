@@ -25,9 +25,11 @@ __all__ = [
     "TEMPLATE_FIELDS",
     "HostAllowlist",
     "NameTemplate",
+    "inside",
     "media_hosts_from_env",
     "parse_host_entry",
     "sanitize_component",
+    "template_fields",
 ]
 
 DEFAULT_MEDIA_HOSTS: Final = ("*.cdninstagram.com", "*.fbcdn.net")
@@ -157,9 +159,7 @@ class HostAllowlist:
             for entry in entries:
                 host, port = parse_host_entry(entry)
                 wildcard = host.startswith("*.")
-                rules.append(
-                    _HostRule(host[2:] if wildcard else host, port, wildcard, explicit)
-                )
+                rules.append(_HostRule(host[2:] if wildcard else host, port, wildcard, explicit))
         self._rules = tuple(rules)
 
     def check(self, url: str) -> str | None:
@@ -275,7 +275,10 @@ class NameTemplate:
         ext = fields.get("ext")
         suffix = f".{ext}" if isinstance(ext, str) and ext else ""
         *dirs, name = raw
-        return (*(sanitize_component(d) for d in dirs), sanitize_component(name, keep_suffix=suffix))
+        return (
+            *(sanitize_component(d) for d in dirs),
+            sanitize_component(name, keep_suffix=suffix),
+        )
 
 
 def template_fields(

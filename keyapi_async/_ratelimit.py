@@ -86,6 +86,11 @@ class GateSnapshot:
 class Gate(Protocol):
     """Admission control shared by every request of a client (this process, or Redis)."""
 
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`acquire` can return without waiting for a rate turn."""
+        ...
+
     async def acquire(self) -> Ticket:
         """Wait for an in-flight place and a turn under the rate cap."""
         ...
@@ -235,6 +240,11 @@ class RateGate:
         self._sent: deque[float] = deque(maxlen=4096)
         self._accepted: deque[float] = deque(maxlen=4096)
         self.throttles = 0
+
+    @property
+    def idle(self) -> bool:
+        """No cap and no 429 so far: :meth:`acquire` waits for an in-flight place at most."""
+        return self._bucket is None and self.throttles == 0
 
     async def acquire(self) -> Ticket:
         """Wait for an in-flight place, the end of any cooldown, and a token."""

@@ -138,7 +138,7 @@ end
 """
 
 # KEYS: rate hash, cooldown string.
-# ARGV: ceiling (paced rate; 0 = no cap), unused, recovery, hold.
+# ARGV: ceiling (paced rate; 0 = no cap), slack (lateness absorbed), recovery, hold.
 # Returns {1, sent_at, rate, cooldown_until, now} on a grant,
 #         {0, wait_seconds, rate, cooldown_until, now} otherwise.
 ACQUIRE_LUA = (
@@ -154,7 +154,11 @@ if recovered then redis.call('HDEL', KEYS[1], 'cut_at', 'w_max', 'k', 'scale') e
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat > now then return {0, fmt(tat - now), fmt(rate), fmt(cd), fmt(now)} end
 local interval = 1 / rate
-redis.call('HSET', KEYS[1], 'tat', fmt(now + interval))
+-- A grant is late by the waiter's sleep and round trip (about a millisecond);
+-- restarting the schedule from `now` would lose that much per slot (a third
+-- of the rate at 500/s). Up to `slack` of lateness is absorbed instead.
+local slack = math.min(interval, tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now - slack) + interval))
 -- Keep the state while it matters: the next slot, or a recovery in progress
 -- (which can take a while at low rates), plus a few seconds.
 local keep = interval + 5
@@ -350,6 +354,12 @@ class RedisGate:
         # 0 stands for "no cap" in the scripts.
         self._ceiling = 0.0 if qps is None else qps * (1 - margin)
         self._margin = margin
+        # Lateness the schedule absorbs (see ACQUIRE_LUA): consecutive grants
+        # may then be as close as interval - slack, so qps + 1 grants span at
+        # least 1/(1 - margin) - slack seconds. A quarter of the margin keeps
+        # that above one second with three quarters of the margin left for
+        # the network; with no margin the GCRA is strict.
+        self._slack = 0.25 * margin / (1 - margin) if 0 < margin < 1 else 0.0
         self._retry_after_cap = retry_after_cap
         self._inflight = asyncio.Semaphore(concurrency)
         self._turn = asyncio.Lock()
@@ -368,6 +378,11 @@ class RedisGate:
         # once Redis answers again, and pauses this process meanwhile.
         self._pending_throttle: tuple[float, float] | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Never: every turn is a round trip to Redis, which a stopping batch may cut short."""
+        return False
+
     async def acquire(self) -> Ticket:
         """Wait for an in-flight place and a shared turn; ``sent_at`` is on Redis's clock.
 
@@ -385,7 +400,7 @@ class RedisGate:
     async def _wait_turn(self) -> Ticket:
         state = self._state
         clock = self._clock
-        args: list[str | float] = [_fmt(self._ceiling), 0, RECOVERY, HOLD]
+        args: list[str | float] = [_fmt(self._ceiling), _fmt(self._slack), RECOVERY, HOLD]
         while True:
             now = clock()
             if now < self._cooldown_until:
@@ -529,17 +544,29 @@ class RedisBudget:
         await self._flush()
         token = secrets.token_hex(8)
         # Shielded: if the caller is cancelled while the script runs, the
-        # reservation may exist in Redis, and must be given back.
+        # script still completes, and a reservation it made is given back.
         task = asyncio.ensure_future(self._reserve(token, credits, self._limit))
         try:
             granted = await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._pending.append((token, 0))
             self._keep(task)
+            task.add_done_callback(partial(self._abandoned, token))
+            raise
+        except GateUnavailableError:
+            # A call that timed out may have reserved all the same: free it
+            # once Redis answers (a no-op for a token Redis never saw).
+            self._pending.append((token, 0))
             raise
         if granted:
             self._holds.setdefault(credits, []).append(token)
         return granted
+
+    def _abandoned(self, token: str, task: asyncio.Task[bool]) -> None:
+        """Give back what the reserve of a cancelled caller got (called when its script ends)."""
+        if task.cancelled() or task.exception() is not None:
+            self._pending.append((token, 0))
+        elif task.result():
+            self._keep(asyncio.ensure_future(self._settle(token, 0)))
 
     async def _reserve(self, token: str, credits: int, limit: int) -> bool:
         state = self._state
@@ -568,24 +595,33 @@ class RedisBudget:
         token = tokens.pop() if tokens else ""
         if reserved <= 0 and spent <= 0:
             return
-        self._pending.append((token, spent))
+        # Shielded: once the reservation is given up locally it must reach
+        # Redis, even if the caller is cancelled meanwhile.
+        task = asyncio.ensure_future(self._settle(token, spent))
+        self._keep(task)
+        await asyncio.shield(task)
         await self._flush()
 
-    async def _flush(self) -> None:
-        """Send the settlements not yet applied; keep them if Redis is away."""
+    async def _settle(self, token: str, spent: int) -> bool:
+        """Apply one settlement; keep it in the pending list when Redis is away."""
         state = self._state
+        try:
+            reply = await state.call(
+                partial(state.settle_script, keys=self._keys, args=[token, spent, CREDITS_TTL]),
+                grace=0.0,
+            )
+        except GateUnavailableError:
+            self._pending.append((token, spent))
+            _log.debug("%d credit settlements kept until Redis answers", len(self._pending))
+            return False
+        self.shared_spent, self.shared_reserved = int(reply[1]), int(reply[2])
+        return True
+
+    async def _flush(self) -> None:
+        """Send the settlements kept while Redis was away (each taken off the list once)."""
         while self._pending:
-            token, spent = self._pending[0]
-            try:
-                reply = await state.call(
-                    partial(state.settle_script, keys=self._keys, args=[token, spent, CREDITS_TTL]),
-                    grace=0.0,
-                )
-            except GateUnavailableError:
-                _log.debug("%d credit settlements kept until Redis answers", len(self._pending))
+            if not await self._settle(*self._pending.pop(0)):
                 return
-            self.shared_spent, self.shared_reserved = int(reply[1]), int(reply[2])
-            self._pending.pop(0)
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -625,6 +661,10 @@ class SharedState:
         self._url = url
         self.keys = keys
         self.grace = grace
+        #: Bound on one call (connecting included): shorter than the grace, so
+        #: that a silent server, not only a refused connection, is noticed
+        #: within it.
+        self.timeout = min(2.0, max(0.25, grace))
         #: Where Redis is, for messages (no password).
         self.where = shown_redis(url)
         self._clock = asyncio.get_running_loop().time
@@ -649,7 +689,8 @@ class SharedState:
         backoff = 0.05
         while True:
             try:
-                result = await do()
+                async with asyncio.timeout(self.timeout):
+                    result = await do()
             except _LOST as exc:
                 now = self._clock()
                 if self._lost_since is None:
@@ -713,15 +754,18 @@ async def connect_shared(
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
     where = shown_redis(url)
-    # Timeouts shorter than the grace, so that a silent server (not just a
-    # refused connection) is noticed within it; no retries inside redis-py:
-    # SharedState.call retries with the grace in view.
-    timeout = min(2.0, max(0.25, grace))
+    # No timeouts inside redis-py: with socket_timeout set, redis-py 8.1
+    # swallows the cancellation of a task waiting for a reply (the call
+    # completes, so a cancelled acquire would be granted a turn). Every call
+    # is bounded by asyncio.timeout in SharedState.call instead, which
+    # cancels cleanly (redis-py drops the connection of a cancelled read, so
+    # a late reply never reaches the next command). No retries inside
+    # redis-py either: SharedState.call retries with the grace in view.
     try:
         client = aioredis.Redis.from_url(
             url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
+            socket_connect_timeout=None,
+            socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
     except (ValueError, redis.exceptions.RedisError) as exc:
@@ -730,17 +774,18 @@ async def connect_shared(
         ) from None
     state = SharedState(client, url=url, keys=keys, grace=grace)
     try:
-        await client.ping()
-        # Load the scripts now: a server that refuses them (no Lua, an ACL
-        # without EVAL) must fail here, not at the first request.
-        for script in (
-            state.acquire_script,
-            state.throttle_script,
-            state.reserve_script,
-            state.settle_script,
-        ):
-            await client.script_load(script.script)
-    except (redis.exceptions.RedisError, OSError) as exc:
+        async with asyncio.timeout(state.timeout):
+            await client.ping()
+            # Load the scripts now: a server that refuses them (no Lua, an ACL
+            # without EVAL) must fail here, not at the first request.
+            for script in (
+                state.acquire_script,
+                state.throttle_script,
+                state.reserve_script,
+                state.settle_script,
+            ):
+                await client.script_load(script.script)
+    except _LOST as exc:
         await client.aclose()
         raise ConfigurationError(
             f"cannot use Redis at {where} for the shared rate gate: "

@@ -43,7 +43,6 @@ answer into a transport error or send the key on to a redirect target.
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import urllib.request
 from collections.abc import Mapping
@@ -55,6 +54,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from ._config import mask_proxy_url, validate_proxy_url
 from ._errors import ConfigurationError, ConnectError, RequestTimeoutError, TransportError
 from ._sansio import Request
 
@@ -62,12 +62,9 @@ __all__ = [
     "AiohttpTransport",
     "RawResponse",
     "Transport",
-    "mask_proxy_url",
-    "validate_proxy_url",
 ]
 
 _log = logging.getLogger(__name__)
-_PROXY_SCHEMES = ("http", "https")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,61 +86,6 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
-
-
-def mask_proxy_url(url: str) -> str:
-    """Return ``scheme://host:port`` of a proxy URL, credentials shown as ``***@``.
-
-    Path, query and fragment are dropped. Everything before the last ``@`` is
-    taken for credentials, even where a parser would see a host, a port or a
-    fragment (``user:pa#ss@host``): an unencoded password must not leak.
-    """
-    scheme, sep, rest = url.strip().partition("://")
-    if not sep:
-        scheme, rest = "", url.strip()
-    userinfo = ""
-    if "@" in rest:
-        userinfo, rest = "***@", rest.rsplit("@", 1)[1]
-    hostport = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    prefix = f"{scheme}://" if sep else ""
-    try:
-        parts = urlsplit(f"//{hostport}")
-        port = parts.port
-    except ValueError:
-        return f"{prefix}{userinfo}{hostport}"
-    if port is None and parts.hostname and scheme in _PROXY_SCHEMES:
-        hostport += ":443" if scheme == "https" else ":80"
-    return f"{prefix}{userinfo}{hostport}"
-
-
-def validate_proxy_url(url: object) -> str:
-    """Check a proxy URL and return it stripped of surrounding blanks.
-
-    It must be ``http://`` or ``https://`` (the scheme of the hop to the
-    proxy; https targets are tunnelled either way) with a host and a valid
-    port; ``user:password@`` is allowed and sent as ``Proxy-Authorization``.
-
-    Raises:
-        ConfigurationError: naming the URL with its credentials masked.
-
-    """
-    if not isinstance(url, str):
-        raise ConfigurationError(f"proxy must be a URL string, got {type(url).__name__}")
-    text = url.strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - parsed lazily; raises ValueError when out of range
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
-        raise ConfigurationError(
-            f"proxy must be an http:// or https:// URL with a host, got {mask_proxy_url(text)!r}"
-        )
-    if parts.query or parts.fragment or parts.path not in ("", "/"):
-        raise ConfigurationError(
-            f"proxy must not carry a path, query or fragment, got {mask_proxy_url(text)!r}"
-        )
-    return text
 
 
 def _env_proxies() -> dict[str, URL]:

@@ -362,7 +362,10 @@ def _split_statements(script: str) -> Iterator[str]:
             if statement.rstrip(";").strip():
                 yield statement
     if buffer.strip():
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]!r}")
+        # The last statement may omit its semicolon.
+        if not sqlite3.complete_statement(buffer + ";"):
+            raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]!r}")
+        yield buffer.strip()
 
 
 def _timestamp(value: float | None, what: str) -> int:
@@ -596,17 +599,30 @@ def _existing_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "writes")
+    __slots__ = ("fn", "loop", "waiter", "writes")
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection], Any],
-        future: concurrent.futures.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        waiter: asyncio.Future[Any],
         writes: bool,
     ) -> None:
         self.fn = fn
-        self.future = future
+        self.loop = loop
+        self.waiter = waiter
         self.writes = writes
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    # Runs on the event loop: one callback per batch, not one per job.
+    for waiter, ok, value in outcomes:
+        if waiter.done():  # cancelled while its job ran
+            continue
+        if ok:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
 
 
 class StoryArchive:
@@ -807,19 +823,23 @@ class StoryArchive:
         return _archive_error(str(self._path), exc, doing, self._busy_timeout)
 
     def _new_connection(self, *, readonly: bool) -> sqlite3.Connection:
-        # A read-only archive is opened with mode=ro (the file may not be
-        # writable); the readers of a writable one are ordinary connections
-        # with query_only, so the last one to close can still checkpoint and
-        # remove the -wal and -shm files.
-        ro_file = readonly and self._readonly
+        # Readers are ordinary connections with query_only, so that the last
+        # one to close can still checkpoint and remove the -wal and -shm
+        # files; mode=ro only for a file this process cannot write.
+        ro_file = (
+            readonly
+            and self._readonly
+            and not (os.access(self._path, os.W_OK) and os.access(self._path.parent, os.W_OK))
+        )
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ArchiveError(
                 f"the archive needs SQLite >= 3.24 (this Python has {sqlite3.sqlite_version})",
                 path=str(self._path),
             )
+        if readonly and self._readonly and not self._path.is_file():
+            # Never create a file when only asked to read one.
+            raise ArchiveError(f"no archive at {self._path}", path=str(self._path))
         if ro_file:
-            if not self._path.is_file():
-                raise ArchiveError(f"no archive at {self._path}", path=str(self._path))
             target = self._path.resolve().as_uri() + "?mode=ro"
             uri = True
         else:
@@ -840,6 +860,9 @@ class StoryArchive:
                 conn.execute("PRAGMA query_only = ON")
             else:
                 conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error(exc, "opening") from exc
         except BaseException:
             conn.close()
             raise
@@ -979,11 +1002,28 @@ class StoryArchive:
                 self._run_batch(conn, batch)
         finally:
             conn.close()
+            # Only a bug could end the loop early; whatever is still queued
+            # then fails instead of waiting forever.
+            with self._lock:
+                self._closed = True
+            leftovers: list[_Job] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    job = self._queue.get_nowait()
+                    if job is not None:
+                        leftovers.append(job)
+            for job in leftovers:
+                error = ArchiveError(f"archive {self._path} is closed", path=str(self._path))
+                with contextlib.suppress(RuntimeError):
+                    job.loop.call_soon_threadsafe(_deliver, [(job.waiter, False, error)])
             self._stopped.set_result(None)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        # A job whose awaiting task was cancelled before it started is skipped.
-        live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        # A job whose awaiting task was cancelled before it started is
+        # skipped. (Reading a future's state from this thread is one atomic
+        # load in CPython; a cancellation that races with the start lets the
+        # job run, and its result is dropped.)
+        live = [job for job in batch if not job.waiter.cancelled()]
         if not live:
             return
         outcomes: list[tuple[_Job, bool, Any]] = []
@@ -1009,32 +1049,32 @@ class StoryArchive:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            outcomes = []
             for job in live:
                 if isinstance(exc, sqlite3.Error):
-                    job.future.set_exception(self._error(exc, "committing"))
+                    error = self._error(exc, "committing")
                 else:
-                    job.future.set_exception(ArchiveError(str(exc), path=str(self._path)))
-            return
+                    error = ArchiveError(str(exc), path=str(self._path))
+                outcomes.append((job, False, error))
+        # Results reach each loop in one callback per batch: waking the loop
+        # once instead of once per job keeps its share of the work small.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, ok, value in outcomes:
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+            by_loop.setdefault(job.loop, []).append((job.waiter, ok, value))
+        for loop, results in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_deliver, results)
 
-    def _submit(
-        self, fn: Callable[[sqlite3.Connection], T], *, writes: bool
-    ) -> concurrent.futures.Future[T]:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool) -> T:
         if writes and self._readonly:
             raise ArchiveError(f"archive {self._path} is open read-only", path=str(self._path))
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
         with self._lock:
             if self._closed:
                 raise ArchiveError(f"archive {self._path} is closed", path=str(self._path))
-            self._queue.put(_Job(fn, future, writes))
-        return future
-
-    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool) -> T:
-        return await asyncio.wrap_future(self._submit(fn, writes=writes))
+            self._queue.put(_Job(fn, loop, waiter, writes))
+        return await waiter
 
     async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the writer thread inside a transaction; return its result.

@@ -5,7 +5,7 @@ Usage::
     from keyapi_async.archive import StoryArchive
     from keyapi_async.export import write_export
 
-    with StoryArchive.connect("stories.sqlite3", readonly=True) as archive:
+    with StoryArchive.connect("stories.sqlite3") as archive:
         rows = write_export(archive, "csv", "stories.csv")
 
 Columns, in this order (:data:`EXPORT_COLUMNS`): ``story_id, username,
@@ -21,7 +21,7 @@ Design choices:
 * **Ids stay strings** in every format (Instagram ids exceed what many JSON
   and spreadsheet consumers hold exactly).
 * **Explicit UTC.** CSV and JSONL timestamps are ISO 8601 with a ``Z``
-  (``2026-03-10T02:13:01Z``); Parquet columns are ``timestamp[s, tz=UTC]``.
+  (``2026-03-10T02:13:01Z``); Parquet columns are ``timestamp[ms, tz=UTC]``.
 * **CSV is RFC 4180**: the stdlib writer, CRLF line ends, a header row,
   fields quoted when they hold a comma, quote or line break, UTF-8 without a
   byte-order mark, empty fields for missing values.
@@ -155,6 +155,10 @@ def _write_jsonl(archive: StoryArchive, text: TextIO) -> int:
     return count
 
 
+def _millis(ts: int | None) -> int | None:
+    return None if ts is None else ts * 1000
+
+
 def _pyarrow() -> tuple[Any, Any]:
     try:
         pa = importlib.import_module("pyarrow")
@@ -166,7 +170,9 @@ def _pyarrow() -> tuple[Any, Any]:
 
 def _write_parquet(archive: StoryArchive, out: Any) -> int:
     pa, pq = _pyarrow()
-    timestamp = pa.timestamp("s", tz="UTC")
+    # Milliseconds: Parquet has no seconds unit, and a reader should get
+    # back exactly the type the schema names.
+    timestamp = pa.timestamp("ms", tz="UTC")
     types = {
         "story_id": pa.string(),
         "username": pa.string(),
@@ -200,7 +206,9 @@ def _write_parquet(archive: StoryArchive, out: Any) -> int:
             # strings of ExportRow: Parquet readers load them as UTC datetimes.
             row = _row(story)._asdict()
             row.update(
-                taken_at=story.taken_at, expiring_at=story.expiring_at, fetched_at=story.fetched_at
+                taken_at=_millis(story.taken_at),
+                expiring_at=_millis(story.expiring_at),
+                fetched_at=_millis(story.fetched_at),
             )
             for name in EXPORT_COLUMNS:
                 columns[name].append(row[name])

@@ -28,14 +28,23 @@ import enum
 import errno
 import hashlib
 import inspect
+import io
 import os
 import random
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeAlias
+from typing import Any, Final, Self, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -180,9 +189,7 @@ class MediaDiskFullError(KeyAPIError):
     ``.part`` (to give the space back); others keep theirs for resuming.
     """
 
-    def __init__(
-        self, message: str, *, story_id: str | None, outcomes: list[MediaOutcome]
-    ) -> None:
+    def __init__(self, message: str, *, story_id: str | None, outcomes: list[MediaOutcome]) -> None:
         super().__init__(message)
         self.story_id = story_id
         """The item whose write failed."""
@@ -226,16 +233,9 @@ class _Saved:
     content_type: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    target: str | None
-    item: StoryItem
-    username: str
-    url: str
-    width: int
-    height: int
-    media_type: str
-    fields: dict[str, object]
+@dataclass(slots=True)
+class _Progress:
+    received: int = 0  # bytes from the CDN for one item, across its attempts
 
 
 def _is_disk_full(exc: OSError) -> bool:
@@ -257,10 +257,8 @@ def _hash_file(path: Path, chunk: int = _CHUNK) -> tuple[hashlib._Hash, int]:
     return digest, size
 
 
-def _finish(handle: object, part: Path, final: Path, mtime: int | None, fsync: bool) -> None:
-    """Flush, fsync, close and rename a finished ``.part`` (runs in a worker thread)."""
-    assert hasattr(handle, "flush") and hasattr(handle, "fileno") and hasattr(handle, "close")
-    handle.flush()
+def _finish(handle: io.FileIO, part: Path, final: Path, mtime: int | None, fsync: bool) -> None:
+    """Fsync, close and rename a finished ``.part`` (runs in a worker thread)."""
     if fsync:
         os.fsync(handle.fileno())
     handle.close()
@@ -408,7 +406,7 @@ class MediaDownloader:
         self._root: Path | None = None
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(concurrency)
-        self._path_locks: dict[Path, asyncio.Lock] = {}
+        self._path_locks: dict[Path, tuple[asyncio.Lock, int]] = {}
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -493,28 +491,29 @@ class MediaDownloader:
         carries no username).
 
         Raises:
-            MediaDiskFullError: The disk filled up; ``outcomes`` holds the
-                items finished before.
+            MediaDiskFullError: The disk filled up; its ``outcomes`` holds the
+                items that finished before.
 
         """
         owner = reel.user
-        jobs = [self._download(target, owner, item) for item in reel.items]
-        tasks = [asyncio.ensure_future(job) for job in jobs]
+        tasks = [asyncio.ensure_future(self._download(target, owner, item)) for item in reel.items]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION) if tasks else None
-            failure = next(
-                (t.exception() for t in tasks if t.done() and t.exception() is not None), None
-            )
-            if failure is not None:
-                raise failure
-        except MediaDiskFullError as exc:
-            await _cancel(tasks)
-            done = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
-            exc.outcomes = done
-            raise
+            if tasks:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+            error = next((e for e in errors if e is not None), None)
+            if error is not None:
+                await _cancel(tasks)
+                if isinstance(error, MediaDiskFullError):
+                    error.outcomes = [
+                        t.result()
+                        for t in tasks
+                        if t.done() and not t.cancelled() and t.exception() is None
+                    ]
+                raise error
+            return [t.result() for t in tasks]
         finally:
             await _cancel(tasks)
-        return [t.result() for t in tasks]
 
     async def download_item(
         self, item: StoryItem, *, target: str | None = None, owner: User | None = None
@@ -530,13 +529,13 @@ class MediaDownloader:
     async def download_many(
         self,
         reels: Iterable[tuple[str | None, Reel]] | AsyncIterable[tuple[str | None, Reel]],
-    ) -> AsyncIterator[MediaOutcome]:
+    ) -> AsyncGenerator[MediaOutcome, None]:
         """Download the items of many ``(target, reel)`` pairs, yielding outcomes as they finish.
 
-        The source is consumed lazily (at most ``2 * concurrency`` items are
-        waiting at any time), so it can be a stream of reels still being
-        fetched. Close the iterator (``contextlib.aclosing``) to stop early:
-        downloads in flight are cancelled and keep their ``.part`` files.
+        The source is consumed lazily (at most ``2 * concurrency`` items wait
+        at any time), so it can be a stream of reels still being fetched.
+        Close the iterator (``contextlib.aclosing``) to stop early: downloads
+        in flight are cancelled and keep their ``.part`` files.
 
         Raises:
             MediaDiskFullError: The disk filled up (everything in flight is cancelled).
@@ -549,22 +548,13 @@ class MediaDownloader:
         def finished(task: asyncio.Task[MediaOutcome]) -> None:
             running.discard(task)
             room.release()
-            if task.cancelled():
-                return
-            error = task.exception()
-            results.put_nowait(error if error is not None else task.result())
+            if not task.cancelled():
+                error = task.exception()
+                results.put_nowait(error if error is not None else task.result())
 
         async def produce() -> None:
-            async def pairs() -> AsyncIterator[tuple[str | None, Reel]]:
-                if isinstance(reels, AsyncIterable):
-                    async for pair in reels:
-                        yield pair
-                else:
-                    for pair in reels:
-                        yield pair
-
             try:
-                async for target, reel in pairs():
+                async for target, reel in _aiter(reels):
                     for item in reel.items:
                         await room.acquire()
                         task = asyncio.ensure_future(self._download(target, reel.user, item))
@@ -572,16 +562,13 @@ class MediaDownloader:
                         task.add_done_callback(finished)
                 while running:
                     await asyncio.wait(set(running))
-            except Exception as exc:  # the caller's source failed: surface it
+            except Exception as exc:  # the caller's source failed: hand it over
                 results.put_nowait(exc)
             results.put_nowait(None)
 
         producer = asyncio.ensure_future(produce())
         try:
-            while True:
-                result = await results.get()
-                if result is None:
-                    break
+            while (result := await results.get()) is not None:
                 if isinstance(result, BaseException):
                     raise result
                 yield result
@@ -597,64 +584,60 @@ class MediaDownloader:
             raise RuntimeError("MediaDownloader is not started: use 'async with' or start()")
         story_id = item.id
         username = _first_username(item.user, item.owner, owner) or target or "unknown"
-        base = {"story_id": story_id, "target": target, "username": username}
+        draft = MediaOutcome(
+            story_id=story_id, status=MediaStatus.FAILED, target=target, username=username
+        )
         picked = _pick(item)
         if picked is None:
-            return MediaOutcome(
-                status=MediaStatus.FAILED, reason="the item has no media URL", **base
-            )
+            return replace(draft, reason="the item has no media URL")
         url, width, height, media_type = picked
-        base.update(url=url, width=width, height=height, media_type=media_type)
+        draft = replace(draft, url=url, width=width, height=height, media_type=media_type)
         refused = self._allow.check(url)
         if refused is not None:
-            return MediaOutcome(status=MediaStatus.REJECTED, reason=refused, **base)
+            return replace(draft, status=MediaStatus.REJECTED, reason=refused)
         user = item.user or item.owner or owner
-        plan = _Plan(
-            target=target,
-            item=item,
+        fields = template_fields(
+            story_id=story_id,
             username=username,
-            url=url,
+            user_id=(user.id if user is not None and user.id else ""),
+            code=item.code or "",
+            taken_at=item.taken_at,
+            ext=_ext_from_url(url, media_type),
+            media_type=media_type,
             width=width,
             height=height,
-            media_type=media_type,
-            fields=template_fields(
-                story_id=story_id,
-                username=username,
-                user_id=(user.id if user is not None and user.id else ""),
-                code=item.code or "",
-                taken_at=item.taken_at,
-                ext=_ext_from_url(url, media_type),
-                media_type=media_type,
-                width=width,
-                height=height,
-                target=target or "",
-            ),
+            target=target or "",
         )
         try:
-            path = self._path_for(plan.fields)
+            path = self._path_for(fields)
         except ValueError as exc:
-            return MediaOutcome(status=MediaStatus.REJECTED, reason=str(exc), **base)
+            return replace(draft, status=MediaStatus.REJECTED, reason=str(exc))
 
-        lock = self._path_locks.setdefault(path, asyncio.Lock())
+        # Two items with one name (a story listed twice) must not share a .part.
+        lock, users = self._path_locks.get(path, (asyncio.Lock(), 0))
+        self._path_locks[path] = (lock, users + 1)
         try:
             async with lock:
                 skipped = await self._skipped(story_id, path)
                 if skipped is not None:
                     found, size, sha, why = skipped
-                    return MediaOutcome(
+                    return replace(
+                        draft,
                         status=MediaStatus.SKIPPED,
                         path=found,
                         relative_path=self._relative(found),
                         size=size,
                         sha256=sha,
                         reason=why,
-                        **base,
                     )
                 async with self._slots:
-                    return await self._fetch(plan, path, base)
+                    return await self._fetch(draft, item.taken_at, fields, path)
         finally:
-            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
-                self._path_locks.pop(path, None)
+            lock, users = self._path_locks[path]
+            if users == 1:
+                del self._path_locks[path]
+            else:
+                self._path_locks[path] = (lock, users - 1)
 
     def _path_for(self, fields: Mapping[str, object]) -> Path:
         return inside(self.root, self._template.render(fields))
@@ -662,9 +645,7 @@ class MediaDownloader:
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    async def _skipped(
-        self, story_id: str, path: Path
-    ) -> tuple[Path, int, str | None, str] | None:
+    async def _skipped(self, story_id: str, path: Path) -> tuple[Path, int, str | None, str] | None:
         record = await self._lookup(story_id)
         if record is not None:
             recorded = Path(record.path)
@@ -677,8 +658,10 @@ class MediaDownloader:
                 size = -1
             if size == record.size:
                 return recorded, size, record.sha256, "already saved"
-        if self._skip_existing and path.is_file():
+        if self._skip_existing and await asyncio.to_thread(path.is_file):
             digest, size = await asyncio.to_thread(_hash_file, path)
+            # A .part beside a complete file is a leftover nobody will resume.
+            await asyncio.to_thread(_unlink, _part_of(path))
             return path, size, digest.hexdigest(), "file already present"
         return None
 
@@ -686,8 +669,9 @@ class MediaDownloader:
         known = self._known
         if known is None:
             return None
+        found: object
         if isinstance(known, Mapping):
-            found: object = known.get(story_id)
+            found = known.get(story_id)
         else:
             found = known(story_id)
             if inspect.isawaitable(found):
@@ -698,80 +682,91 @@ class MediaDownloader:
             return found
         if isinstance(found, tuple) and len(found) == 2:
             return SavedMedia(path=found[0], size=int(found[1]))
-        raise TypeError(f"known_saved returned {type(found).__name__}, not SavedMedia/(path, size)")
+        raise TypeError(f"known_saved gave {type(found).__name__}, not SavedMedia or (path, size)")
 
-    async def _fetch(self, plan: _Plan, path: Path, base: dict[str, object]) -> MediaOutcome:
-        url = plan.url
-        attempts = 0
-        received = 0
-        redirects = 0
+    async def _fetch(
+        self, draft: MediaOutcome, taken_at: int | None, fields: dict[str, object], path: Path
+    ) -> MediaOutcome:
+        url = draft.url
+        assert url is not None
+        progress = _Progress()
+        attempts = redirects = 0
         last_reason = ""
         while True:
             attempts += 1
             try:
-                saved = await self._attempt(url, path, plan)
+                saved = await self._attempt(url, path, fields, taken_at, progress)
             except _Redirect as hop:
                 location = urljoin(url, hop.location)
                 refused = self._allow.check(location)
                 if refused is not None:
-                    return MediaOutcome(
+                    return replace(
+                        draft,
                         status=MediaStatus.REJECTED,
                         reason=f"redirect refused: {refused}",
                         attempts=attempts,
-                        **base,  # type: ignore[arg-type]
                     )
                 redirects += 1
                 if redirects > _MAX_REDIRECTS:
                     last_reason = "too many redirects"
                     break
                 url = location
-                attempts -= 1  # a hop is not a failed attempt
                 continue
             except _Final as final:
-                return MediaOutcome(
-                    status=final.status, reason=final.reason, attempts=attempts, **base  # type: ignore[arg-type]
+                return replace(
+                    draft,
+                    status=final.status,
+                    reason=final.reason,
+                    attempts=attempts,
+                    bytes=progress.received,
                 )
             except _DiskFull as full:
                 raise MediaDiskFullError(
-                    f"disk full while saving story {plan.item.id}: {full}",
-                    story_id=plan.item.id,
+                    f"disk full while saving story {draft.story_id!r}: {full}",
+                    story_id=draft.story_id,
                     outcomes=[],
                 ) from None
             except _Retry as retry:
-                received += getattr(retry, "received", 0)
                 last_reason = retry.reason
-                if attempts >= self.max_attempts:
+                if attempts - redirects >= self.max_attempts:
                     break
-                await asyncio.sleep(self._delay(attempts, retry.wait))
+                await asyncio.sleep(self._delay(attempts - redirects, retry.wait))
                 continue
-            return MediaOutcome(
+            return replace(
+                draft,
                 status=MediaStatus.SAVED,
                 path=saved.path,
                 relative_path=self._relative(saved.path),
-                bytes=received + saved.received,
+                bytes=progress.received,
                 size=saved.size,
                 sha256=saved.sha256,
                 content_type=saved.content_type,
                 attempts=attempts,
-                **base,  # type: ignore[arg-type]
             )
-        return MediaOutcome(
-            status=MediaStatus.FAILED,
-            reason=f"gave up after {attempts} attempts: {last_reason}",
-            bytes=received,
+        return replace(
+            draft,
+            reason=f"gave up after {attempts} requests: {last_reason}",
+            bytes=progress.received,
             attempts=attempts,
-            **base,  # type: ignore[arg-type]
         )
 
     def _delay(self, attempt: int, hint: float | None) -> float:
         base, cap = self._backoff
-        ceiling = min(cap, base * 2 ** (attempt - 1))
-        wait = self._rng.uniform(0, ceiling)
-        return min(cap, max(wait, hint)) if hint is not None else wait
+        wait = self._rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+        return wait if hint is None else min(cap, max(wait, hint))
 
-    async def _attempt(self, url: str, path: Path, plan: _Plan) -> _Saved:
-        assert self._session is not None
-        part = path.with_name(path.name + ".part")
+    async def _attempt(
+        self,
+        url: str,
+        path: Path,
+        fields: dict[str, object],
+        taken_at: int | None,
+        progress: _Progress,
+    ) -> _Saved:
+        session = self._session
+        if session is None:
+            raise RuntimeError("MediaDownloader is closed")
+        part = _part_of(path)
         try:
             offset = part.stat().st_size
         except FileNotFoundError:
@@ -782,8 +777,8 @@ class MediaDownloader:
         if offset:
             headers[hdrs.RANGE] = f"bytes={offset}-"
         try:
-            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
-                return await self._receive(resp, url, path, part, offset, plan)
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                return await self._receive(resp, path, part, offset, fields, taken_at, progress)
         except (_Retry, _Final, _Redirect, _DiskFull):
             raise
         except aiohttp.ClientPayloadError as exc:
@@ -791,14 +786,28 @@ class MediaDownloader:
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise _Retry(_describe(exc)) from None
 
+    async def _adopt(self, part: Path, final: Path, size: int, taken_at: int | None) -> _Saved:
+        try:
+            digest, _ = await asyncio.to_thread(_hash_file, part)
+            handle = await asyncio.to_thread(open, part, "ab", buffering=0, opener=_nofollow_opener)
+            try:
+                await asyncio.to_thread(_finish, handle, part, final, taken_at, self._fsync)
+            finally:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        except OSError as exc:
+            raise _local_error(exc, part) from None
+        return _Saved(final, 0, size, digest.hexdigest(), None)
+
     async def _receive(
         self,
         resp: aiohttp.ClientResponse,
-        url: str,
         path: Path,
         part: Path,
         offset: int,
-        plan: _Plan,
+        fields: dict[str, object],
+        taken_at: int | None,
+        progress: _Progress,
     ) -> _Saved:
         status = resp.status
         if status in _REDIRECTS:
@@ -808,11 +817,16 @@ class MediaDownloader:
             raise _Redirect(location)
         if status in _EXPIRED:
             snippet = (await resp.content.read(_SNIPPET)).decode("utf-8", "replace").strip()
-            reason = f"HTTP {status}" + (f": {snippet}" if snippet else "")
-            raise _Final(MediaStatus.EXPIRED, reason)
+            raise _Final(
+                MediaStatus.EXPIRED, f"HTTP {status}" + (f": {snippet}" if snippet else "")
+            )
         if status == 416 and offset:
+            if _unsatisfied_total(resp.headers.get(hdrs.CONTENT_RANGE)) == offset:
+                # The .part already holds the whole file (its last answer lied about
+                # the length, or a run died between the last byte and the rename).
+                return await self._adopt(part, path, offset, taken_at)
             await asyncio.to_thread(_unlink, part)
-            raise _Retry("the CDN refused to resume (416); restarting the file", wait=0.0)
+            raise _Retry("the CDN cannot resume this file (416); restarting it", wait=0.0)
         if status == 429 or status >= 500:
             raise _Retry(f"HTTP {status}", wait=_retry_after(resp.headers.get(hdrs.RETRY_AFTER)))
         if status not in (200, 206):
@@ -823,11 +837,11 @@ class MediaDownloader:
             start, total = _content_range(resp.headers.get(hdrs.CONTENT_RANGE))
             if start != offset:
                 await asyncio.to_thread(_unlink, part)
-                raise _Retry("the CDN resumed at the wrong offset; restarting the file", wait=0.0)
+                raise _Retry("the CDN resumed at another offset; restarting the file", wait=0.0)
         else:
-            offset, total = 0, length  # the whole file again: restart the .part
+            offset, total = 0, length  # the whole file again: the .part starts over
         if resp.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity":
-            length = None  # counted bytes are decoded ones; the header counts encoded ones
+            length = None  # the header counts encoded bytes, we count decoded ones
         if total is not None and total > self.max_bytes:
             await asyncio.to_thread(_unlink, part)
             raise _Final(
@@ -837,51 +851,69 @@ class MediaDownloader:
         content_type = resp.content_type or None
         final = path
         wanted_ext = _CONTENT_TYPE_EXT.get(content_type or "")
-        if wanted_ext is not None and wanted_ext != plan.fields["ext"]:
+        if wanted_ext is not None and wanted_ext != fields["ext"]:
             try:
-                final = self._path_for({**plan.fields, "ext": wanted_ext})
+                final = self._path_for({**fields, "ext": wanted_ext})
             except ValueError as exc:
                 raise _Final(MediaStatus.REJECTED, str(exc)) from None
 
         try:
-            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            if offset:
-                digest, _ = await asyncio.to_thread(_hash_file, part)
-            handle = open(part, "ab" if offset else "wb", opener=_nofollow_opener)  # noqa: ASYNC230, SIM115
+            await asyncio.to_thread(part.parent.mkdir, parents=True, exist_ok=True)
+            digest = (await asyncio.to_thread(_hash_file, part))[0] if offset else hashlib.sha256()
+            # Unbuffered: a full disk shows at the write that hit it, not at a later flush.
+            handle = open(part, "ab" if offset else "wb", buffering=0, opener=_nofollow_opener)  # noqa: ASYNC230, SIM115
         except OSError as exc:
             raise _local_error(exc, part) from None
         received = 0
         try:
-            try:
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    received += len(chunk)
-                    if offset + received > self.max_bytes:
-                        handle.close()
-                        await asyncio.to_thread(_unlink, part)
-                        raise _Final(
-                            MediaStatus.FAILED,
-                            f"file exceeds max_bytes={self.max_bytes}; aborted",
-                        )
-                    handle.write(chunk)
-                    digest.update(chunk)
-            except OSError as exc:
-                if isinstance(exc, aiohttp.ClientError | ConnectionError | TimeoutError):
-                    raise
-                raise _local_error(exc, part) from None
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                received += len(chunk)
+                progress.received += len(chunk)
+                if offset + received > self.max_bytes:
+                    handle.close()
+                    await asyncio.to_thread(_unlink, part)
+                    raise _Final(
+                        MediaStatus.FAILED, f"file exceeds max_bytes={self.max_bytes}; aborted"
+                    )
+                try:
+                    _write_all(handle, chunk)
+                except OSError as exc:
+                    raise _local_error(exc, part) from None
+                digest.update(chunk)
             if length is not None and received != length:
                 raise _Retry(f"body has {received} of {length} bytes")
             try:
-                await asyncio.to_thread(
-                    _finish, handle, part, final, plan.item.taken_at, self._fsync
-                )
+                await asyncio.to_thread(_finish, handle, part, final, taken_at, self._fsync)
             except OSError as exc:
                 raise _local_error(exc, part) from None
         finally:
-            if not handle.closed:
+            with contextlib.suppress(OSError):
                 handle.close()
-        size = offset + received
-        return _Saved(final, received, size, digest.hexdigest(), content_type)
+        return _Saved(final, received, offset + received, digest.hexdigest(), content_type)
+
+
+async def _aiter(
+    source: Iterable[tuple[str | None, Reel]] | AsyncIterable[tuple[str | None, Reel]],
+) -> AsyncIterator[tuple[str | None, Reel]]:
+    if isinstance(source, AsyncIterable):
+        async for pair in source:
+            yield pair
+    else:
+        for pair in source:
+            yield pair
+
+
+def _part_of(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _write_all(handle: io.FileIO, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        written = handle.write(view)
+        if not written:
+            raise OSError(errno.EIO, "write returned 0 bytes")
+        view = view[written:]
 
 
 def _local_error(exc: OSError, part: Path) -> Exception:
@@ -908,6 +940,14 @@ def _retry_after(value: str | None) -> float | None:
     return float(value.strip())
 
 
+def _unsatisfied_total(value: str | None) -> int | None:
+    """Parse a 416's ``bytes */TOTAL``."""
+    if not value or not value.startswith("bytes */"):
+        return None
+    total = value[8:].strip()
+    return int(total) if total.isdigit() else None
+
+
 def _content_range(value: str | None) -> tuple[int, int | None]:
     """Parse ``bytes START-END/TOTAL`` into ``(START, TOTAL)``; (-1, None) if unusable."""
     if not value or not value.startswith("bytes "):
@@ -919,7 +959,7 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
     return int(first), int(total) if total.isdigit() else None
 
 
-async def _cancel(tasks: Iterable[asyncio.Future[object]] | Iterable[asyncio.Task[MediaOutcome]]) -> None:
+async def _cancel(tasks: Iterable[asyncio.Future[Any]]) -> None:
     pending = [t for t in tasks if not t.done()]
     for task in pending:
         task.cancel()

@@ -74,6 +74,34 @@ async def run_cli(
     return Done(proc.returncode, out.decode(), err.decode())
 
 
+async def run_command(command: Sequence[str], *, env: dict[str, str], cwd: Path) -> Done:
+    """Run a command line exactly as the CLI printed it."""
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert proc.returncode is not None
+    return Done(proc.returncode, out.decode(), err.decode())
+
+
+def summary_rows(stderr: str) -> dict[str, str]:
+    """The summary table's rows, from rich's box drawing or the plain layout."""
+    rows: dict[str, str] = {}
+    for line in stderr.splitlines():
+        if "\u2502" in line:
+            cells = [cell.strip() for cell in line.strip().strip("\u2502").split("\u2502")]
+        else:
+            cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
 def read_ledger(path: Path) -> list[dict[str, Any]]:
     # Every line must be complete JSON: the ledger is valid JSONL at all times
     # between runs.
@@ -279,11 +307,13 @@ async def test_sigint_stops_gracefully_then_resume_completes(tmp_path: Path, api
         assert len(first_lines) == len(targets)  # every target has an outcome
         assert {line["status"] for line in first_lines} >= {"not_attempted"}
 
-        # The printed command, run as printed, finishes the job.
+        # The printed command, run as printed, finishes the job. This process
+        # was started as `python -m keyapi_async`, so the hint says so.
         (hint,) = [x for x in first.stderr.splitlines() if x.startswith("To resume: ")]
         command = shlex.split(hint.removeprefix("To resume: "))
-        assert command[0] == "keyapi-stories" and command[1:] == [*args, "--resume"]
-        second = await run_cli(*command[1:], env=env, cwd=tmp_path)
+        assert command[-len(args) - 1 :] == [*args, "--resume"]
+        assert command[1:3] == ["-m", "keyapi_async"]
+        second = await run_command(command, env=env, cwd=tmp_path)
         successes = emu.successful_targets()
 
     assert second.code == 0, second.stderr
@@ -586,9 +616,7 @@ async def test_emulator_command_serves_until_interrupted(tmp_path: Path) -> None
     try:
         assert proc.stdout is not None
         first = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
-        second = (await asyncio.wait_for(proc.stdout.readline(), 5)).decode()
-        assert first.startswith("export KEYAPI_BASE_URL=http://127.0.0.1:")
-        assert second.strip() == f"export KEYAPI_API_KEY={DEFAULT_TEST_KEY}"
+        assert first.startswith("KEYAPI_BASE_URL=http://127.0.0.1:")
         base_url = first.strip().split("=", 1)[1]
         async with aiohttp.ClientSession() as session:
             url = f"{base_url}/v1/instagram/fetch_user_stories"
@@ -596,10 +624,267 @@ async def test_emulator_command_serves_until_interrupted(tmp_path: Path) -> None
             async with session.get(url, params={"username": "javan"}, headers=headers) as resp:
                 assert resp.status == 200
         proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        rest, err = await asyncio.wait_for(proc.communicate(), 10)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+    assert rest == b""  # stdout: the one line a script captures
+    # stderr: the line to paste into another shell, with the emulator's fake key.
+    assert f"export KEYAPI_BASE_URL={base_url} KEYAPI_API_KEY={DEFAULT_TEST_KEY}" in err.decode()
     assert "1 requests" in err.decode()
+
+
+# -- Ctrl-C accounting, -q/-v, 403/404, printed commands, one emulator command line -----
+
+_FRAME = re.compile(
+    r"(\d+)/(\d+) \(ok (\d+), empty (\d+), failed (\d+)(?:, not attempted (\d+))?\)"
+)
+
+
+async def timed_lines(proc: asyncio.subprocess.Process) -> list[tuple[float, str, str]]:
+    """Every output line with the loop time it arrived at, until both pipes close."""
+    loop = asyncio.get_running_loop()
+    lines: list[tuple[float, str, str]] = []
+
+    async def pump(stream: asyncio.StreamReader | None, name: str) -> None:
+        assert stream is not None
+        while raw := await stream.readline():
+            lines.append((loop.time(), name, raw.decode().rstrip("\n")))
+
+    await asyncio.wait_for(
+        asyncio.gather(pump(proc.stdout, "out"), pump(proc.stderr, "err")), TIMEOUT
+    )
+    return lines
+
+
+@posix_signals
+async def test_ctrl_c_numbers_agree_with_ledger_and_exit_is_prompt(
+    tmp_path: Path, api_key: str
+) -> None:
+    targets = [f"acct_{n:04d}" for n in range(600)]
+    write_targets(tmp_path / "targets.txt", targets)
+    out = tmp_path / "out.jsonl"
+    loop = asyncio.get_running_loop()
+    async with serve(api_key, latency=0.2) as emu:
+        # --qps 10 with the derived concurrency: many workers queue at the
+        # rate gate, which is what used to keep a stopped run idling.
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "fetch", "targets.txt", "-o", "out.jsonl", "--qps", "10",
+            "--progress", "--progress-interval", "0.05",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env_for(emu, api_key), cwd=tmp_path,
+        )  # fmt: skip
+        reading = asyncio.create_task(timed_lines(proc))
+        await wait_for_lines(out, 15, proc)
+        proc.send_signal(signal.SIGINT)
+        signalled = loop.time()
+        lines = await reading
+        await asyncio.wait_for(proc.wait(), 10)
+        exited = loop.time()
+        sent = emu.requests_total
+        billed = emu.credits_spent
+
+    assert proc.returncode == 130
+    stderr = "\n".join(text for _, name, text in lines if name == "err")
+    ledger = read_ledger(out)
+    assert sorted(x["target"] for x in ledger) == targets  # one line each
+    status = collections.Counter(x["status"] for x in ledger)
+    attempted = status["ok"] + status["empty"] + status["error"]
+    assert 0 < attempted < len(targets) and status["not_attempted"] > 0
+
+    # The summary says what the ledger says.
+    rows = summary_rows(stderr)
+    assert rows["attempted this run"] == f"{attempted} of {len(targets)}"
+    assert rows["ok (stories)"] == str(status["ok"])
+    assert rows["empty (no stories)"] == str(status["empty"])
+    assert rows["failed"] == str(status["error"])
+    assert rows["not attempted"] == str(status["not_attempted"])
+    assert rows["not attempted: interrupted"] == str(status["not_attempted"])
+    attempts = sum(x["attempts"] for x in ledger)
+    assert rows["requests sent"] == f"{attempts} (0 retries)" and attempts == sent
+    assert rows["credits spent"] == str(billed)
+
+    # So does the last progress frame, which never jumped to 100%.
+    frames = [m for _, _, text in lines if (m := _FRAME.search(text))]
+    done, total, ok, empty, failed, skipped = (int(g or 0) for g in frames[-1].groups())
+    assert (done, total) == (attempted, len(targets))
+    assert (ok, empty, failed, skipped) == (
+        status["ok"], status["empty"], status["error"], status["not_attempted"]
+    )  # fmt: skip
+    assert all(int(m.group(1)) < len(targets) for m in frames)
+
+    # Prompt: answers in flight take 0.2 s; nothing else is waited for.
+    last_line = max(at for at, _, _ in lines)
+    assert exited - signalled < 2.0, exited - signalled
+    assert exited - last_line < 0.8, exited - last_line
+
+
+async def test_quiet_and_verbose(tmp_path: Path, api_key: str) -> None:
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(20)] + ["bad name"])
+    wrong = "sk_live_" + "8" * 24
+    async with serve(api_key) as emu:
+        env = env_for(emu, api_key)
+        quiet = await run_cli(
+            "fetch", "targets.txt", "-o", "q.jsonl", "--qps", "0", "-q", "--progress",
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        verbose = await run_cli(
+            "fetch", "targets.txt", "-o", "v.jsonl", "-v",
+            env=base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=wrong), cwd=tmp_path,
+        )  # fmt: skip
+        both = await run_cli(
+            "fetch", "targets.txt", "-o", "b.jsonl", "-q", "-v", env=env, cwd=tmp_path
+        )
+    assert quiet.code == 1, quiet.stderr
+    # Only errors (the invalid line) and the one-line summary.
+    invalid, summary = quiet.stderr.splitlines()
+    assert "'bad name'" in invalid
+    assert re.fullmatch(
+        r"keyapi-stories: done: (\d+) ok, (\d+) empty, 0 failed, 1 invalid lines of 20 targets; "
+        r"20 requests, (\d+) credits, [\d.]+s; ledger q\.jsonl",
+        summary,
+    ), summary
+    assert quiet.stdout == ""
+    # -v: the library's own log lines, never the key.
+    assert verbose.code == 3, verbose.stderr
+    assert "INFO keyapi_async: batch stopped" in verbose.stderr
+    assert_secret_absent(wrong, verbose, files=[tmp_path / "v.jsonl"])
+    assert both.code == 2 and "not allowed with" in both.stderr
+
+
+async def test_403_stops_the_run_and_404_is_per_target(tmp_path: Path, api_key: str) -> None:
+    names = [f"acct_{n:03d}" for n in range(30)]
+    write_targets(tmp_path / "targets.txt", names)
+    forbidden = "sk_test_" + "f" * 24
+    missing = {"acct_003", "acct_017"}
+    config = {"missing_accounts": frozenset(f"username:{name}" for name in missing)}
+    async with serve(api_key, forbidden_keys=frozenset({forbidden}), **config) as emu:
+        found = await run_cli(
+            "fetch", "targets.txt", "-o", "found.jsonl", "--qps", "0",
+            env=env_for(emu, api_key), cwd=tmp_path,
+        )  # fmt: skip
+        denied = await run_cli(
+            "fetch", "targets.txt", "-o", "denied.jsonl", "--qps", "0",
+            env=env_for(emu, forbidden), cwd=tmp_path,
+        )  # fmt: skip
+    # 404: an error for that target only; the rest are fetched.
+    assert found.code == 1, found.stderr
+    lines = read_ledger(tmp_path / "found.jsonl")
+    errors = {x["target"]: x["error"] for x in lines if x["status"] == "error"}
+    assert set(errors) == missing
+    assert {(e["type"], e["status"]) for e in errors.values()} == {("NotFoundError", 404)}
+    assert summary_rows(found.stderr)["error: NotFoundError"] == "2"
+    assert sum(done_targets(lines).values()) == len(names) - len(missing)
+    # 403: the key may not call the endpoint; the run stops like on a 401.
+    assert denied.code == 3, denied.stderr
+    lines = read_ledger(tmp_path / "denied.jsonl")
+    assert len(lines) == len(names) and not done_targets(lines)
+    types = collections.Counter(x["error"]["type"] for x in lines)
+    assert set(types) <= {"PermissionDeniedError", "NotAttemptedError"}
+    assert types["PermissionDeniedError"] >= 1
+    assert "403" in denied.stderr
+    assert_secret_absent(forbidden, denied, files=[tmp_path / "denied.jsonl"])
+
+
+async def test_demo_hint_runs_as_pasted_when_not_on_path(tmp_path: Path, api_key: str) -> None:
+    # What the README's first command leaves: the script in .venv/bin, which
+    # is not on PATH.
+    script = shutil.which("keyapi-stories", path=os.path.dirname(sys.executable))
+    assert script is not None
+    env = base_env(PATH=os.defpath)
+    proc = await asyncio.create_subprocess_exec(
+        script, "demo", "--accounts", "5", "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    (hint,) = [x for x in out.decode().splitlines() if x.startswith("Next: ")]
+    command = hint.partition("  then  ")[2]
+    assert shlex.split(command)[0] == script
+    # Pasted into a shell as printed, it works.
+    write_targets(tmp_path / "targets.txt", ["javan", "@natgeo"])
+    async with serve(api_key) as emu:
+        shell = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env | {"KEYAPI_BASE_URL": emu.base_url, "KEYAPI_API_KEY": api_key}, cwd=tmp_path,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(shell.communicate(), TIMEOUT)
+    assert shell.returncode == 0, err.decode()
+    assert len(read_ledger(tmp_path / "stories.jsonl")) == 2
+
+
+async def test_demo_quiet_prints_one_line(tmp_path: Path) -> None:
+    done = await run_cli("demo", "--accounts", "8", "-q", env=base_env(), cwd=tmp_path)
+    assert done.code == 0, done.stderr
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("keyapi-stories: done: ") and "of 8 targets" in line
+
+
+EMULATOR_SPELLINGS = {
+    "keyapi-stories emulator": (*CLI, "emulator"),
+    "python -m keyapi_async.testing": (sys.executable, "-m", "keyapi_async.testing"),
+}
+
+
+@posix_signals
+async def test_both_emulator_commands_take_the_same_flags_and_print_the_same(
+    tmp_path: Path,
+) -> None:
+    flags = [
+        "--port", "0", "--qps", "50", "--credits", "100", "--seed", "3", "--latency", "0",
+        "--fault-rate", "server_error=0.5", "--fault-rate", "rate_limit=0,reset=0",
+        "--faults", "slow=0", "--allow-non-loopback", "--empty-ratio", "0.1",
+        "--slow-seconds", "1", "--max-log", "10", "--no-retry-after",
+    ]  # fmt: skip
+    seen: dict[str, tuple[str, str]] = {}
+    for name, spelling in EMULATOR_SPELLINGS.items():
+        proc = await asyncio.create_subprocess_exec(
+            *spelling, *flags,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=base_env(), cwd=tmp_path,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            first = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+            assert first.startswith("KEYAPI_BASE_URL=http://127.0.0.1:"), name
+            base_url = first.strip().partition("=")[2]
+            proc.send_signal(signal.SIGINT)
+            rest, err = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, err.decode()
+        stdout = (first + rest.decode()).replace(base_url, "URL")
+        seen[name] = (stdout, err.decode().replace(base_url, "URL").replace(name, "PROG"))
+    cli, module = seen.values()
+    assert cli == module
+    stdout, stderr = cli
+    assert stdout == "KEYAPI_BASE_URL=URL\n"
+    assert "faults: server_error=0.5, rate_limit=0, reset=0, slow=0" in stderr
+    assert "--faults is deprecated; use --fault-rate" in stderr
+    assert f"export KEYAPI_BASE_URL=URL KEYAPI_API_KEY={DEFAULT_TEST_KEY}" in stderr
+
+
+@pytest.mark.parametrize("name", list(EMULATOR_SPELLINGS))
+async def test_emulator_refuses_non_loopback_and_names_the_flag(tmp_path: Path, name: str) -> None:
+    spelling = EMULATOR_SPELLINGS[name]
+    # Refused before anything binds, so no address but loopback is touched.
+    proc = await asyncio.create_subprocess_exec(
+        *spelling, "--host", "192.0.2.1", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=base_env(), cwd=tmp_path,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 2
+    assert out == b""
+    assert "--allow-non-loopback" in err.decode() and "192.0.2.1" in err.decode()
+    helped = await asyncio.create_subprocess_exec(
+        *spelling, "--help", stdout=asyncio.subprocess.PIPE, env=base_env(), cwd=tmp_path
+    )
+    text, _ = await asyncio.wait_for(helped.communicate(), 15)
+    assert "--allow-non-loopback" in text.decode() and "--fault-rate" in text.decode()

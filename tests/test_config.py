@@ -221,7 +221,7 @@ def test_an_unknown_option_is_a_type_error_naming_it() -> None:
     [
         (
             {"proxy": "ftp://user:pw@proxy.example"},
-            r"^proxy must be an http\(s\) URL, got 'ftp://\*\*\*@",
+            r"^proxy must be an http:// or https:// URL with a host, got 'ftp://\*\*\*@",
         ),
         ({"redis_url": "http://127.0.0.1:6379"}, "^redis_url must be"),
         ({"redis_namespace": "a b"}, "^redis_namespace must be"),

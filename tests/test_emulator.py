@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,21 @@ from typing import Any
 import aiohttp
 import pytest
 
+from keyapi_async import Target, TransportError
+from keyapi_async._sansio import Request, RequestBuilder
 from keyapi_async.testing import (
+    BILLED_FAULTS,
     DEFAULT_TEST_KEY,
+    Answer,
     Emulator,
     EmulatorConfig,
+    EmulatorTransport,
     Fault,
     RequestRecord,
     run_emulator,
 )
+
+from .virtual_clock import run_virtual
 
 ENDPOINT = "/v1/instagram/fetch_user_stories"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -325,6 +332,48 @@ async def test_faulted_requests_cost_no_credits_but_count_in_window(
 # -- faults -------------------------------------------------------------------------
 
 
+async def check_hostile_faults(get: Callable[[Fault], Awaitable[tuple[int, Any, bytes]]]) -> None:
+    """The hostile answers, each once (the caller scripts one of each per target)."""
+    status, headers, body = await get(Fault.NON_UTF8)
+    assert status == 200
+    assert b"\xff" in body
+    with pytest.raises(UnicodeDecodeError):
+        body.decode("utf-8")
+    assert json.loads(body.decode("utf-8", errors="replace"))["code"] == 0
+
+    status, headers, body = await get(Fault.SERVER_ERROR_LATIN1)
+    assert status == 500
+    assert headers["Content-Type"] == "application/json; charset=iso-8859-1"
+    with pytest.raises(UnicodeDecodeError):
+        body.decode("utf-8")
+    latin1 = json.loads(body.decode("latin-1"))
+    assert latin1["code"] == 500
+    assert "délai" in latin1["message"]
+
+    status, _, body = await get(Fault.SCHEMA_DRIFT)
+    assert status == 200
+    drifted = json.loads(body)
+    assert drifted["code"] == 0
+    items = drifted["data"]["data"]["items"]
+    assert items
+    assert all(isinstance(item["id"], int) for item in items)
+
+    status, _, body = await get(Fault.COUNT_WITHOUT_ITEMS)
+    assert status == 200
+    reel = json.loads(body)["data"]["data"]
+    assert reel["count"] == 3
+    assert "items" not in reel
+
+    status, headers, body = await get(Fault.SERVICE_UNAVAILABLE)
+    assert status == 503
+    assert headers["Retry-After"] == "2"
+    assert error_body(body) == {
+        "code": 503,
+        "data": None,
+        "message": "Service temporarily unavailable",
+    }
+
+
 async def test_each_scripted_fault_has_its_documented_effect(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -383,6 +432,8 @@ async def test_each_scripted_fault_has_its_documented_effect(
         assert time.monotonic() - started >= 0.2
         assert status == 200
         assert json.loads(body)["code"] == 0
+
+        await check_hostile_faults(get)
 
         # Scripts run out after one entry: every target now answers normally.
         for fault in Fault:
@@ -495,6 +546,12 @@ async def test_max_log_bounds_the_log_but_not_the_counters(
         ({"api_keys": frozenset()}, "api_keys"),
         ({"api_keys": "sk_test_emulator_key"}, "api_keys"),
         ({"latency": -0.1}, "latency"),
+        ({"latency_jitter": -1.0}, "latency_jitter"),
+        ({"latency_jitter": float("inf")}, "latency_jitter"),
+        ({"forbidden_keys": "sk_test_x"}, "forbidden_keys"),
+        ({"forbidden_keys": frozenset({"has space"})}, "forbidden_keys"),
+        ({"missing_accounts": frozenset({"ghost"})}, "missing_accounts"),
+        ({"missing_accounts": "username:ghost"}, "missing_accounts"),
         ({"slow_seconds": float("nan")}, "slow_seconds"),
         ({"empty_ratio": 1.5}, "empty_ratio"),
     ],
@@ -568,3 +625,264 @@ async def test_command_line_serves_until_signalled(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- hostile answers, 403 and 404 ----------------------------------------------------
+
+
+async def test_billed_hostile_faults_cost_credits_like_a_success(
+    session: aiohttp.ClientSession,
+) -> None:
+    hostile = [
+        Fault.NON_UTF8,
+        Fault.SERVER_ERROR_LATIN1,
+        Fault.SCHEMA_DRIFT,
+        Fault.COUNT_WITHOUT_ITEMS,
+        Fault.SERVICE_UNAVAILABLE,
+    ]
+    script = {f"username:{fault.value}": [fault] for fault in hostile}
+    async with run_emulator(EmulatorConfig(fault_script=script, credits=100)) as emu:
+        for fault in hostile:
+            await fetch(session, emu, username=fault.value)
+    billed = {Fault.NON_UTF8, Fault.SCHEMA_DRIFT, Fault.COUNT_WITHOUT_ITEMS}
+    assert billed < BILLED_FAULTS
+    assert emu.credits_spent == 2 * len(billed)
+    assert emu.credits_remaining == 100 - 2 * len(billed)
+    # They said code 0, so they are logged as such, but they are not successes.
+    assert emu.count(status=200, body_code=0) == len(billed)
+    assert not emu.successful_targets()
+    assert [(r.status, r.body_code, r.fault) for r in emu.log] == [
+        (200, 0, Fault.NON_UTF8),
+        (500, 500, Fault.SERVER_ERROR_LATIN1),
+        (200, 0, Fault.SCHEMA_DRIFT),
+        (200, 0, Fault.COUNT_WITHOUT_ITEMS),
+        (503, 503, Fault.SERVICE_UNAVAILABLE),
+    ]
+    for fault in hostile:
+        assert emu.count(fault=fault) == 1
+
+
+async def test_billed_faults_need_credits_like_a_success(session: aiohttp.ClientSession) -> None:
+    config = EmulatorConfig(fault_script={"username:a": [Fault.SCHEMA_DRIFT]}, credits=1)
+    async with run_emulator(config) as emu:
+        status, _, body = await fetch(session, emu, username="a")
+    assert (status, json.loads(body)["code"]) == (402, 402)
+    assert emu.credits_spent == 0
+
+
+async def test_schema_drift_and_count_without_items_on_an_empty_target(
+    session: aiohttp.ClientSession,
+) -> None:
+    # empty_ratio=1: every reel is empty, yet the hostile shape must still show.
+    script = {"username:e1": [Fault.SCHEMA_DRIFT], "username:e2": [Fault.COUNT_WITHOUT_ITEMS]}
+    async with run_emulator(EmulatorConfig(fault_script=script, empty_ratio=1.0)) as emu:
+        _, _, drift = await fetch(session, emu, username="e1")
+        _, _, counted = await fetch(session, emu, username="e2")
+    assert [type(item["id"]) for item in reel(drift)["items"]] == [int]
+    assert reel(counted)["count"] == 3
+    assert "items" not in reel(counted)
+
+
+async def test_non_utf8_lands_in_a_modelled_string_for_an_empty_target(
+    session: aiohttp.ClientSession,
+) -> None:
+    script = {f"username:n{i}": [Fault.NON_UTF8] for i in range(12)}
+    async with run_emulator(EmulatorConfig(fault_script=script, empty_ratio=0.5)) as emu:
+        for i in range(12):
+            _, _, body = await fetch(session, emu, username=f"n{i}")
+            assert b'"full_name":"\xff' in body or b'"message":"succ\xffss"' in body
+    assert emu.credits_spent == 24
+
+
+async def test_forbidden_key_gets_403_before_anything_else(session: aiohttp.ClientSession) -> None:
+    good, denied = "sk_test_good_1", "sk_test_denied_2"
+    config = EmulatorConfig(
+        api_keys=frozenset({good}), forbidden_keys=frozenset({denied}), qps=1, credits=10
+    )
+    async with run_emulator(config) as emu:
+        status, _, body = await fetch(session, emu, key=denied, username="javan")
+        assert status == 403
+        assert error_body(body) == {
+            "code": 403,
+            "data": None,
+            "message": "apiKey has no permission for this endpoint",
+        }
+        # Even without a handle: permission is checked before parameters.
+        assert (await fetch(session, emu, key=denied))[0] == 403
+        # Neither entered the QPS window nor cost credits.
+        assert (await fetch(session, emu, key=good, username="javan"))[0] == 200
+    assert [(r.status, r.authorized) for r in emu.log] == [(403, True), (403, True), (200, True)]
+    assert emu.count(status=403, body_code=403) == 2
+    assert emu.credits_spent == 2
+    assert denied not in repr(config)
+    assert denied not in repr(emu.log)
+
+
+async def test_missing_accounts_get_404(session: aiohttp.ClientSession) -> None:
+    config = EmulatorConfig(
+        missing_accounts=frozenset({"username:ghost", "user_id:404"}),
+        fault_script={"username:ghost": [Fault.SERVER_ERROR]},
+        credits=100,
+    )
+    async with run_emulator(config) as emu:
+        for params in ({"username": "ghost"}, {"user_id": "404"}, {"username": "missing_bob"}):
+            status, _, body = await fetch(session, emu, **params)
+            assert status == 404, params
+            assert error_body(body) == {"code": 404, "data": None, "message": "user not found"}
+        assert (await fetch(session, emu, username="bob"))[0] == 200
+        assert (await fetch(session, emu, user_id="405"))[0] == 200
+    assert emu.count(status=404) == 3
+    assert emu.credits_spent == 4  # 404s are free
+    assert [r.fault for r in emu.log] == [None] * 5  # no fault applies to a missing account
+
+
+async def test_no_credits_is_402_before_404(session: aiohttp.ClientSession) -> None:
+    async with run_emulator(EmulatorConfig(credits=0)) as emu:
+        assert (await fetch(session, emu, username="missing_x"))[0] == 402
+
+
+async def test_missing_accounts_enter_the_qps_window(session: aiohttp.ClientSession) -> None:
+    async with run_emulator(EmulatorConfig(qps=1)) as emu:
+        assert (await fetch(session, emu, username="missing_x"))[0] == 404
+        assert (await fetch(session, emu, username="javan"))[0] == 429
+
+
+# -- the loop's clock, latency jitter and the in-memory transport ---------------------
+
+
+def _request(path_user: str, key: str = DEFAULT_TEST_KEY, base: str = "http://emu.invalid") -> Any:
+    builder = RequestBuilder(base_url=base, api_key=key, user_agent="test/1")
+    return builder.build(Target.username(path_user))
+
+
+def test_decide_runs_without_a_loop_and_returns_the_delay() -> None:
+    emu = Emulator(EmulatorConfig(latency=0.25, fault_script={"username:s": [Fault.SLOW]}))
+    answer = emu.decide({"username": "s"}, f"Bearer {DEFAULT_TEST_KEY}")
+    assert isinstance(answer, Answer)
+    assert (answer.status, answer.body_code, answer.fault) == (200, 0, Fault.SLOW)
+    assert answer.delay == pytest.approx(0.25 + 2.0)
+    assert emu.decide({"username": "s"}, None).status == 401
+    assert emu.requests_total == 2
+
+
+def test_the_emulator_runs_on_the_loops_clock() -> None:
+    emu = Emulator(EmulatorConfig(qps=2, latency=1.5))
+    transport = EmulatorTransport(emu)
+
+    async def main() -> list[tuple[int, float, float]]:
+        loop = asyncio.get_running_loop()
+        out = []
+        for _ in range(3):
+            sent = loop.time()
+            response = await transport.send(_request("javan"))
+            out.append((response.status, sent, loop.time()))
+        await asyncio.sleep(10.0)
+        response = await transport.send(_request("javan"))
+        out.append((response.status, 0.0, loop.time()))
+        await transport.aclose()
+        return out
+
+    results = run_virtual(main)
+    # Sequential sends 1.5 s apart: all three fit the 2-per-second window.
+    assert [status for status, _, _ in results] == [200, 200, 200, 200]
+    for _, sent, done in results[:3]:
+        assert done - sent == pytest.approx(1.5, abs=1e-3)
+    # The log holds the virtual arrival times, not wall-clock ones.
+    assert [r.time for r in emu.log[:3]] == pytest.approx([0.0, 1.5, 3.0], abs=1e-3)
+    assert emu.log[3].time == pytest.approx(14.5, abs=1e-3)
+
+
+def test_the_qps_window_on_a_virtual_clock() -> None:
+    emu = Emulator(EmulatorConfig(qps=2))
+    transport = EmulatorTransport(emu)
+
+    async def main() -> list[int]:
+        statuses = [
+            r.status
+            for r in await asyncio.gather(*(transport.send(_request(f"q{i}")) for i in range(3)))
+        ]
+        await asyncio.sleep(1.0)
+        statuses.append((await transport.send(_request("q3"))).status)
+        return statuses
+
+    assert run_virtual(main) == [200, 200, 429, 200]
+    assert emu.max_in_window(1.0) == 3
+
+
+def test_latency_jitter_is_uniform_bounded_and_seeded() -> None:
+    def delays(seed: int) -> list[float]:
+        emu = Emulator(EmulatorConfig(latency=0.5, latency_jitter=0.3, seed=seed))
+        transport = EmulatorTransport(emu)
+
+        async def main() -> list[float]:
+            loop = asyncio.get_running_loop()
+            out = []
+            for i in range(40):
+                start = loop.time()
+                await transport.send(_request(f"j{i}"))
+                out.append(loop.time() - start)
+            return out
+
+        return run_virtual(main)
+
+    first = delays(3)
+    assert all(0.5 - 1e-3 <= d <= 0.8 + 1e-3 for d in first)
+    assert max(first) - min(first) > 0.1  # it does vary
+    assert delays(3) == first
+    assert delays(4) != first
+
+
+async def test_transport_answers_byte_for_byte_like_http(session: aiohttp.ClientSession) -> None:
+    config = EmulatorConfig(seed=11, fault_script={"username:b": [Fault.SERVICE_UNAVAILABLE]})
+    async with run_emulator(config) as emu:
+        over_http = [await fetch(session, emu, username=name) for name in ("javan", "b")]
+    memory = EmulatorTransport(Emulator(config))
+    in_memory = [await memory.send(_request(name)) for name in ("javan", "b")]
+    await memory.aclose()
+    for (status, headers, body), answer in zip(over_http, in_memory, strict=True):
+        assert answer.status == status
+        assert answer.body == body
+        assert answer.headers["content-type"] == headers["Content-Type"]
+        assert int(answer.headers["Content-Length"]) == len(body)
+    assert in_memory[1].headers["retry-after"] == "2"
+
+
+async def test_transport_faults_reset_truncated_and_closed() -> None:
+    script = {"username:r": [Fault.RESET], "username:t": [Fault.TRUNCATED]}
+    emu = Emulator(EmulatorConfig(fault_script=script))
+    transport = EmulatorTransport(emu)
+    with pytest.raises(TransportError, match="connection reset") as info:
+        await transport.send(_request("r"), target="r")
+    assert info.value.target == "r"
+    truncated = await transport.send(_request("t"))
+    assert truncated.status == 200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(truncated.body)
+    full = await transport.send(_request("t"))
+    assert len(truncated.body) == len(full.body) // 2
+    assert [r.status for r in emu.log] == [0, 200, 200]
+    await transport.aclose()
+    with pytest.raises(TransportError, match="closed"):
+        await transport.send(_request("t"))
+    assert repr(transport) == "EmulatorTransport(closed=True)"
+
+
+async def test_transport_paths_methods_and_auth() -> None:
+    emu = Emulator()
+    transport = EmulatorTransport(emu)
+    wrong_path = await transport.send(_request("javan", base="http://emu.invalid/prefix"))
+    assert (wrong_path.status, wrong_path.body) == (404, b"404: Not Found")
+    post = Request("POST", _request("javan").url, _request("javan").headers)
+    assert (await transport.send(post)).status == 405
+    assert emu.requests_total == 0  # like aiohttp's router: never reached the emulator
+    lower = Request("GET", _request("javan").url, {"authorization": f"Bearer {DEFAULT_TEST_KEY}"})
+    assert (await transport.send(lower)).status == 200
+    assert (await transport.send(_request("javan", key="sk_test_wrong"))).status == 401
+    repeated = Request(
+        "GET",
+        "http://emu.invalid/v1/instagram/fetch_user_stories?username=a&username=b",
+        {"Authorization": f"Bearer {DEFAULT_TEST_KEY}"},
+    )
+    assert (await transport.send(repeated)).status == 200
+    assert emu.log[-1].username == "a"
+    await transport.aclose()

@@ -25,7 +25,16 @@ from keyapi_async import (
     PermissionDeniedError,
     ResponseDecodeError,
 )
-from keyapi_async.testing import EmulatorConfig, Fault, run_emulator
+from keyapi_async.testing import (
+    Emulator,
+    EmulatorConfig,
+    EmulatorTransport,
+    Fault,
+    run_emulator,
+)
+
+from .test_transport import ScriptedServer
+from .virtual_clock import run_virtual
 
 ClientFactory = Callable[..., KeyAPIClient]
 
@@ -38,22 +47,29 @@ def names(n: int, prefix: str = "user") -> list[str]:
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2])
-async def test_a_reset_is_never_re_sent_behind_our_back(
-    api_key: str, make_client: ClientFactory, max_attempts: int
+async def test_a_dropped_connection_is_never_re_sent_behind_our_back(
+    api_key: str, max_attempts: int
 ) -> None:
     # aiohttp re-sends an idempotent GET once when a kept-alive connection
-    # dies; each of those is a paid request the client never counted.
-    script = {"username:victim": [Fault.RESET] * 4}
-    config = EmulatorConfig(api_keys=frozenset({api_key}), fault_script=script)
-    async with (
-        run_emulator(config) as emu,
-        make_client(emu, max_attempts=max_attempts, concurrency=1) as client,
-    ):
-        await client.fetch_user_stories(username="warmup")  # a kept-alive connection
-        with pytest.raises(keyapi_async.TransportError):
-            await client.fetch_user_stories(username="victim")
-        assert len(emu.records_for("username:victim")) == max_attempts
-        assert client.stats.requests_sent == 1 + max_attempts
+    # dies before the answer; each of those is a paid request the client
+    # never counted (max_attempts=1 put 2 on the wire, max_attempts=2 put 4).
+    script = ["ok"] + ["close"] * max_attempts
+    async with ScriptedServer(script) as server:
+        client = KeyAPIClient(
+            api_key,
+            base_url=server.base_url,
+            qps=None,
+            max_attempts=max_attempts,
+            backoff_base=0.01,
+            backoff_cap=0.01,
+            concurrency=1,
+        )
+        async with client:
+            await client.fetch_user_stories(username="warmup")  # a kept-alive connection
+            with pytest.raises(keyapi_async.TransportError):
+                await client.fetch_user_stories(username="victim")
+            assert server.requests == 1 + max_attempts
+            assert client.stats.requests_sent == 1 + max_attempts
 
 
 async def test_billed_undecodable_answers_count_and_max_credits_holds(
@@ -184,6 +200,35 @@ async def test_cancellation_from_outside_propagates_and_closes(
                     pass
         assert scope.cancelled_caught
         assert client.stats.in_flight == 0
+
+
+def test_stop_frees_every_worker_waiting_at_the_gate_at_once() -> None:
+    # 300 workers (derived from qps=10) wait for a turn; after stop() they
+    # must not drain one turn at a time (that took 30 s).
+    emulator = Emulator(EmulatorConfig(api_keys=frozenset({"sk_test_v"}), latency=0.2))
+
+    async def main() -> tuple[float, int, int]:
+        loop = asyncio.get_running_loop()
+        client = KeyAPIClient(
+            "sk_test_v",
+            base_url="http://127.0.0.1:9",
+            qps=10,
+            transport=EmulatorTransport(emulator),
+        )
+        async with client, client.fetch_many(names(1000)) as batch:
+            seen = 0
+            async for result in batch:
+                seen += 1
+                if seen == 5:
+                    batch.stop("interrupted")
+                    stopped_at = loop.time()
+            drained = loop.time() - stopped_at
+        return drained, seen, emulator.requests_total
+
+    drained, seen, sent = run_virtual(main)
+    assert seen == 1000  # one result per target, the rest not_attempted
+    assert drained < 1.0, drained
+    assert sent <= 10
 
 
 # -- asyncio only -------------------------------------------------------------------------

@@ -12,10 +12,14 @@ from keyapi_async import (
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
+    ConnectError,
+    GateUnavailableError,
     InsufficientCreditsError,
     InvalidTargetError,
     KeyAPIError,
     NotAttemptedError,
+    NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     RequestTimeoutError,
     ResponseDecodeError,
@@ -30,14 +34,18 @@ TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (InvalidTargetError, (KeyAPIError, ValueError)),
     (ConfigurationError, (KeyAPIError, ValueError)),
     (TransportError, (KeyAPIError,)),
+    (ConnectError, (TransportError,)),
     (RequestTimeoutError, (TransportError,)),
     (ResponseDecodeError, (KeyAPIError,)),
     (APIStatusError, (KeyAPIError,)),
     (BadRequestError, (APIStatusError,)),
     (AuthenticationError, (APIStatusError,)),
     (InsufficientCreditsError, (APIStatusError,)),
+    (PermissionDeniedError, (APIStatusError,)),
+    (NotFoundError, (APIStatusError,)),
     (RateLimitError, (APIStatusError,)),
     (ServerError, (APIStatusError,)),
+    (GateUnavailableError, (KeyAPIError,)),
     (NotAttemptedError, (KeyAPIError,)),
 ]
 
@@ -56,6 +64,18 @@ def test_tree_has_no_other_cross_links() -> None:
     assert not issubclass(APIStatusError, ValueError)
     assert not issubclass(NotAttemptedError, APIStatusError)
     assert not issubclass(InvalidTargetError, ConfigurationError)
+    assert not issubclass(GateUnavailableError, TransportError)
+    assert not issubclass(ConnectError, RequestTimeoutError)
+
+
+def test_every_class_in_the_tree_is_drawn_in_the_module_docstring() -> None:
+    import keyapi_async._errors as errors
+
+    doc = errors.__doc__ or ""
+    for cls, _ in TREE:
+        assert cls.__name__ in doc, cls.__name__
+    assert errors.__all__ == sorted(errors.__all__)
+    assert {cls.__name__ for cls, _ in TREE} == set(errors.__all__)
 
 
 def test_every_error_is_exported() -> None:
@@ -71,14 +91,18 @@ def test_every_error_is_exported() -> None:
         (InvalidTargetError, False),
         (ConfigurationError, False),
         (TransportError, True),
+        (ConnectError, True),
         (RequestTimeoutError, True),
         (ResponseDecodeError, True),
         (APIStatusError, False),
         (BadRequestError, False),
         (AuthenticationError, False),
         (InsufficientCreditsError, False),
+        (PermissionDeniedError, False),
+        (NotFoundError, False),
         (RateLimitError, True),
         (ServerError, True),
+        (GateUnavailableError, False),
         (NotAttemptedError, False),
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
@@ -128,6 +152,43 @@ def test_rate_limit_error_fields_and_repr() -> None:
         "target='javan', retry_after=1.5)"
     )
     assert RateLimitError("x", status=200, code=429).retry_after is None
+    assert "retry_after" not in repr(RateLimitError("x", status=200, code=429))
+
+
+def test_retry_after_lives_on_every_status_error() -> None:
+    unavailable = ServerError("unavailable", status=503, code=503, retry_after=2.0)
+    assert unavailable.retry_after == 2.0
+    assert repr(unavailable) == (
+        "ServerError('unavailable', status=503, code=503, request_id=None, target=None, "
+        "retry_after=2.0)"
+    )
+    assert str(unavailable) == "HTTP 503: unavailable"
+    for cls in (APIStatusError, PermissionDeniedError, NotFoundError, AuthenticationError):
+        assert cls("m", status=400, code=None).retry_after is None
+
+
+def test_permission_denied_and_not_found() -> None:
+    denied = PermissionDeniedError(
+        "apiKey has no permission for this endpoint", status=403, code=403, request_id="r"
+    )
+    assert str(denied) == "HTTP 403: apiKey has no permission for this endpoint [request r]"
+    missing = NotFoundError("user not found", status=200, code=404, target="ghost")
+    assert str(missing) == "HTTP 200 (code 404): user not found (target: ghost)"
+    assert repr(missing) == (
+        "NotFoundError('user not found', status=200, code=404, request_id=None, target='ghost')"
+    )
+
+
+def test_connect_and_gate_errors() -> None:
+    refused = ConnectError("connection refused by 127.0.0.1:9", target="javan")
+    assert isinstance(refused, TransportError)
+    assert str(refused) == "connection refused by 127.0.0.1:9 (target: javan)"
+    gate = GateUnavailableError("shared rate gate at redis://127.0.0.1:6390/0 unreachable")
+    assert str(gate) == "shared rate gate at redis://127.0.0.1:6390/0 unreachable"
+    assert repr(gate) == (
+        "GateUnavailableError('shared rate gate at redis://127.0.0.1:6390/0 unreachable', "
+        "target=None)"
+    )
 
 
 def test_response_decode_error_fields_and_repr() -> None:
@@ -135,8 +196,14 @@ def test_response_decode_error_fields_and_repr() -> None:
         "empty response body", status=200, snippet="", request_id=None, target="javan"
     )
     assert (error.status, error.snippet, error.request_id) == (200, "", None)
+    assert error.billed is False
     assert str(error) == "empty response body (target: javan)"
     assert repr(error) == "ResponseDecodeError('empty response body', status=200, target='javan')"
+    billed = ResponseDecodeError("response JSON does not match", status=200, billed=True)
+    assert billed.billed is True
+    assert repr(billed) == (
+        "ResponseDecodeError('response JSON does not match', status=200, target=None, billed=True)"
+    )
 
 
 def test_invalid_target_error_str_and_repr() -> None:
@@ -159,6 +226,8 @@ def test_not_attempted_error() -> None:
     assert bare.message == "not attempted: batch stopped"
     assert bare.cause is None
     assert "batch stopped" in NOT_ATTEMPTED_REASONS
+    assert "permission denied" in NOT_ATTEMPTED_REASONS
+    assert "API unreachable" in NOT_ATTEMPTED_REASONS
 
 
 PICKLE_CASES: list[KeyAPIError] = [
@@ -166,16 +235,22 @@ PICKLE_CASES: list[KeyAPIError] = [
     InvalidTargetError("user_id must be 1-30 digits", value="12a"),
     ConfigurationError("qps must be a finite number > 0, got 0"),
     TransportError("connection closed", target="id:1"),
+    ConnectError("connection refused", target="id:2"),
     RequestTimeoutError("no complete answer within 0.3 s", target="javan"),
     ResponseDecodeError(
         "response body is not valid JSON", status=200, snippet='{"co', request_id="q", target="a"
     ),
+    ResponseDecodeError("reel says count 3 but has no items", status=200, billed=True),
     APIStatusError("redirect", status=302, code=None, target="javan"),
     BadRequestError("Missing required parameter: handle", status=400, code=400, request_id="r"),
     AuthenticationError("apiKey is null", status=401, code=401, request_id="r", target="t"),
     InsufficientCreditsError("apiKey quota is not enough", status=402, code=402),
     RateLimitError("qps limit exceeded", status=429, code=429, target="t", retry_after=2.0),
     ServerError("Internal server error", status=200, code=500, request_id="z"),
+    ServerError("unavailable", status=503, code=503, retry_after=2.0),
+    PermissionDeniedError("no permission", status=403, code=403, request_id="p"),
+    NotFoundError("user not found", status=404, code=404, target="ghost"),
+    GateUnavailableError("shared rate gate unreachable"),
     NotAttemptedError(
         "authentication failed",
         target="javan",

@@ -63,3 +63,18 @@ def test_unreadable_input_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(CLIError, match="cannot read input") as info:
         read_input(str(tmp_path / "missing.txt"))
     assert info.value.code == 2
+
+
+def test_story_urls_are_targets_and_foreign_urls_are_not() -> None:
+    plan = parse_lines(
+        [
+            "https://www.instagram.com/stories/javan/3312345678901234567/?igsh=MWQ1",
+            "javan",
+            "instagram.com/stories/other.user/1/",
+            "https://example.com/javan",
+        ]
+    )
+    assert plan.targets == ["javan", "other.user"]
+    assert plan.duplicates == 1
+    (invalid,) = plan.invalid
+    assert (invalid.text, invalid.reason) == ("https://example.com/javan", "not an Instagram URL")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
+import keyapi_async
 from keyapi_async import (
     InsufficientCreditsError,
     InvalidTargetError,
@@ -165,10 +169,41 @@ def test_error_messages_are_redacted() -> None:
 
 
 def test_resume_command_adds_resume_once_and_drops_overwrite() -> None:
+    argv0 = "keyapi-stories"  # as a shell passes it when PATH found the script
     assert (
-        resume_command(["fetch", "my targets.txt", "-o", "out.jsonl", "--overwrite"])
+        resume_command(["fetch", "my targets.txt", "-o", "out.jsonl", "--overwrite"], argv0)
         == "keyapi-stories fetch 'my targets.txt' -o out.jsonl --resume"
     )
-    assert resume_command(["fetch", "-", "-o", "o", "--resume"]) == (
+    assert resume_command(["fetch", "-", "-o", "o", "--resume"], argv0) == (
         "keyapi-stories fetch - -o o --resume"
     )
+
+
+def test_resume_command_starts_the_way_this_process_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After `python3 -m venv .venv && .venv/bin/pip install ...` the script is
+    # not on PATH: the hint must name it by the path it was started with.
+    script = tmp_path / ".venv" / "bin" / "keyapi-stories"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", os.defpath)
+    args = ["fetch", "t.txt", "-o", "o.jsonl"]
+    assert resume_command(args, ".venv/bin/keyapi-stories") == (
+        ".venv/bin/keyapi-stories fetch t.txt -o o.jsonl --resume"
+    )
+    assert resume_command(args, str(script)) == (
+        ".venv/bin/keyapi-stories fetch t.txt -o o.jsonl --resume"
+    )
+    # Once on PATH (an activated venv), the bare name.
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert resume_command(args, str(script)) == "keyapi-stories fetch t.txt -o o.jsonl --resume"
+    # `python -m keyapi_async`: this interpreter, then -m.
+    main_py = str(Path(keyapi_async.__file__).parent / "__main__.py")
+    command = shlex.split(resume_command(args, main_py))
+    assert command[1:] == ["-m", "keyapi_async", *args, "--resume"]
+    assert os.path.samefile(command[0], sys.executable)
+    # Another program's __main__.py (pytest's, say) is not ours.
+    assert resume_command(args, "/somewhere/else/__main__.py").startswith("keyapi-stories ")

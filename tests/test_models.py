@@ -86,6 +86,7 @@ def test_seed_envelope_header(envelope: StoriesEnvelope) -> None:
     assert envelope.message == "success"
     assert envelope.request_id == "e9ddf3f9-1bf1-4c64-be2f-aa8c056fd2a8"
     assert isinstance(envelope.data, StoriesData)
+    assert isinstance(envelope.data.data, WireReel)
     assert envelope.reel is envelope.data.data
 
 
@@ -434,7 +435,7 @@ def test_unknown_fields_are_ignored(seed_dict: dict[str, Any]) -> None:
     with_extras = decode_envelope(_body(doc))
     assert with_extras == decode_envelope(_body(seed_dict))
     assert with_extras.reel is not None
-    assert with_extras.reel.items[0].id == FIRST_ID
+    assert with_extras.reel.to_reel().items[0].id == FIRST_ID
 
 
 def test_null_reel_is_handled() -> None:

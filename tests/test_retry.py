@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 
 from keyapi_async import (
+    APIStatusError,
     AuthenticationError,
     BadRequestError,
+    ConnectError,
+    GateUnavailableError,
     InsufficientCreditsError,
+    NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     ResponseDecodeError,
     ServerError,
@@ -67,6 +72,10 @@ def test_transient_errors_are_retried_until_attempts_run_out(error: KeyAPIError)
         BadRequestError("bad", status=400, code=400),
         AuthenticationError("apiKey is invalid", status=401, code=401),
         InsufficientCreditsError("apiKey quota is not enough", status=402, code=402),
+        PermissionDeniedError("no permission", status=403, code=403, retry_after=1.0),
+        NotFoundError("user not found", status=404, code=404),
+        NotFoundError("user not found", status=200, code=404),
+        GateUnavailableError("shared rate gate unreachable"),
         InvalidTargetError("bad username", value="a b"),
     ],
 )
@@ -88,3 +97,68 @@ def test_wait_for_ignores_attempt_budget() -> None:
 def test_policy_validates_and_names_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         RetryPolicy(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("unavailable", status=503, code=503, retry_after=2.0),
+        ServerError("boom", status=500, code=500, retry_after=2.0),
+        ServerError("upstream", status=200, code=500, retry_after=2.0),
+        _rate_limit(2.0),
+    ],
+    ids=["503", "500", "code-500-in-200", "429"],
+)
+def test_retry_after_is_honoured_for_every_retryable_status(error: APIStatusError) -> None:
+    policy = RetryPolicy(max_attempts=5, backoff_base=0.01, backoff_cap=0.05)
+    # rand would give a tiny backoff: the server's 2 s must win instead.
+    assert policy.delay_for(1, error, rand=lambda: 0.5) == 2.0
+    assert policy.wait_for(4, error, rand=lambda: 0.5) == 2.0
+
+
+def test_retry_after_of_any_status_is_capped() -> None:
+    policy = RetryPolicy(max_attempts=5, retry_after_cap=1.5)
+    error = ServerError("unavailable", status=503, code=503, retry_after=3600.0)
+    assert policy.delay_for(1, error) == 1.5
+
+
+def test_a_server_error_without_retry_after_uses_full_jitter() -> None:
+    policy = RetryPolicy(max_attempts=5, backoff_base=0.5, backoff_cap=20.0)
+    error = ServerError("unavailable", status=503, code=503)
+    assert policy.delay_for(3, error, rand=lambda: 0.25) == pytest.approx(0.5)
+    assert policy.delay_for(3, error, rand=lambda: 0.0) == 0.0
+
+
+def test_retry_after_on_a_non_retryable_error_does_not_change_its_wait() -> None:
+    # wait_for is also the gate's cooldown source; a 403's header is not a rate signal.
+    policy = RetryPolicy(backoff_base=1.0, backoff_cap=1.0)
+    denied = PermissionDeniedError("no", status=403, code=403, retry_after=30.0)
+    assert policy.wait_for(1, denied, rand=lambda: 0.5) == 0.5
+
+
+def test_a_billed_decode_error_is_retried_at_most_once() -> None:
+    policy = RetryPolicy(max_attempts=10, backoff_base=0.5, backoff_cap=20.0)
+    billed = ResponseDecodeError("schema drift", status=200, billed=True)
+    assert policy.delay_for(1, billed, rand=lambda: 0.5) == pytest.approx(0.25)
+    # Each retry is paid: the second billed failure ends it, whatever max_attempts says.
+    assert policy.delay_for(2, billed, rand=lambda: 0.5) is None
+    assert policy.delay_for(7, billed, rand=lambda: 0.5) is None
+    # A billed answer after other failures ends it too: one paid retry in total at most.
+    assert RetryPolicy(max_attempts=1).delay_for(1, billed) is None
+
+
+def test_an_unbilled_decode_error_keeps_the_attempt_budget() -> None:
+    policy = RetryPolicy(max_attempts=4)
+    free = ResponseDecodeError("truncated", status=200)
+    assert [policy.delay_for(n, free, rand=lambda: 0.5) is not None for n in (1, 2, 3, 4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
+def test_connect_errors_are_retried_like_transport_errors() -> None:
+    policy = RetryPolicy(max_attempts=2, backoff_base=1.0, backoff_cap=1.0)
+    assert policy.delay_for(1, ConnectError("refused"), rand=lambda: 0.5) == 0.5
+    assert policy.delay_for(2, ConnectError("refused"), rand=lambda: 0.5) is None

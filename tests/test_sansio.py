@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import random
 import secrets
 from pathlib import Path
 from typing import Any
@@ -470,3 +471,294 @@ def test_error_code_with_a_null_message_is_still_the_api_error() -> None:
     with pytest.raises(AuthenticationError) as info:
         parse_response(200, JSON_HEADERS, body)
     assert (info.value.status, info.value.code, info.value.request_id) == (200, 401, "r")
+
+
+# -- 403 and 404 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"), [(403, PermissionDeniedError), (404, NotFoundError)], ids=["403", "404"]
+)
+@pytest.mark.parametrize("status", [200, "code"], ids=["in-a-200", "by-status"])
+def test_403_and_404_have_their_own_classes_by_status_and_by_body_code(
+    code: int, cls: type[APIStatusError], status: int | str
+) -> None:
+    http_status = code if status == "code" else 200
+    with pytest.raises(cls) as info:
+        parse_response(http_status, JSON_HEADERS, envelope(code, "no"), target="ghost")
+    error = info.value
+    assert (error.status, error.code, error.target) == (http_status, code, "ghost")
+    assert not error.retryable
+
+
+def test_non_json_403_and_404_still_map_by_status() -> None:
+    with pytest.raises(PermissionDeniedError):
+        parse_response(403, {"Content-Type": "text/html"}, b"<h1>Forbidden</h1>")
+    with pytest.raises(NotFoundError):
+        parse_response(404, {}, b"")
+
+
+# -- bytes that are not UTF-8 -----------------------------------------------------
+
+
+def test_non_utf8_inside_a_2xx_json_string_is_a_billed_decode_error() -> None:
+    body = SEED_BODY.replace(b'"full_name": "', b'"full_name": "\xff', 1)
+    assert body != SEED_BODY
+    with pytest.raises(ResponseDecodeError) as info:
+        parse_response(200, JSON_HEADERS, body, target="javan")
+    error = info.value
+    assert error.message == "response body is not valid UTF-8"
+    assert error.billed  # the body said code 0: the API charged for it
+    assert error.request_id == "e9ddf3f9-1bf1-4c64-be2f-aa8c056fd2a8"
+    assert error.retryable
+    assert error.__context__ is None
+    assert error.__cause__ is None
+
+
+def test_non_utf8_in_the_message_of_a_code_0_body() -> None:
+    body = b'{"code": 0, "message": "succ\xffss", "data": {"data": null}}'
+    with pytest.raises(ResponseDecodeError) as info:
+        parse_response(200, JSON_HEADERS, body)
+    assert info.value.billed
+    assert info.value.snippet.startswith('{"code": 0, "message": "succ\ufffdss"')
+
+
+def test_non_utf8_in_an_error_code_inside_a_200_keeps_the_code() -> None:
+    body = b'{"code": 500, "message": "d\xe9faillance", "data": null, "requestId": "r"}'
+    with pytest.raises(ServerError) as info:
+        parse_response(200, JSON_HEADERS, body)
+    assert (info.value.status, info.value.code, info.value.request_id) == (200, 500, "r")
+    assert info.value.message == "d\ufffdfaillance"
+
+
+def test_latin1_message_on_a_500_is_a_server_error() -> None:
+    message = "Erreur interne du serveur : délai dépassé".encode("latin-1")
+    body = b'{"code":500,"data":null,"message":"' + message + b'","requestId":"q-1"}'
+    headers = {"Content-Type": "application/json; charset=iso-8859-1"}
+    with pytest.raises(ServerError) as info:
+        parse_response(500, headers, body, target="javan")
+    error = info.value
+    assert (error.status, error.code, error.request_id, error.target) == (500, 500, "q-1", "javan")
+    assert error.message == "Erreur interne du serveur : d\ufffdlai d\ufffdpass\ufffd"
+    assert error.retryable
+    assert error.__context__ is None
+
+
+def test_latin1_without_a_code_on_a_500_is_still_a_server_error() -> None:
+    with pytest.raises(ServerError) as info:
+        parse_response(500, {}, b'{"message": "\xe9chec"}')
+    assert info.value.code is None
+    assert info.value.message == "HTTP 500 with a JSON body that has no usable code"
+
+
+# -- malformed is not empty -------------------------------------------------------
+
+
+def test_count_without_items_is_a_billed_decode_error_not_an_empty_reel() -> None:
+    body = envelope(0, "success", data={"data": {"additional_data": {"id": "1"}, "count": 3}})
+    with pytest.raises(ResponseDecodeError) as info:
+        parse_response(200, JSON_HEADERS, body, target="javan")
+    error = info.value
+    assert error.message == "reel says count 3 but has no items"
+    assert error.billed
+    assert (error.status, error.request_id, error.target) == (200, "req-1", "javan")
+
+
+@pytest.mark.parametrize(
+    "reel",
+    [{"count": 0}, {"additional_data": {"id": "7"}}, {"count": 0, "additional_data": None}, {}],
+)
+def test_missing_items_is_empty_only_without_a_positive_count(reel: dict[str, Any]) -> None:
+    parsed = parse_response(200, JSON_HEADERS, envelope(0, "success", data={"data": reel}))
+    assert parsed.items == []
+    assert parsed.is_empty
+    assert parsed.count == 0
+    if reel.get("additional_data"):
+        assert parsed.additional_data is not None
+        assert parsed.additional_data.id == "7"
+
+
+def test_items_present_but_empty_is_still_empty_whatever_the_count() -> None:
+    # An explicit empty list is the API's own way to say "no stories".
+    body = envelope(0, "success", data={"data": {"count": 2, "items": []}})
+    assert parse_response(200, JSON_HEADERS, body).is_empty
+
+
+def test_a_decoded_reel_is_the_public_type() -> None:
+    reel = parse_response(200, JSON_HEADERS, SEED_BODY)
+    assert type(reel) is Reel
+    assert type(parse_response(200, JSON_HEADERS, envelope(0, "ok", data={"data": {}}))) is Reel
+
+
+# -- schema drift is billed -------------------------------------------------------
+
+
+def test_schema_drift_in_a_code_0_body_is_billed() -> None:
+    data = json.loads(SEED_BODY)
+    data["data"]["data"]["items"][0]["id"] = 3849025813912605899
+    with pytest.raises(ResponseDecodeError) as info:
+        parse_response(200, JSON_HEADERS, json.dumps(data).encode())
+    assert info.value.billed
+    assert info.value.message == "response JSON does not match the stories schema"
+    assert "billed=True" in repr(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"<html/>", b'{"code": "0"}', b"[1, 2]", SEED_BODY[:-3], b'{"message": "success"}'],
+)
+def test_undecodable_bodies_without_code_0_are_not_billed(body: bytes) -> None:
+    with pytest.raises(ResponseDecodeError) as info:
+        parse_response(200, JSON_HEADERS, body)
+    assert not info.value.billed
+
+
+# -- Retry-After on every error status ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(503, ServerError), (500, ServerError), (502, ServerError), (429, RateLimitError)],
+)
+def test_retry_after_is_attached_to_every_retryable_status(
+    status: int, cls: type[APIStatusError]
+) -> None:
+    headers = {"Content-Type": "application/json", "Retry-After": "2"}
+    with pytest.raises(cls) as info:
+        parse_response(status, headers, envelope(status, "unavailable"))
+    assert info.value.retry_after == 2.0
+    html = {"Content-Type": "text/html", "retry-after-ms": "750"}
+    with pytest.raises(cls) as info:
+        parse_response(status, html, b"<html>busy</html>")
+    assert info.value.retry_after == 0.75
+
+
+def test_retry_after_is_none_when_absent_and_read_for_body_codes_too() -> None:
+    with pytest.raises(ServerError) as info:
+        parse_response(503, JSON_HEADERS, envelope(503, "unavailable"))
+    assert info.value.retry_after is None
+    with pytest.raises(ServerError) as info:
+        parse_response(200, {"Retry-After": "4"}, envelope(500, "upstream"))
+    assert info.value.retry_after == 4.0
+    with pytest.raises(NotFoundError) as missing:
+        parse_response(404, {"Retry-After": "4"}, envelope(404, "user not found"))
+    assert missing.value.retry_after == 4.0  # attached; the policy never retries a 404
+
+
+# -- nothing escapes the error tree ---------------------------------------------------
+
+
+def test_absurd_nesting_is_a_decode_error_not_a_recursion_error() -> None:
+    deep = b'{"code": 0, "junk": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ResponseDecodeError) as info:
+        parse_response(200, JSON_HEADERS, deep)
+    assert info.value.message == "response JSON is nested too deeply"
+    assert not info.value.billed
+    with pytest.raises(ServerError):
+        parse_response(500, JSON_HEADERS, deep)
+
+
+_HOSTILE_STATUSES: tuple[int, ...] = (0, 100, 199, 200, 201, 204, 299, 300, 302, 399, 400)
+_HOSTILE_STATUSES += (401, 402, 403, 404, 418, 429, 499, 500, 502, 503, 504, 599, 600, 999)
+_HOSTILE_FRAGMENTS = (
+    b"\xff",
+    b"\xfe",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xe9",
+    b"\x00",
+    b"\\ud800",
+    b"\\udc00\\ud800",
+    b'"',
+    b"\\",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"null",
+    b"1e999",
+    b"-0",
+    b"123456789012345678901234567890",
+    b'"code":',
+    b'"items":',
+    b'"count":3',
+    b"[" * 5000,
+)
+_HOSTILE_HEADERS: tuple[dict[str, str], ...] = (
+    {},
+    {"Retry-After": "2"},
+    {"Retry-After": "nan"},
+    {"Retry-After": "1e400"},
+    {"Retry-After": "-3"},
+    {"Retry-After": "Mon, 32 Foo 99999 99:99:99 GMT"},
+    {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"},
+    {"Retry-After": "Mon, 01 Jan 0001 00:00:00 GMT"},
+    {"retry-after-ms": "1_000"},
+    {"retry-after-ms": "\x00"},
+    {"Location": "\udcff"},
+    {"Content-Type": "text/html; charset=\xff"},
+)
+
+
+def _hostile_bodies(rng: random.Random, count: int) -> list[bytes]:
+    templates = [
+        SEED_BODY,
+        envelope(0, "success", data={"data": {"count": 3}}),
+        envelope(500, "Internal server error"),
+        envelope(429, "qps limit exceeded"),
+        b'{"code":0,"message":"success","data":{"data":{"items":[{"id":"1"}]}}}',
+        b"",
+        b"<html>502</html>",
+    ]
+    bodies: list[bytes] = [*templates]
+    for _ in range(count):
+        body = bytearray(rng.choice(templates))
+        for _ in range(rng.randint(1, 4)):
+            action = rng.randrange(4)
+            at = rng.randint(0, len(body))
+            if action == 0:
+                body[at:at] = rng.choice(_HOSTILE_FRAGMENTS)
+            elif action == 1 and body:
+                body[min(at, len(body) - 1)] = rng.randrange(256)
+            elif action == 2:
+                del body[at:]
+            else:
+                body[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        bodies.append(bytes(body))
+    return bodies
+
+
+def _outcome(status: int, headers: dict[str, str], body: bytes) -> Reel | KeyAPIError:
+    # Anything but a KeyAPIError propagates and fails the test.
+    try:
+        return parse_response(status, headers, body, target="t")
+    except KeyAPIError as error:
+        return error
+
+
+def test_nothing_but_the_error_tree_ever_escapes_parse_response() -> None:
+    rng = random.Random(8)
+    outcomes: set[str] = set()
+    for body in _hostile_bodies(rng, 3000):
+        status = rng.choice(_HOSTILE_STATUSES)
+        result = _outcome(status, rng.choice(_HOSTILE_HEADERS), body)
+        outcomes.add(type(result).__name__)
+        if isinstance(result, Reel):
+            assert 200 <= status < 300
+            assert type(result) is Reel
+            continue
+        assert result.target == "t"
+        # msgspec's exceptions can quote the body: never chained in.
+        assert result.__cause__ is None
+        assert result.__context__ is None
+        if 200 <= status < 300:
+            assert isinstance(result, (ResponseDecodeError, APIStatusError))
+        else:
+            assert isinstance(result, APIStatusError)
+            assert result.status == status
+        assert str(result)
+        assert repr(result)
+    # The generator reaches the interesting branches, not just one of them.
+    assert {"Reel", "ResponseDecodeError", "ServerError", "RateLimitError"} <= outcomes

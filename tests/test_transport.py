@@ -24,6 +24,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from keyapi_async._config import mask_proxy_url, validate_proxy_url
 from keyapi_async._errors import (
     ConfigurationError,
     ConnectError,
@@ -32,7 +33,7 @@ from keyapi_async._errors import (
 )
 from keyapi_async._sansio import ENDPOINT_PATH, Request, RequestBuilder
 from keyapi_async._targets import Target
-from keyapi_async._transport import AiohttpTransport, mask_proxy_url, validate_proxy_url
+from keyapi_async._transport import AiohttpTransport
 
 from ._proxy import ConnectProxy
 

@@ -5,6 +5,7 @@ engine against the embedded emulator) and ``emulator`` (serve the emulator).
 Module map: ``_args`` (argparse), ``_inputs`` (target lines), ``_ledger``
 (JSONL write/read/resume), ``_apikey`` (key sources, redaction), ``_fetch``
 (the run), ``_progress`` (bar, lines, summary), ``_signals`` (Ctrl-C),
+``_logs`` (``-v``), ``_invocation`` (how to print commands that run as pasted),
 ``_demo`` and ``_emulator`` (the other subcommands), ``_exit`` (statuses).
 """
 
@@ -58,11 +59,13 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         progress_interval=args.progress_interval,
         grace=args.grace,
         fsync=args.fsync,
+        quiet=args.quiet,
+        verbose=args.verbose,
     )
     # The key is checked before reading the input: a missing key should not
     # cost a long read from stdin first. --dry-run sends nothing, needs none.
     key = None if args.dry_run else resolve_api_key(args.api_key_file)
-    if args.input == "-" and sys.stdin is not None and sys.stdin.isatty():
+    if args.input == "-" and sys.stdin is not None and sys.stdin.isatty() and not args.quiet:
         print("reading targets from the terminal; end with Ctrl-D", file=sys.stderr)
     plan = read_input(args.input, user_ids=args.user_ids)
     if args.dry_run:
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "emulator":
             from ._emulator import run_emulator_command
 
-            return asyncio.run(run_emulator_command(args))
+            return run_emulator_command(args)
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     except CLIError as exc:

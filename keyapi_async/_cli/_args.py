@@ -31,7 +31,7 @@ Start with:  keyapi-stories demo
 """
 
 _FETCH_DESCRIPTION = f"""\
-Read targets one per line: usernames, @handles, profile URLs, or id:<digits>
+Read targets one per line: usernames, @handles, profile or story URLs, or id:<digits>
 for numeric user ids (bare digits with --user-ids). Blank lines and # comments
 are ignored; duplicates (after normalisation) are fetched once.
 

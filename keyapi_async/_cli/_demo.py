@@ -18,6 +18,7 @@ from ._apikey import Redactor
 from ._args import DEMO_OUTPUT
 from ._fetch import FetchSettings, Job, execute, make_client, prepare_job
 from ._inputs import parse_lines
+from ._invocation import shell_command
 
 __all__ = ["DEMO_FAULTS", "run_demo"]
 
@@ -39,10 +40,12 @@ def run_demo(args: argparse.Namespace) -> int:
     names = [f"demo_user_{number:04d}" for number in range(1, args.accounts + 1)]
     job = prepare_job(parse_lines(names), output, resume=False, overwrite=overwrite, fsync=False)
     code = asyncio.run(_demo(args, job))
-    print(f"Ledger: {os.path.abspath(output)} ({job.writer.written} lines)")
-    print(
-        "Next: export KEYAPI_API_KEY=...  then  keyapi-stories fetch targets.txt -o stories.jsonl"
-    )
+    if not args.quiet:
+        # Spelled the way this process was started, so it runs as pasted
+        # even when the script's directory (.venv/bin) is not on PATH.
+        fetch = shell_command(["fetch", "targets.txt", "-o", "stories.jsonl"])
+        print(f"Ledger: {os.path.abspath(output)} ({job.writer.written} lines)")
+        print(f"Next: export KEYAPI_API_KEY=...  then  {fetch}")
     return code
 
 
@@ -58,21 +61,25 @@ async def _demo(args: argparse.Namespace, job: Job) -> int:
             progress=args.progress,
             progress_interval=args.progress_interval,
             grace=5.0,
+            quiet=args.quiet,
+            verbose=args.verbose,
         )
         faults = ", ".join(f"{rate:.0%} {fault.value}" for fault, rate in DEMO_FAULTS.items())
-        print(
-            f"demo: emulator at {emulator.base_url} (QPS cap {args.qps:g}; faults: {faults}); "
-            f"fetching {args.accounts} synthetic accounts at up to {settings.qps:g} req/s",
-            file=sys.stderr,
-            flush=True,
-        )
+        if not args.quiet:
+            print(
+                f"demo: emulator at {emulator.base_url} (QPS cap {args.qps:g}; faults: {faults}); "
+                f"fetching {args.accounts} synthetic accounts at up to {settings.qps:g} req/s",
+                file=sys.stderr,
+                flush=True,
+            )
         client = make_client(settings, DEFAULT_TEST_KEY)
         code = await execute(client, job, settings, redact=Redactor(None), resume_hint=None)
-        print(
-            f"emulator saw {emulator.requests_total} requests: "
-            f"{emulator.count(status=200, body_code=0)} successful, "
-            f"{emulator.count(status=429)} answered 429, "
-            f"{sum(emulator.count(fault=fault) for fault in Fault)} with injected faults",
-            file=sys.stderr,
-        )
+        if not args.quiet:
+            print(
+                f"emulator saw {emulator.requests_total} requests: "
+                f"{emulator.count(status=200, body_code=0)} successful, "
+                f"{emulator.count(status=429)} answered 429, "
+                f"{sum(emulator.count(fault=fault) for fault in Fault)} with injected faults",
+                file=sys.stderr,
+            )
     return code

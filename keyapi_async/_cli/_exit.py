@@ -17,7 +17,8 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     """Bad command line, unreadable input or ledger, no API key, or OUT exists."""
     STOPPED = 3
-    """The API answered 401 (bad key) or 402 (credits exhausted); the rest were not sent."""
+    """The API answered 401 (bad key), 403 (key not allowed) or 402 (no credits); the rest
+    were not sent."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C (SIGINT) or SIGTERM; everything finished was written."""
 
@@ -28,7 +29,8 @@ exit status:
   1    some targets failed (error / not_attempted) or some input lines were invalid
   2    usage or input error: bad arguments, unreadable input or ledger, no API key
        (set KEYAPI_API_KEY or use --api-key-file), OUT exists without --resume/--overwrite
-  3    stopped early: the API answered 401 (bad key) or 402 (credits exhausted)
+  3    stopped early: the API answered 401 (bad key), 403 (key not allowed to call
+       the endpoint) or 402 (credits exhausted)
   130  interrupted (Ctrl-C / SIGTERM); finished results are in OUT, run with --resume
 """
 

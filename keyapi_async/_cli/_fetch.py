@@ -17,6 +17,7 @@ from typing import Literal
 
 from .._batch import estimate_credits
 from .._client import KeyAPIClient
+from .._config import ClientOptions
 from .._errors import (
     AuthenticationError,
     ConfigurationError,
@@ -99,22 +100,20 @@ class Job:
 
 def make_client(settings: FetchSettings, api_key: str) -> KeyAPIClient:
     """Build (but do not open) the client; a bad setting is a usage error."""
+    options: ClientOptions = {
+        "base_url": settings.base_url,
+        "qps": settings.qps or None,  # --qps 0 switches the client-side cap off
+        "max_credits": settings.max_credits,
+        "timeout": settings.timeout,
+        "max_attempts": settings.retries + 1,
+        "user_agent": PROG,
+    }
     # Passed only when given: otherwise the client derives it from qps and
     # timeout, so that the rate cap is filled whatever the API's latency.
-    extra: dict[str, int] = {}
     if settings.concurrency is not None:
-        extra["concurrency"] = settings.concurrency
+        options["concurrency"] = settings.concurrency
     try:
-        return KeyAPIClient(
-            api_key,
-            base_url=settings.base_url,
-            qps=settings.qps or None,  # --qps 0 switches the client-side cap off
-            max_credits=settings.max_credits,
-            timeout=settings.timeout,
-            max_attempts=settings.retries + 1,
-            user_agent=PROG,
-            **extra,
-        )
+        return KeyAPIClient(api_key, **options)
     except ConfigurationError as exc:
         raise CLIError(str(exc)) from None
 
@@ -307,22 +306,12 @@ async def _execute(run: _Run, settings: FetchSettings, resume_hint: str | None) 
         reporter.start()
         try:
             write_error = await _fetch_all(run, settings, resume_hint)
+            if write_error is None:
+                write_error = _record_leftovers(run)
+            # The last frame shows the same counts as the summary below it.
+            reporter.update(run.snapshot())
         finally:
             reporter.close()
-
-    # Whatever the batch did not report (stopped early after Ctrl-C, a
-    # --grace expiry, or a failed write) still gets its one line, so that
-    # --resume retries it.
-    if write_error is None:
-        reason = run.leftover or "no outcome reported"
-        try:
-            for target in job.pending:
-                if target not in run.written:
-                    writer.write(not_attempted_line(target, reason))
-                    run.tally.record("not_attempted", None)
-                    run.reasons[reason] += 1
-        except OSError as exc:
-            write_error = exc
     writer.close()
     if write_error is not None:
         raise CLIError(f"cannot write {job.output!r}: {write_error.strerror or write_error}")
@@ -332,13 +321,31 @@ async def _execute(run: _Run, settings: FetchSettings, resume_hint: str | None) 
     return code
 
 
+def _record_leftovers(run: _Run) -> OSError | None:
+    """Give every target the batch did not report its ``not_attempted`` line.
+
+    That is what it left behind when it was closed early after Ctrl-C or a
+    401/403/402, at a --grace expiry, or after an internal error, so that
+    ``--resume`` retries them.
+    """
+    reason = run.leftover or "no outcome reported"
+    try:
+        for target in run.job.pending:
+            if target not in run.written:
+                run.job.writer.write(not_attempted_line(target, reason))
+                run.written.add(target)
+                run.tally.record("not_attempted", None)
+                run.reasons[reason] += 1
+    except OSError as exc:
+        return exc
+    return None
+
+
 def _to_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def _fetch_all(
-    run: _Run, settings: FetchSettings, resume_hint: str | None
-) -> OSError | None:
+async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None) -> OSError | None:
     """Run the batch to completion (or, after Ctrl-C, until nothing sent is unanswered)."""
     loop = asyncio.get_running_loop()
     reporter, writer, tally, client = run.reporter, run.job.writer, run.tally, run.client

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 __all__ = ["PROG", "command_prefix", "shell_command"]
 
 PROG = "keyapi-stories"
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _display_path(path: str) -> str:
@@ -50,13 +51,15 @@ def command_prefix(argv0: str | None = None) -> list[str]:
     """
     first = sys.argv[0] if argv0 is None else argv0
     name = os.path.basename(first)
-    if name == "__main__.py":
+    if name == "__main__.py" and _same_file(os.path.dirname(first) or os.curdir, _PACKAGE):
         return [_display_path(sys.executable), "-m", "keyapi_async"]
     stem = os.path.splitext(name)[0]  # keyapi-stories.exe on Windows
     if stem != PROG:
         return [PROG]
+    if os.path.dirname(first) == "":  # the shell found it on PATH
+        return [PROG]
     found = shutil.which(PROG)
-    if found is not None and (os.path.dirname(first) == "" or _same_file(found, first)):
+    if found is not None and _same_file(found, first):
         return [PROG]
     return [_display_path(first)]
 

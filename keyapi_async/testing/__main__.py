@@ -1,8 +1,12 @@
 """Serve the emulator from the shell: ``python -m keyapi_async.testing``.
 
-Once listening, exactly one line ``KEYAPI_BASE_URL=http://127.0.0.1:PORT`` is
-printed to stdout, so scripts can capture the URL; the server then runs until
-SIGINT or SIGTERM and exits with status 0. Example::
+The same command as ``keyapi-stories emulator``: both are built from
+:func:`add_emulator_arguments` and run by :func:`run_from_args`, so they take
+the same options and print the same output. Once listening, exactly one line
+``KEYAPI_BASE_URL=http://127.0.0.1:PORT`` is printed to stdout, so scripts can
+capture the URL; stderr carries the status and the ``export`` line to paste
+into another shell. The server then runs until SIGINT or SIGTERM and exits
+with status 0. Example::
 
     python -m keyapi_async.testing --port 8089 --qps 10 --fault-rate server_error=0.05
 """
@@ -12,44 +16,109 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._config import DEFAULT_TEST_KEY, EmulatorConfig, Fault
 from ._runner import run_emulator
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["add_emulator_arguments", "build_parser", "config_from_args", "main", "run_from_args"]
+
+PROG = "python -m keyapi_async.testing"
+_FAULT_NAMES = ", ".join(f.value for f in Fault)
+#: Exit status for bad options or an address that cannot be served.
+_USAGE = 2
 
 
-def _fault_rate(text: str) -> tuple[Fault, float]:
-    name, sep, rate = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected NAME=P, got {text!r}")
-    try:
-        fault = Fault(name.strip().lower())
-    except ValueError:
-        names = ", ".join(f.value for f in Fault)
-        raise argparse.ArgumentTypeError(f"unknown fault {name!r} (one of: {names})") from None
-    try:
-        return fault, float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"probability must be a number, got {rate!r}") from None
+def parse_fault_rates(text: str) -> list[tuple[Fault, float]]:
+    """Parse ``NAME=P[,NAME=P...]`` into (fault, probability) pairs (ArgumentTypeError if bad)."""
+    rates: list[tuple[Fault, float]] = []
+    for part in text.split(","):
+        name, sep, rate = part.strip().partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=P, got {part.strip()!r}")
+        try:
+            fault = Fault(name.strip().lower())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"unknown fault {name.strip()!r} (one of: {_FAULT_NAMES})"
+            ) from None
+        try:
+            probability = float(rate)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"probability must be a number, got {rate!r}"
+            ) from None
+        if not 0 <= probability <= 1:
+            raise argparse.ArgumentTypeError(f"probability must be in [0, 1], got {rate!r}")
+        rates.append((fault, probability))
+    return rates
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the command-line parser of ``python -m keyapi_async.testing``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m keyapi_async.testing",
-        description="Serve an offline emulator of keyapi.ai's Instagram fetch_user_stories API.",
-    )
+class _DeprecatedFaults(argparse.Action):
+    """``--faults``, the old name of ``--fault-rate`` in ``keyapi-stories emulator``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: note: --faults is deprecated; use --fault-rate NAME=P",
+            file=sys.stderr,
+        )
+        # A copy: appending in place would change the parser's shared default.
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or ()), values])
+
+
+def _number(
+    name: str, *, minimum: float, strict: bool = False, integer: bool = False
+) -> Callable[[str], Any]:
+    def convert(text: str) -> float | int:
+        try:
+            value: float | int = int(text) if integer else float(text)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
+        return value
+
+    return convert
+
+
+def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options to ``parser`` (shared by both spellings of the command)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
     parser.add_argument(
-        "--allow-non-loopback", action="store_true", help="permit binding a non-loopback host"
+        "--port",
+        type=_number("--port", minimum=0, integer=True),
+        default=0,
+        help="TCP port; 0 picks a free one (default: 0)",
     )
-    parser.add_argument("--qps", type=float, default=None, help="accepted requests per second")
-    parser.add_argument("--credits", type=int, default=None, help="quota; 2 per success")
+    parser.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="permit binding a non-loopback host (the emulator accepts a well-known fake key)",
+    )
+    parser.add_argument(
+        "--qps",
+        type=_number("--qps", minimum=0, strict=True),
+        default=None,
+        help="accepted requests per second; more get 429 (default: no cap)",
+    )
+    parser.add_argument(
+        "--credits",
+        type=_number("--credits", minimum=0, integer=True),
+        default=None,
+        help="starting quota, 2 per success; then 402 (default: unlimited)",
+    )
     parser.add_argument(
         "--no-retry-after",
         dest="retry_after",
@@ -58,16 +127,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fault-rate",
-        type=_fault_rate,
+        type=parse_fault_rates,
         action="append",
         default=[],
         metavar="NAME=P",
-        help="inject fault NAME with probability P per request (repeatable)",
+        help=(
+            "inject fault NAME with probability P per request (repeatable; "
+            f"NAME=P,NAME=P also works); names: {_FAULT_NAMES}"
+        ),
     )
-    parser.add_argument("--latency", type=float, default=0.0, help="delay before every answer")
-    parser.add_argument("--slow-seconds", type=float, default=2.0, help="delay of the 'slow' fault")
-    parser.add_argument("--empty-ratio", type=float, default=0.2, help="share of empty targets")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data, faults and ids")
+    parser.add_argument(
+        "--faults",
+        dest="fault_rate",
+        type=parse_fault_rates,
+        action=_DeprecatedFaults,
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--latency",
+        type=_number("--latency", minimum=0),
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before every answer (default: 0)",
+    )
+    parser.add_argument(
+        "--slow-seconds",
+        type=_number("--slow-seconds", minimum=0),
+        default=2.0,
+        metavar="SECONDS",
+        help="delay of the 'slow' fault (default: 2)",
+    )
+    parser.add_argument(
+        "--empty-ratio",
+        type=_number("--empty-ratio", minimum=0),
+        default=0.2,
+        metavar="RATIO",
+        help="share of accounts with no active stories (default: 0.2)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic data and faults (default: 0)"
+    )
     parser.add_argument(
         "--api-key",
         dest="api_keys",
@@ -76,15 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help=f"accepted key (repeatable; default: {DEFAULT_TEST_KEY})",
     )
-    parser.add_argument("--max-log", type=int, default=None, help="bound the in-memory request log")
+    parser.add_argument(
+        "--max-log",
+        type=_number("--max-log", minimum=1, integer=True),
+        default=None,
+        metavar="N",
+        help="bound the in-memory request log (default: unbounded)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of ``python -m keyapi_async.testing``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Serve an offline emulator of keyapi.ai's Instagram fetch_user_stories API "
+            "(the same command as `keyapi-stories emulator`)."
+        ),
+        allow_abbrev=False,
+    )
+    add_emulator_arguments(parser)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     """Build an :class:`EmulatorConfig` from parsed arguments (``ValueError`` if invalid)."""
     rates: dict[Fault, float] = {}
-    for fault, rate in args.fault_rate:
-        rates[fault] = rate
+    for group in args.fault_rate:
+        rates.update(group)
     return EmulatorConfig(
         api_keys=frozenset(args.api_keys or (DEFAULT_TEST_KEY,)),
         qps=args.qps,
@@ -103,8 +221,8 @@ async def _serve(config: EmulatorConfig, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         # Windows' event loops have no add_signal_handler; Ctrl-C still arrives
-        # there as KeyboardInterrupt, which main() turns into a clean exit.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        # there as KeyboardInterrupt, which run_from_args turns into a clean exit.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
     async with run_emulator(
         config,
@@ -113,32 +231,66 @@ async def _serve(config: EmulatorConfig, args: argparse.Namespace) -> None:
         max_log=args.max_log,
         allow_non_loopback=args.allow_non_loopback,
     ) as emulator:
+        faults = ", ".join(f"{fault.value}={rate:g}" for fault, rate in config.fault_rates.items())
+        # A key given with --api-key is the user's own: never echoed.
+        key = DEFAULT_TEST_KEY if DEFAULT_TEST_KEY in config.api_keys else "<your --api-key>"
+        print(
+            f"keyapi emulator listening on {emulator.base_url} "
+            f"(qps cap: {'none' if config.qps is None else f'{config.qps:g}'}, "
+            f"credits: {config.credits if config.credits is not None else 'unlimited'}, "
+            f"faults: {faults or 'none'}); Ctrl-C to stop. In another shell:\n"
+            f"  export KEYAPI_BASE_URL={emulator.base_url} KEYAPI_API_KEY={key}",
+            file=sys.stderr,
+            flush=True,
+        )
+        # stdout carries only the one line a script may capture.
         sys.stdout.write(f"KEYAPI_BASE_URL={emulator.base_url}\n")
         sys.stdout.flush()
         await stop.wait()
+        print(
+            f"emulator stopped after {emulator.requests_total} requests "
+            f"({emulator.credits_spent} credits spent)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the emulator until SIGINT/SIGTERM; return the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace, *, prog: str = PROG) -> int:
+    """Serve as ``args`` (from :func:`add_emulator_arguments`) say until SIGINT/SIGTERM.
+
+    Returns the exit status: 0 after a signal, 2 for invalid settings or an
+    address that cannot be served (the reason is printed on stderr).
+    """
     try:
         config = config_from_args(args)
-        if args.max_log is not None and args.max_log < 1:
-            raise ValueError("max_log must be >= 1")
     except ValueError as exc:
-        parser.error(str(exc))
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return _USAGE
     try:
         asyncio.run(_serve(config, args))
     except KeyboardInterrupt:
         # Ctrl-C is how one stops a server run from a shell: a clean exit.
         return 0
+    except ValueError as exc:  # a non-loopback host without --allow-non-loopback
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return _USAGE
     except OSError as exc:
-        print(f"{parser.prog}: cannot serve: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        parser.error(str(exc))
+        print(
+            f"{prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return _USAGE
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT/SIGTERM; return the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else _USAGE
+    return run_from_args(args, prog=parser.prog)
 
 
 if __name__ == "__main__":

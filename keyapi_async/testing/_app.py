@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 from aiohttp import hdrs, web
 
+from ._churn import churn_reel
 from ._config import BILLED_FAULTS, EmulatorConfig, Fault
 from ._data import build_reel, encoded_reel, split_target_key, target_key
 from ._media import install_media
@@ -496,7 +497,10 @@ class Emulator:
         return scripted if scripted is not None else drawn
 
     def _success_body(self, config: EmulatorConfig, key: str) -> bytes:
-        reel = encoded_reel(key, config.seed, config.empty_ratio)
+        if config.churn is not None:  # watch mode: the reel changes with time
+            reel = churn_reel(config.churn, config.seed, key)
+        else:
+            reel = encoded_reel(key, config.seed, config.empty_ratio)
         request_id = self._request_id().encode()
         return b"".join((_SUCCESS_HEAD, reel, _REQUEST_ID_HEAD, request_id, _SUCCESS_TAIL))
 

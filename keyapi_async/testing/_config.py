@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from ._churn import ChurnConfig
 from ._media import MediaConfig
 
 __all__ = ["BILLED_FAULTS", "DEFAULT_TEST_KEY", "EmulatorConfig", "Fault"]
@@ -100,8 +101,7 @@ def _check_target_key(target: object, field_name: str) -> None:
     kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
     if not sep or not value or kind not in ("username", "user_id"):
         raise ValueError(
-            f"{field_name} keys must look like 'username:NAME' or 'user_id:DIGITS', "
-            f"got {target!r}"
+            f"{field_name} keys must look like 'username:NAME' or 'user_id:DIGITS', got {target!r}"
         )
 
 
@@ -188,6 +188,12 @@ class EmulatorConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     """The media CDN: signed ``/media`` URLs in answers, their expiry, sizes and faults."""
 
+    churn: ChurnConfig | None = None
+    """Story churn (watch mode tests): new stories appear and old ones expire over time.
+
+    ``None``: every reel is fixed by its key and the seed. See
+    :class:`~keyapi_async.testing._churn.ChurnConfig`."""
+
     def __post_init__(self) -> None:
         """Validate every field and normalise the containers."""
         if isinstance(self.api_keys, str | bytes):
@@ -203,9 +209,7 @@ class EmulatorConfig:
             if not isinstance(key, str) or not key or key != key.strip() or " " in key:
                 raise ValueError("api_keys must be non-empty strings without whitespace")
         object.__setattr__(self, "api_keys", key_set)
-        object.__setattr__(
-            self, "forbidden_keys", _key_set(self.forbidden_keys, "forbidden_keys")
-        )
+        object.__setattr__(self, "forbidden_keys", _key_set(self.forbidden_keys, "forbidden_keys"))
 
         if self.qps is not None:
             _check_non_negative(self.qps, "qps")

@@ -406,10 +406,8 @@ def encoded_reel(key: str, seed: int = 0, empty_ratio: float = 0.2) -> bytes:
     return msgspec.json.encode(build_reel(key, seed, empty_ratio), order="sorted")
 
 
-def localize_media(
-    reel: dict[str, Any], media_url: Callable[[str, str, int, int], str]
-) -> None:
-    """Point every item's image and video URLs of a reel (``data.data``) at a media server, in place.
+def localize_media(reel: dict[str, Any], media_url: Callable[[str, str, int, int], str]) -> None:
+    """Point a reel's (``data.data``) image and video URLs at a media server, in place.
 
     ``media_url(story_id, ext, width, height)`` returns the URL of one rendition
     (``ext`` is ``"jpg"`` or ``"mp4"``). Images get the :data:`IMAGE_RENDITIONS`;

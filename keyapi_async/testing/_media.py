@@ -179,7 +179,7 @@ class MediaConfig:
     """
 
     url_ttl: float = 3600.0
-    """Seconds a signed URL stays valid after the API answer that carried it (0: expired at once)."""
+    """Seconds a signed URL stays valid after the answer that carried it (0: expired at once)."""
 
     fault_rates: Mapping[MediaFault, float] = field(default_factory=dict)
     """Per-request probability of each fault, drawn from a seeded RNG; sum <= 1."""
@@ -264,7 +264,9 @@ class MediaConfig:
 
         parts = urlsplit(self.offsite_base) if isinstance(self.offsite_base, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"media.offsite_base must be an http(s) URL, got {self.offsite_base!r}")
+            raise ValueError(
+                f"media.offsite_base must be an http(s) URL, got {self.offsite_base!r}"
+            )
 
 
 # -- deterministic bytes ----------------------------------------------------------------
@@ -428,9 +430,7 @@ class MediaCDN:
     def __init__(self, emulator: Emulator) -> None:
         self._emulator = weakref.ref(emulator)
         self.log = []
-        self._outcomes: collections.Counter[tuple[int, MediaFault | None]] = (
-            collections.Counter()
-        )
+        self._outcomes: collections.Counter[tuple[int, MediaFault | None]] = collections.Counter()
         self._script_positions: dict[str, int] = {}
         self._seen_config: MediaConfig | None = None
         self._seen_seed: int | None = None
@@ -535,7 +535,8 @@ class MediaCDN:
         try:
             envelope = msgspec.json.decode(body)
             reel = envelope["data"]["data"]
-        except (msgspec.DecodeError, KeyError, TypeError):
+        # msgspec.DecodeError and bad UTF-8 (UnicodeDecodeError) are both ValueErrors.
+        except (ValueError, KeyError, TypeError):
             return body
         if not isinstance(reel, dict) or not reel.get("items"):
             return body
@@ -564,7 +565,8 @@ class MediaCDN:
         arrived = time.monotonic()
         emulator, media = self._state()
         headers = tuple(
-            (k, _REDACTED if k.lower() in _SECRET_HEADERS else v) for k, v in request.headers.items()
+            (k, _REDACTED if k.lower() in _SECRET_HEADERS else v)
+            for k, v in request.headers.items()
         )
         served, status, reason = self._validate(request, media)
         fault: MediaFault | None = None
@@ -652,7 +654,9 @@ class MediaCDN:
                 headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end - 1}/{served.size}"
         response = web.StreamResponse(status=status, headers=headers)
         span = end - start
-        response.content_length = span + (max(1, span // 2) if fault is MediaFault.WRONG_LENGTH else 0)
+        response.content_length = span + (
+            max(1, span // 2) if fault is MediaFault.WRONG_LENGTH else 0
+        )
         await response.prepare(request)
 
         cut = span
