@@ -82,8 +82,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{env['platform']}, {env['cpus']} CPUs (shared machine: figures are medians of "
         f"alternating rounds, compare ratios rather than absolutes). {versions}.{source}",
         "",
-        "Servers run on 127.0.0.1 in a separate process (except the rate-cap run, which "
-        "reads the emulator's request log in-process). API keys are fake, made at run time.",
+        "Servers run on 127.0.0.1 in a separate process (except for the rate-cap and latency "
+        "runs, which read the emulator's request log in-process). API keys are fake, "
+        "made at run time.",
         "",
         "![benchmark chart](chart.png)",
     ]

@@ -262,7 +262,8 @@ class Fetcher:
             if attempt > 1:
                 counters.retries += 1
             counters.in_flight += 1
-            started = time.perf_counter()
+            debug = _log.isEnabledFor(logging.DEBUG)
+            started = time.perf_counter() if debug else 0.0
             verdict = Verdict.NO_ANSWER
             reel: Reel | None = None
             error: KeyAPIError | None = None
@@ -297,7 +298,7 @@ class Fetcher:
             if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
                 credits.charge(CREDITS_PER_REQUEST)
                 counters.credits_spent += CREDITS_PER_REQUEST
-        if _log.isEnabledFor(logging.DEBUG):
+        if debug:
             _log.debug(
                 "GET %s attempt=%d %s latency=%.3fs",
                 rendered,

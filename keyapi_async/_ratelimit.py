@@ -13,9 +13,10 @@ Order inside :meth:`RateGate.acquire`, and why:
 2. **Cooldown**: after any 429 every caller waits until the cooldown ends, so
    one 429 slows the whole client rather than one task.
 3. **The token bucket**: an :class:`aiolimiter.AsyncLimiter` with a bucket of
-   ONE token refilled at the current rate (``qps * (1 - margin)``, lowered
-   after 429s by :class:`AdaptiveRate`). A bucket of ``qps`` tokens would let
-   ``qps`` requests out at once from idle and keep refilling, putting up to
+   ONE token (plus a sliver of slack, see :class:`_Bucket`) refilled at the
+   current rate (``qps * (1 - margin)``, lowered after 429s by
+   :class:`AdaptiveRate`). A bucket of ``qps`` tokens would let ``qps``
+   requests out at once from idle and keep refilling, putting up to
    ``2 * qps`` into one second; a bucket of one cannot burst, so no
    one-second window ever holds more than ``qps`` sends, the first included.
    It is the only pacer: the adaptive rate retunes this bucket rather than
@@ -192,28 +193,90 @@ class AdaptiveRate:
 
 
 class _Bucket(AsyncLimiter):
-    """aiolimiter's bucket of one token, whose refill rate can be retuned in place.
+    """aiolimiter's bucket: one token plus some slack, retunable in place.
 
-    aiolimiter computes its drip rate once, in ``__init__``; the adaptive
-    rate needs to change it without a second limiter and without dropping
-    the waiters already queued (a new limiter would let one of them out at
-    once, next to the previous grant). Draining the level at the old rate
-    first keeps the change exact from this instant on.
+    **The slack.** A woken task runs a little after its timer was due (loop
+    latency, timer rounding): 1-3 ms on a busy loop. With a bucket of exactly
+    one token that lag is lost for good at every turn (the level cannot
+    drain below empty): at 19/s, 3 ms a turn cost 5% of the rate. A capacity
+    of ``1 + rate * slack`` lets the level keep draining for ``slack``
+    seconds past empty, so a late turn is made up by the next one: the
+    schedule stays anchored and the long-run rate is ``rate``.
+
+    Why the cap still holds: a leaky bucket of capacity ``C`` draining at
+    ``r`` grants at most ``C + r * T`` turns in any ``T`` seconds. With
+    ``r = qps * (1 - margin)`` and ``slack = margin / (2 * (1 - margin))``
+    seconds (26 ms at the default margin, whatever the rate), one second
+    holds at most ``1 + qps - qps * margin / 2`` turns: fewer than
+    ``qps + 1``, with the other half of the margin left for the network's
+    jitter (about 26 ms).
+
+    **The retune.** aiolimiter computes its drip rate once, in ``__init__``;
+    the adaptive rate changes it here without a second limiter and without
+    dropping the waiters already queued (a new limiter would let one of them
+    out at once, next to the previous grant). Draining the level at the old
+    rate first keeps the change exact from this instant on.
     """
 
-    def __init__(self, rate: float) -> None:
-        super().__init__(1, 1.0 / rate)
+    def __init__(self, rate: float, slack: float) -> None:
+        capacity = 1.0 + rate * slack
+        super().__init__(capacity, capacity / rate)
         self.rate = rate
+        self.slack = slack
 
     def retune(self, rate: float) -> None:
         if rate == self.rate:
             return
         self._leak()
         self.rate = rate
-        self.time_period = 1.0 / rate
+        self.max_rate = 1.0 + rate * self.slack
+        self.time_period = self.max_rate / rate
         self._rate_per_sec = rate
         # Re-arm the wake-up timer for the head waiter at the new rate.
         self._wake_next()
+
+
+class _Places:
+    """The in-flight cap: a counting semaphore without the generality of asyncio's.
+
+    ``asyncio.Semaphore`` scans its waiters on every acquire (``locked()``
+    runs ``any()`` in Python 3.11); this is the hot path of every request,
+    and the free case here is one comparison.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a place, then cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+def _slack(margin: float) -> float:
+    """Seconds of lag the bucket makes up: half of what the margin leaves (see _Bucket)."""
+    return margin / (2 * (1 - margin))
 
 
 class RateGate:
@@ -228,10 +291,10 @@ class RateGate:
     def __init__(self, *, qps: float | None, concurrency: int, margin: float = 0.05) -> None:
         self._clock = asyncio.get_running_loop().time
         self._margin = margin
-        self._inflight = asyncio.Semaphore(concurrency)
+        self._inflight = _Places(concurrency)
         paced = None if qps is None else qps * (1 - margin)
         self._adaptive = AdaptiveRate(paced, margin=margin)
-        self._bucket = None if paced is None else _Bucket(paced)
+        self._bucket = None if paced is None else _Bucket(paced, _slack(margin))
         self._cooldown_until = -math.inf
         self._last_cut = -math.inf
         # Send times of all requests, and of those the server accepted: what
@@ -248,7 +311,7 @@ class RateGate:
 
     async def acquire(self) -> Ticket:
         """Wait for an in-flight place, the end of any cooldown, and a token."""
-        await self._inflight.acquire()
+        await self._inflight.take()
         try:
             if self._bucket is None and self.throttles == 0:
                 # No cap and no 429 ever: nothing to wait for (the hot path
@@ -257,7 +320,7 @@ class RateGate:
             else:
                 now = await self._wait_turn()
         except BaseException:
-            self._inflight.release()
+            self._inflight.give()
             raise
         self._sent.append(now)
         return Ticket(now)
@@ -275,7 +338,7 @@ class RateGate:
                 return now
             if bucket is None:
                 # Uncapped until a 429 taught a rate: from now on, pace.
-                bucket = self._bucket = _Bucket(rate)
+                bucket = self._bucket = _Bucket(rate, _slack(self._margin))
             else:
                 bucket.retune(rate)
             await bucket.acquire()
@@ -293,7 +356,7 @@ class RateGate:
         server_said: bool = False,
     ) -> None:
         """Free the in-flight place; on ``THROTTLED`` pause everyone and slow down."""
-        self._inflight.release()
+        self._inflight.give()
         if verdict is Verdict.ACCEPTED:
             self._accepted.append(ticket.sent_at)
         elif verdict is Verdict.THROTTLED:

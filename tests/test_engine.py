@@ -217,7 +217,7 @@ def test_stop_frees_every_worker_waiting_at_the_gate_at_once() -> None:
         )
         async with client, client.fetch_many(names(1000)) as batch:
             seen = 0
-            async for result in batch:
+            async for _ in batch:
                 seen += 1
                 if seen == 5:
                     batch.stop("interrupted")

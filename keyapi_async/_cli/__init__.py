@@ -1,10 +1,13 @@
 """``keyapi-stories``: the command-line interface (also ``python -m keyapi_async``).
 
-Subcommands: ``fetch`` (targets → resumable JSONL ledger), ``demo`` (the same
-engine against the embedded emulator) and ``emulator`` (serve the emulator).
+Subcommands: ``fetch`` (targets → resumable JSONL ledger, and with
+``--archive``/``--download`` a story archive and the media files), ``demo``
+(the same engine against the embedded emulator), ``emulator`` (serve the
+emulator), ``export`` and ``import-ledger`` (the archive).
 Module map: ``_args`` (argparse), ``_inputs`` (target lines), ``_ledger``
 (JSONL write/read/resume), ``_apikey`` (key sources, redaction), ``_fetch``
-(the run), ``_progress`` (bar, lines, summary), ``_signals`` (Ctrl-C),
+(the run), ``_capture`` (archive and downloads of a run), ``_export``
+(``export``, ``import-ledger``), ``_progress`` (bar, lines, summary), ``_signals`` (Ctrl-C),
 ``_logs`` (``-v``), ``_invocation`` (how to print commands that run as pasted),
 ``_demo`` and ``_emulator`` (the other subcommands), ``_exit`` (statuses).
 """
@@ -31,13 +34,13 @@ def _same_file(first: str, second: str) -> bool:
 
 def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ._apikey import Redactor, resolve_api_key
+    from ._capture import capture_settings
     from ._fetch import (
-        FetchSettings,
         dry_run_report,
-        execute,
         make_client,
-        prepare_job,
         resume_command,
+        run_job,
+        settings_from_args,
     )
     from ._inputs import read_input
     from ._ledger import scan_ledger
@@ -48,19 +51,15 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise CLIError("-o - is not supported: the ledger must be a file, to append to and resume")
     if args.output and args.input != "-" and _same_file(args.input, args.output):
         raise CLIError("-o must not be the input file")
-    settings = FetchSettings(
-        qps=args.qps,
-        concurrency=args.concurrency,
-        max_credits=args.max_credits,
-        timeout=args.timeout,
-        retries=args.retries,
-        base_url=args.base_url,
-        progress=args.progress,
-        progress_interval=args.progress_interval,
-        grace=args.grace,
-        fsync=args.fsync,
-        quiet=args.quiet,
-        verbose=args.verbose,
+    settings = settings_from_args(args)
+    capture = capture_settings(
+        download=args.download,
+        archive=args.archive,
+        name_template=args.name_template,
+        media_hosts=args.media_hosts,
+        max_media_bytes=args.max_media_bytes,
+        media_concurrency=args.media_concurrency,
+        refresh_expired=args.refresh_expired,
     )
     # The key is checked before reading the input: a missing key should not
     # cost a long read from stdin first. --dry-run sends nothing, needs none.
@@ -80,13 +79,22 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return code
     assert key is not None
     client = make_client(settings, key)
-    job = prepare_job(
-        plan, args.output, resume=args.resume, overwrite=args.overwrite, fsync=args.fsync
-    )
     hint = resume_command(argv)
     if args.input == "-":
         hint += "   # with the same targets on stdin"
-    return asyncio.run(execute(client, job, settings, redact=Redactor(key), resume_hint=hint))
+    return asyncio.run(
+        run_job(
+            client,
+            plan,
+            args.output,
+            settings,
+            capture,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            redact=Redactor(key),
+            resume_hint=hint,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._emulator import run_emulator_command
 
             return run_emulator_command(args)
+        if args.command == "export":
+            from ._export import run_export
+
+            return run_export(args)
+        if args.command == "import-ledger":
+            from ._export import run_import_ledger
+
+            return run_import_ledger(args)
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     except CLIError as exc:

@@ -13,16 +13,26 @@ from .._config import (
     DEFAULT_BASE_URL,
     DEFAULT_QPS,
     DEFAULT_TIMEOUT,
+    REDIS_URL_ENV,
 )
+from .._media_paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from ._exit import EXIT_CODES_HELP
 from ._invocation import PROG
 
-__all__ = ["DEMO_OUTPUT", "PROG", "build_parser"]
+__all__ = [
+    "DEMO_OUTPUT",
+    "PROG",
+    "add_capture_options",
+    "add_connection_options",
+    "build_parser",
+]
 
 DEMO_OUTPUT = "keyapi-demo.jsonl"
 DEFAULT_RETRIES = 4
 DEFAULT_GRACE = 10.0
+DEFAULT_MAX_BYTES = 200 * 2**20
+DEFAULT_MEDIA_CONCURRENCY = 8
 
 _DESCRIPTION = """\
 Fetch the active Instagram stories of many accounts through keyapi.ai,
@@ -116,6 +126,129 @@ def _progress_options(parser: argparse._ActionsContainer) -> None:
     )
 
 
+def add_connection_options(group: argparse._ActionsContainer) -> None:
+    """Add the API request options (--qps ... --redis-namespace) shared by fetch and watch."""
+    group.add_argument(
+        "--qps",
+        type=_checked(float, "--qps", minimum=0),
+        default=DEFAULT_QPS,
+        help=f"max requests per second; 0 = no client-side cap (default: {DEFAULT_QPS:g})",
+    )
+    group.add_argument(
+        "--concurrency",
+        type=_count("--concurrency", 1),
+        default=None,
+        metavar="N",
+        help=(
+            "max requests in flight (default: derived from --qps and --timeout "
+            "so the cap is filled at any API latency)"
+        ),
+    )
+    group.add_argument(
+        "--max-credits",
+        type=_count("--max-credits", 0),
+        default=None,
+        metavar="N",
+        help="never spend more than N credits (2 per account); the rest are not_attempted",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_checked(float, "--timeout", minimum=0, strict=True),
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per-request timeout (default: {DEFAULT_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--retries",
+        type=_count("--retries", 0),
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help=f"retries of a transient failure (5xx, 429, network) (default: {DEFAULT_RETRIES})",
+    )
+    group.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help=f"API root (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    group.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help=f"read the API key from PATH instead of ${API_KEY_ENV}",
+    )
+    group.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="send API requests through this HTTP proxy (default: $HTTPS_PROXY/$HTTP_PROXY)",
+    )
+    group.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help=(
+            f"share the rate limit and credit budget with other processes through Redis "
+            f"(default: ${REDIS_URL_ENV})"
+        ),
+    )
+    group.add_argument(
+        "--redis-namespace",
+        default=None,
+        metavar="NAME",
+        help="a separate shared gate and budget under the same key (with --redis-url)",
+    )
+
+
+def add_capture_options(parser: argparse.ArgumentParser) -> None:
+    """Add the archive and media download options (--download ... --refresh-expired)."""
+    group = parser.add_argument_group("archive and media download")
+    group.add_argument(
+        "--download",
+        metavar="DIR",
+        default=None,
+        help="save every story's photo or video below DIR as it is fetched",
+    )
+    group.add_argument(
+        "--archive",
+        metavar="DB",
+        default=None,
+        help="record every story in this SQLite archive (default with --download: "
+        "DIR/archive.sqlite3)",
+    )
+    group.add_argument(
+        "--name-template",
+        metavar="TEMPLATE",
+        default=None,
+        help=f"file layout below DIR (default: {DEFAULT_NAME_TEMPLATE.replace('%', '%%')})",
+    )
+    group.add_argument(
+        "--media-hosts",
+        metavar="HOSTS",
+        default=None,
+        help=f"extra CDN hosts to download from, comma separated host[:port] "
+        f"(added to ${MEDIA_HOSTS_ENV} and the Instagram CDN)",
+    )
+    group.add_argument(
+        "--max-media-bytes",
+        type=_count("--max-media-bytes", 1),
+        default=DEFAULT_MAX_BYTES,
+        metavar="N",
+        help=f"per-file size cap (default: {DEFAULT_MAX_BYTES})",
+    )
+    group.add_argument(
+        "--media-concurrency",
+        type=_count("--media-concurrency", 1),
+        default=DEFAULT_MEDIA_CONCURRENCY,
+        metavar="N",
+        help=f"media downloads in flight (default: {DEFAULT_MEDIA_CONCURRENCY})",
+    )
+    group.add_argument(
+        "--refresh-expired",
+        action="store_true",
+        help="re-fetch an account once (2 credits) when its media links have expired",
+    )
+
+
 def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch = commands.add_parser(
         "fetch",
@@ -151,55 +284,8 @@ def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="validate and count the input and estimate credits; send nothing",
     )
-    tuning = fetch.add_argument_group("request settings")
-    tuning.add_argument(
-        "--qps",
-        type=_checked(float, "--qps", minimum=0),
-        default=DEFAULT_QPS,
-        help=f"max requests per second; 0 = no client-side cap (default: {DEFAULT_QPS:g})",
-    )
-    tuning.add_argument(
-        "--concurrency",
-        type=_count("--concurrency", 1),
-        default=None,
-        metavar="N",
-        help=(
-            "max requests in flight (default: derived from --qps and --timeout "
-            "so the cap is filled at any API latency)"
-        ),
-    )
-    tuning.add_argument(
-        "--max-credits",
-        type=_count("--max-credits", 0),
-        default=None,
-        metavar="N",
-        help="never spend more than N credits (2 per account); the rest are not_attempted",
-    )
-    tuning.add_argument(
-        "--timeout",
-        type=_checked(float, "--timeout", minimum=0, strict=True),
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"per-request timeout (default: {DEFAULT_TIMEOUT:g})",
-    )
-    tuning.add_argument(
-        "--retries",
-        type=_count("--retries", 0),
-        default=DEFAULT_RETRIES,
-        metavar="N",
-        help=f"retries of a transient failure (5xx, 429, network) (default: {DEFAULT_RETRIES})",
-    )
-    tuning.add_argument(
-        "--base-url",
-        default=None,
-        metavar="URL",
-        help=f"API root (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
-    )
-    tuning.add_argument(
-        "--api-key-file",
-        metavar="PATH",
-        help=f"read the API key from PATH instead of ${API_KEY_ENV}",
-    )
+    add_connection_options(fetch.add_argument_group("request settings"))
+    add_capture_options(fetch)
     run = fetch.add_argument_group("run control")
     _progress_options(run)
     run.add_argument(
@@ -252,6 +338,13 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     demo.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it exists (given with -o)"
     )
+    demo.add_argument(
+        "--download",
+        metavar="DIR",
+        default=None,
+        help="save the synthetic stories' media (and archive.sqlite3) in DIR "
+        "(default: a temporary directory, removed at the end)",
+    )
     _progress_options(demo)
     _verbosity_options(demo)
 
@@ -273,6 +366,55 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     add_emulator_arguments(emulator)
 
 
+def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write an archive's stories as CSV, JSON Lines or Parquet",
+        description=(
+            "Write one row per story item of the archive DB: story_id, username, user_id,\n"
+            "taken_at, expiring_at, media_type, media_url, width, height, duration, file,\n"
+            "bytes, sha256, fetched_at, media_status. Timestamps are ISO 8601 UTC (Z).\n"
+            "Written to a temporary file renamed into place, or to stdout with -o -."
+        ),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    export.add_argument(
+        "archive", metavar="DB", help="the archive (from fetch --archive/--download)"
+    )
+    export.add_argument(
+        "-f",
+        "--format",
+        choices=("csv", "jsonl", "parquet"),
+        default="csv",
+        help="csv (RFC 4180), jsonl, or parquet (needs pyarrow) (default: csv)",
+    )
+    export.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default="-",
+        help="where to write; - is stdout (default: -; not for parquet)",
+    )
+
+
+def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imported = commands.add_parser(
+        "import-ledger",
+        help="record the stories of an existing JSONL ledger in an archive",
+        description=(
+            "Record every fetched reel of a fetch ledger in the archive DB (created if\n"
+            "missing). Idempotent: importing the same ledger twice adds nothing."
+        ),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    imported.add_argument("ledger", metavar="LEDGER", help="a ledger written by fetch -o")
+    imported.add_argument(
+        "--archive", metavar="DB", required=True, help="the archive to record into"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of ``keyapi-stories`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -289,4 +431,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fetch(commands)
     _add_demo(commands)
     _add_emulator(commands)
+    _add_export(commands)
+    _add_import_ledger(commands)
     return parser

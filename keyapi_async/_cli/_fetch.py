@@ -6,6 +6,7 @@ the very same engine against the embedded emulator).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import os
@@ -26,6 +27,10 @@ from .._errors import (
     NotAttemptedError,
     PermissionDeniedError,
 )
+from .._targets import parse_target
+from ..archive import ArchiveError
+from ..models import Reel
+from ._capture import Capture, CaptureSettings, open_capture
 from ._exit import CLIError, ExitCode
 from ._inputs import InputPlan, InvalidLine
 from ._invocation import PROG, shell_command
@@ -49,6 +54,8 @@ __all__ = [
     "make_client",
     "prepare_job",
     "resume_command",
+    "run_job",
+    "settings_from_args",
 ]
 
 #: How many invalid lines are listed on stderr before "... and N more".
@@ -81,6 +88,32 @@ class FetchSettings:
     """``-q``: no progress and no notes; errors and a one-line summary only."""
     verbose: int = 0
     """``-v``: 1 shows the library's INFO log lines, 2 DEBUG too."""
+    proxy: str | None = None
+    """``--proxy``: API requests through this proxy (None: the ``*_PROXY`` variables)."""
+    redis_url: str | None = None
+    """``--redis-url``: a shared gate and budget (None: ``$KEYAPI_REDIS_URL``)."""
+    redis_namespace: str | None = None
+
+
+def settings_from_args(args: argparse.Namespace) -> FetchSettings:
+    """The settings of :func:`~._args.add_connection_options` (and of the run, when present)."""
+    return FetchSettings(
+        qps=args.qps,
+        concurrency=args.concurrency,
+        max_credits=args.max_credits,
+        timeout=args.timeout,
+        retries=args.retries,
+        base_url=args.base_url,
+        proxy=args.proxy,
+        redis_url=args.redis_url,
+        redis_namespace=args.redis_namespace,
+        progress=getattr(args, "progress", None),
+        progress_interval=getattr(args, "progress_interval", 10.0),
+        grace=getattr(args, "grace", 10.0),
+        fsync=getattr(args, "fsync", False),
+        quiet=getattr(args, "quiet", False),
+        verbose=getattr(args, "verbose", 0),
+    )
 
 
 @dataclass(slots=True)
@@ -112,6 +145,13 @@ def make_client(settings: FetchSettings, api_key: str) -> KeyAPIClient:
     # timeout, so that the rate cap is filled whatever the API's latency.
     if settings.concurrency is not None:
         options["concurrency"] = settings.concurrency
+    # Likewise: left out, the client applies its own defaults and environment.
+    if settings.proxy is not None:
+        options["proxy"] = settings.proxy
+    if settings.redis_url is not None:
+        options["redis_url"] = settings.redis_url
+    if settings.redis_namespace is not None:
+        options["redis_namespace"] = settings.redis_namespace
     try:
         return KeyAPIClient(api_key, **options)
     except ConfigurationError as exc:
@@ -232,6 +272,7 @@ class _Run:
     """Why targets left without an outcome by the batch were not attempted."""
     written: set[str] = field(default_factory=set)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    capture: Capture | None = None
 
     def snapshot(self) -> Snapshot:
         stats = self.client.stats
@@ -250,6 +291,7 @@ class _Run:
             elapsed=now - tally.started,
             rate=self.meter.rate(now, stats.requests_sent),
             phase=self.phase,
+            media=None if self.capture is None else self.capture.counts(),
         )
 
 
@@ -260,11 +302,14 @@ async def execute(
     *,
     redact: Callable[[str], str],
     resume_hint: str | None,
+    capture: Capture | None = None,
 ) -> int:
     """Fetch ``job.pending`` with ``client``, append every outcome to OUT, print the summary.
 
-    Returns the exit status. Must run in the event loop that will receive
-    Ctrl-C; it installs (and removes) the SIGINT/SIGTERM handlers itself.
+    With a ``capture`` every fetched reel is also recorded in its archive and
+    its media downloaded, and the media an earlier run left unfinished is
+    completed. Returns the exit status. Must run in the event loop that will
+    receive Ctrl-C; it installs (and removes) the SIGINT/SIGTERM handlers itself.
     """
     with library_logs(settings.verbose, redact) as logs:
         reporter = make_reporter(
@@ -282,8 +327,36 @@ async def execute(
             reporter=reporter,
             tally=Tally(total=len(job.pending)),
             redact=redact,
+            capture=capture,
         )
+        if capture is not None:
+            capture.note = reporter.note
+            await capture.start(job.output)
         return await _execute(run, settings, resume_hint)
+
+
+async def run_job(
+    client: KeyAPIClient,
+    plan: InputPlan,
+    output: str,
+    settings: FetchSettings,
+    capture_settings: CaptureSettings,
+    *,
+    resume: bool,
+    overwrite: bool,
+    redact: Callable[[str], str],
+    resume_hint: str | None,
+) -> int:
+    """Open the download directory and the archive, then OUT, then :func:`execute`.
+
+    The directory and the archive come first: when either is unusable the
+    run ends with exit status 2 before OUT is created or a request is sent.
+    """
+    async with open_capture(capture_settings) as capture:
+        job = prepare_job(plan, output, resume=resume, overwrite=overwrite, fsync=settings.fsync)
+        return await execute(
+            client, job, settings, redact=redact, resume_hint=resume_hint, capture=capture
+        )
 
 
 async def _execute(run: _Run, settings: FetchSettings, resume_hint: str | None) -> int:
@@ -302,7 +375,8 @@ async def _execute(run: _Run, settings: FetchSettings, resume_hint: str | None) 
         reporter.note(f"resume: {job.already_done} targets already done in OUT are skipped")
 
     write_error: OSError | None = None
-    if job.pending:
+    capture = run.capture
+    if job.pending or (capture is not None and capture.downloading):
         reporter.start()
         try:
             write_error = await _fetch_all(run, settings, resume_hint)
@@ -315,6 +389,14 @@ async def _execute(run: _Run, settings: FetchSettings, resume_hint: str | None) 
     writer.close()
     if write_error is not None:
         raise CLIError(f"cannot write {job.output!r}: {write_error.strerror or write_error}")
+    if capture is not None:
+        tally = run.tally
+        counts = {"ok": tally.ok, "empty": tally.empty, "failed": tally.failed}
+        counts["not_attempted"] = tally.not_attempted
+        try:
+            await capture.finish(counts)
+        except ArchiveError as exc:
+            capture.error = capture.error or exc
 
     code = _exit_code(run)
     _summarise(run, code, resume_hint, quiet=settings.quiet)
@@ -350,9 +432,22 @@ async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None
     loop = asyncio.get_running_loop()
     reporter, writer, tally, client = run.reporter, run.job.writer, run.tally, run.client
     write_error: OSError | None = None
+    capture = run.capture
     async with client:
         batch = client.fetch_many(run.job.pending)
         background: list[asyncio.Task[None]] = []
+        if capture is not None:
+
+            async def refetch(target: str) -> Reel | None:
+                parsed = parse_target(target)
+                if parsed.kind == "username":
+                    return await client.fetch_user_stories(username=parsed.value)
+                return await client.fetch_user_stories(user_id=parsed.value)
+
+            capture.refetch = refetch
+            resumed = await capture.resume_pending()
+            if resumed:
+                reporter.note(f"media: completing {resumed} files earlier runs left unfinished")
 
         async def ticker(period: float) -> None:
             # Keeps the rate, 429 and ETA figures moving while no result
@@ -387,8 +482,19 @@ async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None
                         run.leftover = reason
                         background.append(asyncio.create_task(settle()))
 
+                def on_capture_stop(reason: str) -> None:
+                    # A full disk or a failing archive: nothing sent from now on
+                    # could be kept, so the batch stops like after Ctrl-C.
+                    batch.stop(reason)
+                    wind_down(reason)
+
+                if capture is not None:
+                    capture.on_stop = on_capture_stop
+
                 def on_first(signum: int) -> None:
                     run.interrupted = True
+                    if capture is not None:
+                        capture.interrupt()
                     batch.stop(_INTERRUPTED)
                     wind_down(_INTERRUPTED)
                     deadline.reschedule(loop.time() + settings.grace)
@@ -417,6 +523,13 @@ async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None
                         run.written.add(result.target)
                         error = result.error
                         tally.record(result.status, type(error).__name__ if error else None)
+                        if capture is not None and error is None:
+                            try:
+                                await capture.record(result.target, result.stories, time.time())
+                            except ArchiveError as exc:
+                                capture.error = exc
+                                reporter.note(f"stopping: {exc}")
+                                on_capture_stop("archive error")
                         if isinstance(error, NotAttemptedError):
                             run.reasons[error.reason] += 1
                         elif isinstance(error, _FATAL) and run.fatal is None:
@@ -424,6 +537,10 @@ async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None
                             stopped = batch.stopped_reason
                             wind_down(stopped.reason if stopped else type(error).__name__)
                         reporter.update(run.snapshot())
+                    if capture is not None:
+                        # The batch is over; the files it found are still coming.
+                        run.phase = "downloading" if run.phase == "fetching" else run.phase
+                        await capture.drain()
         except TimeoutError:
             run.leftover = f"{_INTERRUPTED} before an answer arrived"
             reporter.note(f"--grace of {settings.grace:g}s expired; abandoning requests in flight")
@@ -431,6 +548,9 @@ async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if capture is not None:
+                capture.refetch = None
+                await capture.cancel()
             await batch.aclose()
         reporter.update(run.snapshot())
     return write_error
@@ -444,6 +564,8 @@ def _exit_code(run: _Run) -> ExitCode:
     tally = run.tally
     if tally.failed or tally.not_attempted or run.job.plan.invalid:
         return ExitCode.FAILED
+    if run.capture is not None and run.capture.unfinished:
+        return ExitCode.FAILED
     return ExitCode.OK
 
 
@@ -451,6 +573,11 @@ def _stop_reason(run: _Run, code: ExitCode) -> str | None:
     fatal = run.fatal
     if code is ExitCode.INTERRUPTED:
         return "interrupted"
+    capture = run.capture
+    if capture is not None and capture.disk_full is not None:
+        return f"disk full: {capture.disk_full}"
+    if capture is not None and capture.error is not None:
+        return f"archive error: {capture.error}"
     if isinstance(fatal, InsufficientCreditsError):
         return f"402 credits exhausted: {run.redact(fatal.message)}"
     if isinstance(fatal, AuthenticationError):
@@ -480,6 +607,7 @@ def _summarise(run: _Run, code: ExitCode, resume_hint: str | None, *, quiet: boo
         stopped=_stop_reason(run, code),
         top_errors=tally.error_types.most_common(5),
         reasons=run.reasons.most_common(3),
+        media=None if run.capture is None else run.capture.counts(),
     )
     out = sys.stderr
     if quiet:
@@ -502,7 +630,14 @@ def _summarise(run: _Run, code: ExitCode, resume_hint: str | None, *, quiet: boo
             "InvalidTargetError and are not retried; fix or remove them in the input.",
             file=out,
         )
-    unfinished = tally.failed or tally.not_attempted
+    capture = run.capture
+    if capture is not None and capture.disk_full is not None:
+        print(
+            "The disk filled up: free some space, then run again; the files left pending "
+            "are completed (the archive knows them).",
+            file=out,
+        )
+    unfinished = tally.failed or tally.not_attempted or (capture is not None and capture.unfinished)
     if resume_hint is not None and (code is ExitCode.INTERRUPTED or unfinished):
         print(f"To resume: {resume_hint}", file=out)
     out.flush()

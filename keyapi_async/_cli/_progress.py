@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 __all__ = [
+    "MediaCounts",
     "Reporter",
     "Snapshot",
     "Summary",
@@ -76,6 +77,69 @@ class Tally:
                 self.error_types[error_type] += 1
 
 
+def byte_size(count: int) -> str:
+    """A byte count for people: ``512 B``, ``48.2 kB``, ``3.4 MB``, ``1.20 GB``."""
+    if count < 1000:
+        return f"{count} B"
+    if count < 1_000_000:
+        return f"{count / 1e3:.1f} kB"
+    if count < 1_000_000_000:
+        return f"{count / 1e6:.1f} MB"
+    return f"{count / 1e9:.2f} GB"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaCounts:
+    """The archive and media side of a run (``--archive``/``--download``) so far."""
+
+    downloading: bool
+    """Whether media is downloaded at all (``--download``)."""
+    saved: int = 0
+    """Files downloaded, verified and renamed into place in this run."""
+    skipped: int = 0
+    """Files already saved by an earlier run (nothing downloaded)."""
+    expired: int = 0
+    """Items whose signed URL the CDN refused (403/410)."""
+    failed: int = 0
+    """Items given up (retries used up, too large, refused URL), with a reason."""
+    pending: int = 0
+    """Items queued or in progress (at the end: left for the next run)."""
+    bytes: int = 0
+    """Bytes received from the CDN in this run."""
+    stories: int = 0
+    """Story items in the reels fetched this run."""
+    new_stories: int = 0
+    """Story ids the archive did not hold before this run."""
+    resumed: int = 0
+    """Unfinished files of earlier runs taken up again."""
+    refreshed: int = 0
+    """Accounts re-fetched for fresh media URLs (``--refresh-expired``)."""
+    reasons: Sequence[tuple[str, int]] = ()
+    """The most frequent reasons of failed items."""
+    archive: str | None = None
+    directory: str | None = None
+
+    @property
+    def files(self) -> int:
+        """Files on disk for this run's items (saved now or earlier)."""
+        return self.saved + self.skipped
+
+    def phrase(self) -> str:
+        """The media counts in a few words, for progress lines and the ``-q`` summary."""
+        if not self.downloading:
+            return f"{self.new_stories} new stories archived"
+        text = f"files {self.saved} ({byte_size(self.bytes)})"
+        if self.skipped:
+            text += f", {self.skipped} already saved"
+        if self.expired:
+            text += f", {self.expired} expired"
+        if self.failed:
+            text += f", {self.failed} failed"
+        if self.pending:
+            text += f", {self.pending} pending"
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One frame of progress: outcome counts plus the client's request counters.
@@ -98,6 +162,8 @@ class Snapshot:
     rate: float
     """Requests per second over the last few seconds."""
     phase: str
+    media: MediaCounts | None = None
+    """Archive and download counters (None without ``--archive``/``--download``)."""
 
     @property
     def eta(self) -> float | None:
@@ -114,6 +180,7 @@ class Snapshot:
             f"{f', not attempted {self.not_attempted}' if self.not_attempted else ''}) | "
             f"{self.rate:.1f} req/s | 429s {self.rate_limited} | "
             f"credits {self.credits} | ETA {_duration(self.eta)}"
+            f"{f' | {self.media.phrase()}' if self.media is not None else ''}"
         )
 
 
@@ -278,6 +345,8 @@ class _RichBar:
             f"  |  {snapshot.rate:.1f} req/s  429s {snapshot.rate_limited}"
             f"  credits {snapshot.credits}"
         )
+        if snapshot.media is not None:
+            stats.append(f"  |  {snapshot.media.phrase()}")
         # Swapped in whole: rich renders from its own thread, and must never
         # see a half-built line.
         self._stats.renderable = stats
@@ -341,6 +410,8 @@ class Summary:
     """Most frequent error types among failed targets."""
     reasons: Sequence[tuple[str, int]] = ()
     """Why targets were not attempted."""
+    media: MediaCounts | None = None
+    """The archive and media side of the run, when there was one."""
 
     def counts(self) -> str:
         """The outcome counts in one phrase, for the ``-q`` summary line."""
@@ -360,6 +431,7 @@ class Summary:
         return (
             f"{prog}: {state}: {self.counts()} of {self.tally.total} targets; "
             f"{self.requests} requests, {self.credits} credits, {self.elapsed:.1f}s; "
+            f"{f'{self.media.phrase()}; ' if self.media is not None else ''}"
             f"ledger {self.output}"
         )
 
@@ -389,7 +461,35 @@ class Summary:
         rows.extend((f"error: {name}", str(count)) for name, count in self.top_errors)
         rows.extend((f"not attempted: {why}", str(count)) for why, count in self.reasons)
         rows.append(("ledger", self.output))
+        if self.media is not None:
+            rows.extend(_media_rows(self.media))
         return rows
+
+
+def _media_rows(media: MediaCounts) -> list[tuple[str, str]]:
+    rows = [
+        ("stories in fetched reels", str(media.stories)),
+        ("  new to the archive", str(media.new_stories)),
+    ]
+    if media.downloading:
+        rows += [
+            ("media files saved", str(media.saved)),
+            ("  bytes downloaded", f"{byte_size(media.bytes)} ({media.bytes})"),
+            ("  skipped (already saved)", str(media.skipped)),
+            ("  expired", str(media.expired)),
+            ("  failed", str(media.failed)),
+            ("  left pending", str(media.pending)),
+        ]
+        if media.resumed:
+            rows.append(("  resumed from earlier runs", str(media.resumed)))
+        if media.refreshed:
+            rows.append(("  accounts re-fetched", str(media.refreshed)))
+        rows.extend((f"media failed: {why}", str(count)) for why, count in media.reasons)
+    if media.archive is not None:
+        rows.append(("archive", media.archive))
+    if media.directory is not None:
+        rows.append(("download dir", media.directory))
+    return rows
 
 
 def render_summary(summary: Summary, stream: IO[str] | None = None) -> None:
