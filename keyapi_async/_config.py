@@ -32,9 +32,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TypedDict
-from urllib.parse import urlsplit
+from typing import TypedDict, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from ._errors import ConfigurationError
 from ._retry import RetryPolicy
@@ -57,6 +58,8 @@ __all__ = [
     "shown_url",
     "validate_proxy_url",
 ]
+
+_T = TypeVar("_T")
 
 DEFAULT_BASE_URL = "https://api.keyapi.ai"
 MAX_DERIVED_CONCURRENCY = 512
@@ -166,66 +169,57 @@ class ClientConfig:
         Unknown option names raise :class:`TypeError`, as a misspelt keyword
         argument does anywhere in Python.
         """
-        known = {f.name for f in fields(cls)} - {"api_key"}
-        unknown = sorted(set(options) - known)
+        defaults = {f.name: f.default for f in fields(cls) if f.name != "api_key"}
+        unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
-        values: dict[str, object] = {f.name: f.default for f in fields(cls) if f.name != "api_key"}
-        values.update(options)
-        # None (not the dataclass default) so that $KEYAPI_BASE_URL applies.
-        values["base_url"] = options.get("base_url")
-        for name in ("timeout", "connect_timeout", "redis_grace"):
-            _number(name, values[name])
-        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
-            _number(name, values[name], allow_zero=True)
-        _number("qps", values["qps"], allow_none=True)
-        margin = values["rate_margin"]
-        _number("rate_margin", margin, allow_zero=True)
-        if isinstance(margin, (int, float)) and margin >= 0.5:
+        o = defaults | options
+        qps = _optional(_positive, "qps", o["qps"])
+        timeout = _positive("timeout", o["timeout"])
+        margin = _non_negative("rate_margin", o["rate_margin"])
+        if margin >= 0.5:
             raise ConfigurationError(f"rate_margin must be below 0.5, got {margin!r}")
-        attempts = values["max_attempts"]
+        attempts = o["max_attempts"]
         if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise ConfigurationError(f"max_attempts must be an int, got {attempts!r}")
         if attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, got {attempts!r}")
-        _int("concurrency", values["concurrency"], minimum=1, allow_none=True)
-        _int("max_credits", values["max_credits"], minimum=0, allow_none=True)
-        agent = values["user_agent"]
+        concurrency = _optional(_count, "concurrency", o["concurrency"])
+        credits = o["max_credits"]
+        if credits is not None:
+            credits = _count("max_credits", credits, minimum=0)
+        agent = o["user_agent"]
         if not isinstance(agent, str) or not agent.isprintable():
             raise ConfigurationError(f"user_agent must be printable text, got {agent!r}")
-        namespace = values["redis_namespace"]
+        namespace = o["redis_namespace"]
         if namespace is not None and (
             not isinstance(namespace, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", namespace)
         ):
             raise ConfigurationError(
                 f"redis_namespace must be 1-64 of letters, digits, '.', '_', '-', got {namespace!r}"
             )
-        qps = None if values["qps"] is None else float(values["qps"])  # type: ignore[arg-type]
-        timeout = float(values["timeout"])  # type: ignore[arg-type]
-        concurrency = values["concurrency"]
-        if concurrency is None:
-            concurrency = derived_concurrency(qps, timeout)
-        redis_url = values["redis_url"]
-        if redis_url is None:
-            redis_url = os.environ.get(REDIS_URL_ENV) or None
+        # ``None`` when not given (not the field's default) so that the
+        # environment applies.
+        base_url = options.get("base_url") or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        redis_url = o["redis_url"] or os.environ.get(REDIS_URL_ENV) or None
         return cls(
             api_key=_resolve_key(api_key),
-            base_url=_resolve_url("base_url", values["base_url"], env=BASE_URL_ENV),
+            base_url=_base_url(base_url),
             timeout=timeout,
-            connect_timeout=float(values["connect_timeout"]),  # type: ignore[arg-type]
+            connect_timeout=_positive("connect_timeout", o["connect_timeout"]),
             qps=qps,
-            concurrency=concurrency,  # type: ignore[arg-type]
-            rate_margin=float(margin),  # type: ignore[arg-type]
-            max_attempts=values["max_attempts"],  # type: ignore[arg-type]
-            backoff_base=float(values["backoff_base"]),  # type: ignore[arg-type]
-            backoff_cap=float(values["backoff_cap"]),  # type: ignore[arg-type]
-            retry_after_cap=float(values["retry_after_cap"]),  # type: ignore[arg-type]
-            max_credits=values["max_credits"],  # type: ignore[arg-type]
+            concurrency=derived_concurrency(qps, timeout) if concurrency is None else concurrency,
+            rate_margin=margin,
+            max_attempts=attempts,
+            backoff_base=_non_negative("backoff_base", o["backoff_base"]),
+            backoff_cap=_non_negative("backoff_cap", o["backoff_cap"]),
+            retry_after_cap=_non_negative("retry_after_cap", o["retry_after_cap"]),
+            max_credits=credits,
             user_agent=agent,
-            proxy=None if values["proxy"] is None else validate_proxy_url(values["proxy"]),
-            redis_url=None if redis_url is None else _resolve_redis(redis_url),
+            proxy=None if o["proxy"] is None else validate_proxy_url(o["proxy"]),
+            redis_url=None if redis_url is None else _redis_url(redis_url),
             redis_namespace=namespace,
-            redis_grace=float(values["redis_grace"]),  # type: ignore[arg-type]
+            redis_grace=_positive("redis_grace", o["redis_grace"]),
         )
 
     @property
@@ -270,24 +264,32 @@ def derived_concurrency(qps: float | None, timeout: float) -> int:
     return max(MIN_DERIVED_CONCURRENCY, min(MAX_DERIVED_CONCURRENCY, wanted))
 
 
-def _number(
-    name: str, value: object, *, allow_zero: bool = False, allow_none: bool = False
-) -> None:
-    """Require a finite number > 0 (or >= 0 with ``allow_zero``), naming ``name`` if not."""
-    if value is None and allow_none:
-        return
+def _finite(name: str, value: object, *, zero: bool) -> float:
+    """``value`` as a float: finite and > 0 (or >= 0 with ``zero``); else name it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
         raise ConfigurationError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
-def _int(name: str, value: object, *, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
+def _positive(name: str, value: object) -> float:
+    return _finite(name, value, zero=False)
+
+
+def _non_negative(name: str, value: object) -> float:
+    return _finite(name, value, zero=True)
+
+
+def _count(name: str, value: object, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _optional(check: Callable[[str, object], _T], name: str, value: object) -> _T | None:
+    return None if value is None else check(name, value)
 
 
 def _resolve_key(api_key: object) -> Secret:
@@ -312,22 +314,29 @@ def shown_url(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", head)
 
 
-def _resolve_url(name: str, value: object, *, env: str) -> str:
-    if value is None:
-        value = os.environ.get(env) or DEFAULT_BASE_URL
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, got {value!r}")
-    text = value.strip()
+def _split(name: str, text: str, schemes: tuple[str, ...], shown: str, kind: str) -> SplitResult:
+    """Parse ``text`` as a URL with one of ``schemes`` and a valid port, or say what it must be."""
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - parsed lazily; raises ValueError when out of range
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"{name} must be an http(s) URL, got {shown_url(text)!r}")
+    if parts is None or parts.scheme not in schemes or (schemes != ("unix",) and not parts.netloc):
+        raise ConfigurationError(f"{name} must be {kind}, got {shown!r}")
+    return parts
+
+
+def _base_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"base_url must be a string, got {value!r}")
+    text = value.strip()
+    shown = shown_url(text)
+    parts = _split("base_url", text, ("http", "https"), shown, "an http(s) URL")
+    if not parts.hostname:
+        raise ConfigurationError(f"base_url must be an http(s) URL, got {shown!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
-            f"{name} must not carry a query, fragment or credentials, got {shown_url(text)!r}"
+            f"base_url must not carry a query, fragment or credentials, got {shown_url(text)!r}"
         )
     return text.rstrip("/")
 
@@ -374,15 +383,10 @@ def validate_proxy_url(url: object) -> str:
     if not isinstance(url, str):
         raise ConfigurationError(f"proxy must be a URL string, got {type(url).__name__}")
     text = url.strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - parsed lazily; raises ValueError when out of range
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
-        raise ConfigurationError(
-            f"proxy must be an http:// or https:// URL with a host, got {mask_proxy_url(text)!r}"
-        )
+    kind = "an http:// or https:// URL with a host"
+    parts = _split("proxy", text, _PROXY_SCHEMES, mask_proxy_url(text), kind)
+    if not parts.hostname:
+        raise ConfigurationError(f"proxy must be {kind}, got {mask_proxy_url(text)!r}")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
         raise ConfigurationError(
             f"proxy must not carry a path, query or fragment, got {mask_proxy_url(text)!r}"
@@ -390,17 +394,10 @@ def validate_proxy_url(url: object) -> str:
     return text
 
 
-def _resolve_redis(value: object) -> str:
+def _redis_url(value: object) -> str:
     if not isinstance(value, str):
         raise ConfigurationError(f"redis_url must be a string, got {type(value).__name__}")
     text = value.strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError when out of range
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            f"redis_url must be a redis://, rediss:// or unix:// URL, got {shown_url(text)!r}"
-        )
+    kind = "a redis://, rediss:// or unix:// URL"
+    _split("redis_url", text, ("redis", "rediss", "unix"), shown_url(text), kind)
     return text
