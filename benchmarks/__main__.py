@@ -27,6 +27,7 @@ from benchmarks import (
     bench_memory,
     bench_overhead,
     bench_ratecap,
+    bench_shared_gate,
     bench_throughput,
 )
 from benchmarks._common import RESULTS_DIR, environment, say
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_ratecap,
         bench_latency,
         bench_memory,
+        bench_shared_gate,
     )
 }
 

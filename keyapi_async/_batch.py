@@ -297,7 +297,7 @@ class _Engine:
         self._send, self.receiver = anyio.create_memory_object_stream[StoryResult](workers)
         # Ordered mode: at most this many targets between "read from the
         # input" and "handed to the caller", which bounds the reorder buffer.
-        self._window = asyncio.Semaphore(2 * workers) if ordered else None
+        self._window = anyio.Semaphore(2 * workers, fast_acquire=True) if ordered else None
         self._seen: set[str] = set()
         self._next_index = 0
         self.scope = anyio.CancelScope()
@@ -414,11 +414,11 @@ class _Source:
     def __init__(self, targets: Iterable[TargetLike] | AsyncIterable[TargetLike]) -> None:
         self._sync: Iterator[TargetLike] | None = None
         self._async: AsyncIterator[TargetLike] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock: anyio.Lock | None = None
         self._done = False
         if isinstance(targets, AsyncIterable):
             self._async = aiter(targets)
-            self._lock = asyncio.Lock()
+            self._lock = anyio.Lock(fast_acquire=True)
         else:
             self._sync = iter(targets)
 

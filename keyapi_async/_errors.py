@@ -277,9 +277,13 @@ class GateUnavailableError(KeyAPIError):
 class NotAttemptedError(KeyAPIError):
     """A batch target that was never sent; ``reason`` says why.
 
-    ``reason`` is one of :data:`NOT_ATTEMPTED_REASONS`, or the text passed to
-    :meth:`~keyapi_async.StoryBatch.stop` (the CLI uses ``"interrupted"``). ``cause`` is the error
-    that stopped the batch (a 401, 402 or 403, an unreachable API), when there was one.
+    ``reason`` is one of ``"authentication failed"`` (401), ``"permission
+    denied"`` (403), ``"credits exhausted"`` (402), ``"credit budget reached"``
+    (``max_credits``), ``"API unreachable at URL"`` (the circuit breaker), the
+    message of a :class:`GateUnavailableError` (the shared gate was lost), or
+    the text passed to :meth:`~keyapi_async.StoryBatch.stop` (default
+    ``"batch stopped"``; the CLI uses ``"interrupted"``). ``cause`` is the
+    error that stopped the batch, when there was one.
     """
 
     def __init__(
@@ -293,7 +297,8 @@ class NotAttemptedError(KeyAPIError):
         self.cause = cause
 
 
-#: Why the library itself leaves a batch target unsent.
+#: Why the library itself leaves a batch target unsent (``API unreachable``
+#: is followed by `` at URL``).
 NOT_ATTEMPTED_REASONS = (
     "authentication failed",
     "permission denied",

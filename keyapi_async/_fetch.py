@@ -19,7 +19,6 @@ could not be reached at all (every attempt failed to connect, none answered).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -185,7 +184,7 @@ class Fetcher:
         last_error: KeyAPIError | None = None
         while True:
             if stop is not None and stop.reason is not None:
-                return _unsent(stop.reason, rendered, last_error, attempt)
+                return self._unsent(stop.reason, rendered, last_error, attempt)
             try:
                 sent = await self._send_once(target, rendered, stop, attempt + 1)
             except GateUnavailableError as exc:
@@ -193,12 +192,13 @@ class Fetcher:
                 # nothing may be sent, for this target or any other.
                 exc.target = rendered
                 if stop is None:
+                    self.counters.failures += 1
                     return Outcome(None, last_error or exc, attempt)
                 stop.cancel(exc.message, cause=exc)
                 assert stop.reason is not None
-                return _unsent(stop.reason, rendered, last_error, attempt)
+                return self._unsent(stop.reason, rendered, last_error, attempt)
             if isinstance(sent, NotAttemptedError):
-                return _unsent(sent, rendered, last_error, attempt)
+                return self._unsent(sent, rendered, last_error, attempt)
             attempt += 1
             reel, error, verdict = sent
             if error is None:
@@ -218,7 +218,26 @@ class Fetcher:
                 self.counters.failures += 1
                 return Outcome(None, error, attempt)
             if delay > 0:
-                await asyncio.sleep(delay)
+                await anyio.sleep(delay)
+
+    def _unsent(
+        self,
+        reason: NotAttemptedError,
+        target: str,
+        last_error: KeyAPIError | None,
+        attempts: int,
+    ) -> Outcome:
+        """The outcome of a target whose next send was called off.
+
+        A target that was tried before keeps the error of its last try (and
+        counts as a failure): it was attempted, and that error is what the
+        caller needs to see.
+        """
+        if last_error is not None:
+            self.counters.failures += 1
+            return Outcome(None, last_error, attempts)
+        error = NotAttemptedError(reason.reason, target=target, cause=reason.cause)
+        return Outcome(None, error, 0)
 
     async def _send_once(
         self, target: Target, rendered: str, stop: Stop | None, attempt: int
@@ -312,16 +331,3 @@ class Fetcher:
             if not reel.items:
                 counters.empty += 1
         return reel, error, verdict
-
-
-def _unsent(
-    reason: NotAttemptedError, target: str, last_error: KeyAPIError | None, attempts: int
-) -> Outcome:
-    """The outcome of a target whose next send was called off.
-
-    A target that was tried before keeps the error of its last try: it was
-    attempted, and that error is what the caller needs to see.
-    """
-    if last_error is not None:
-        return Outcome(None, last_error, attempts)
-    return Outcome(None, NotAttemptedError(reason.reason, target=target, cause=reason.cause), 0)

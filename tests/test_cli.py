@@ -824,6 +824,24 @@ async def test_demo_quiet_prints_one_line(tmp_path: Path) -> None:
     assert line.startswith("keyapi-stories: done: ") and "of 8 targets" in line
 
 
+async def test_demo_downloads_media_and_reports_files_and_bytes(tmp_path: Path) -> None:
+    dest = tmp_path / "media"
+    done = await run_cli(
+        "demo", "--accounts", "10", "--download", str(dest), "--no-progress",
+        env=base_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    rows = summary_rows(done.stderr)
+    saved = int(rows["media files saved"])
+    assert saved > 0 and rows["failed downloads"] == "0" and rows["bytes downloaded"] != "0 B (0)"
+    files = [p for p in dest.rglob("*") if p.is_file() and not p.name.startswith("archive.")]
+    assert len(files) == saved and not [p for p in files if p.name.endswith(".part")]
+    assert (dest / "archive.sqlite3").is_file()
+    # Without --download the files go to a temporary directory, removed at the end.
+    quiet = await run_cli("demo", "--accounts", "4", "-q", env=base_env(), cwd=tmp_path)
+    assert quiet.code == 0 and "files " in quiet.stderr
+
+
 EMULATOR_SPELLINGS = {
     "keyapi-stories emulator": (*CLI, "emulator"),
     "python -m keyapi_async.testing": (sys.executable, "-m", "keyapi_async.testing"),

@@ -56,7 +56,14 @@ EMULATOR_START_TIMEOUT = 20.0
 EXAMPLE_TIMEOUT = 30.0
 
 #: Public objects whose docstrings (and whose members' docstrings) api.md renders.
-DOCSTRING_MODULES = ("keyapi_async", "keyapi_async.models", "keyapi_async.testing")
+DOCSTRING_MODULES = (
+    "keyapi_async",
+    "keyapi_async.models",
+    "keyapi_async.testing",
+    "keyapi_async.archive",
+    "keyapi_async.export",
+    "keyapi_async.media",
+)
 
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 _TITLE = re.compile(r"""\btitle=["']?([^"'\s]+)""")

@@ -234,21 +234,27 @@ def client_options(emu: Emulator, server: RedisServer, **overrides: Any) -> dict
     return options
 
 
+def _b(value: bytes | str | None) -> bytes:
+    """Bytes of a reply (this client never decodes, the stubs allow both)."""
+    if value is None:
+        return b""
+    return value if isinstance(value, bytes) else value.encode()
+
+
 async def redis_contents(url: str) -> dict[str, tuple[int, list[bytes]]]:
     """Every key in Redis: its PTTL and the raw bytes of its fields and values."""
     client = aioredis.Redis.from_url(url)
     try:
         found: dict[str, tuple[int, list[bytes]]] = {}
         async for raw_key in client.scan_iter(count=100):
-            key = raw_key.decode()
-            kind = (await client.type(raw_key)).decode()
+            key = _b(raw_key).decode()
+            kind = _b(await client.type(raw_key)).decode()
             parts: list[bytes] = []
             if kind == "hash":
                 for field, value in (await client.hgetall(raw_key)).items():
-                    parts += [field, value]
+                    parts += [_b(field), _b(value)]
             elif kind == "string":
-                value = await client.get(raw_key)
-                parts.append(value or b"")
+                parts.append(_b(await client.get(raw_key)))
             else:
                 parts.append(kind.encode())  # no other type is expected
             found[key] = (await client.pttl(raw_key), parts)
@@ -371,8 +377,7 @@ async def test_max_credits_is_one_budget_for_all(redis_server: RedisServer, api_
         assert kid.report["stopped_reason"] == "credit budget reached"
     print(
         f"\nmax_credits=200 over 4x{per_process}: {spent} credits spent, {sent} requests, "
-        f"{fetched} fetched, per process "
-        + ", ".join(str(k.report["requests_sent"]) for k in kids)
+        f"{fetched} fetched, per process " + ", ".join(str(k.report["requests_sent"]) for k in kids)
     )
     assert spent <= 200
     # Nothing failed, so the whole budget was used: 100 requests of 2 credits.
@@ -438,9 +443,7 @@ async def test_redis_killed_mid_batch_stops_sending(
 
 
 @pytest.mark.slow
-async def test_redis_back_within_grace_carries_on(
-    redis_server: RedisServer, api_key: str
-) -> None:
+async def test_redis_back_within_grace_carries_on(redis_server: RedisServer, api_key: str) -> None:
     per_process = 40
     outage = 1.0
     batches = [names(p, per_process) for p in range(PROCESSES)]

@@ -62,10 +62,14 @@ class _Loop(asyncio.SelectorEventLoop):
             ready: list[tuple[object, int]] = real_select(0)
             if ready:
                 return ready
+            if timeout is not None and timeout <= 0:
+                self._virtual_now += 1e-6  # as tests/virtual_clock.py: no timer is re-armed forever
+                return ready
             if timeout is None or _archive_jobs[0]:
-                return real_select(None if timeout is None else 1.0)  # type: ignore[no-any-return]
-            self._virtual_now += max(timeout, 1e-6)
-            return real_select(0)  # type: ignore[no-any-return]
+                # Time stands still while the archive's thread works.
+                return real_select(None if timeout is None else 0.05)  # type: ignore[no-any-return]
+            self._virtual_now += timeout
+            return ready
 
         self._selector.select = select  # type: ignore[attr-defined]
 

@@ -294,7 +294,9 @@ class Capture:
         """Start the downloads an earlier run left unfinished; return how many."""
         if self.downloader is None:
             return 0
-        stories = await self.archive.pending_media(alive_at=time.time(), include_failed=True)
+        # Not filtered by the story's expiry: a signed URL often outlives the
+        # story by days, and a dead one costs one request and ends "expired".
+        stories = await self.archive.pending_media(include_failed=True)
         by_account: dict[str, list[StoryItem]] = collections.defaultdict(list)
         for story in stories:
             media = story.media

@@ -57,13 +57,12 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         # Spelled the way this process was started, so it runs as pasted
         # even when the script's directory (.venv/bin) is not on PATH.
-        fetch = shell_command(
-            ["fetch", "targets.txt", "-o", "stories.jsonl", "--download", "stories"]
-        )
+        fetch = shell_command(["fetch", "targets.txt", "-o", "stories.jsonl"])
         print(f"Ledger: {os.path.abspath(output)} ({written} lines)")
         if args.download:
             print(f"Media and archive: {os.path.abspath(directory)}")
         print(f"Next: export KEYAPI_API_KEY=...  then  {fetch}")
+        print("       (add --download DIR to save the photos and videos as well)")
     return code
 
 

@@ -476,8 +476,8 @@ def _media_rows(media: MediaCounts) -> list[tuple[str, str]]:
             ("media files saved", str(media.saved)),
             ("  bytes downloaded", f"{byte_size(media.bytes)} ({media.bytes})"),
             ("  skipped (already saved)", str(media.skipped)),
-            ("  expired", str(media.expired)),
-            ("  failed", str(media.failed)),
+            ("  expired links", str(media.expired)),
+            ("  failed downloads", str(media.failed)),
             ("  left pending", str(media.pending)),
         ]
         if media.resumed:

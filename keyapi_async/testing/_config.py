@@ -74,10 +74,10 @@ class Fault(enum.Enum):
     """HTTP 503 JSON ``{"code": 503, ...}`` with ``Retry-After: 2``."""
 
 
-#: Faults whose answer says code 0 and therefore costs credits like a success.
 BILLED_FAULTS: frozenset[Fault] = frozenset(
     {Fault.SLOW, Fault.NON_UTF8, Fault.SCHEMA_DRIFT, Fault.COUNT_WITHOUT_ITEMS}
 )
+"""Faults whose answer says ``code: 0`` and therefore costs credits like a success."""
 
 
 def _coerce_fault(value: Fault | str, field_name: str) -> Fault:
