@@ -390,7 +390,7 @@ def test_benchmark_results_are_included_at_build_time(tmp_path: Path) -> None:
 
 
 _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
-CLI_SUBCOMMANDS = ("fetch", "demo", "emulator")
+CLI_SUBCOMMANDS = ("fetch", "demo", "emulator", "export", "import-ledger")
 
 
 @pytest.mark.parametrize("subcommand", CLI_SUBCOMMANDS)

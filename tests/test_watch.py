@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import inspect
+import itertools
 import logging
 import secrets
-import inspect
 import selectors
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -140,7 +141,9 @@ async def _watch(
     return events, watcher
 
 
-def _emulator(key: str, epoch: float = EPOCH, *, every: float = 3 * HOUR, **config: Any) -> Emulator:
+def _emulator(
+    key: str, epoch: float = EPOCH, *, every: float = 3 * HOUR, **config: Any
+) -> Emulator:
     churn = ChurnConfig(every=every, lifetime=DAY, epoch=epoch)
     return Emulator(EmulatorConfig(api_keys=frozenset({key}), churn=churn, seed=7, **config))
 
@@ -164,14 +167,14 @@ def test_thousand_accounts_every_12h_for_three_days(tmp_path: Path) -> None:
     polls = _poll_times(emulator)
     assert len(polls) == 1000
     # Every account polled every 12 h, within a few percent.
-    gaps = [b - a for times in polls.values() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for times in polls.values() for a, b in itertools.pairwise(times)]
     assert gaps and all(abs(gap - every) <= 0.03 * every for gap in gaps), (min(gaps), max(gaps))
     assert {len(times) for times in polls.values()} == {6}
     # Evenly spread: the even share is 1000 / 43200 polls a second.
     starts = sorted(t for times in polls.values() for t in times)
     busiest = max(bisect.bisect_left(starts, t + 1.0, lo=i) - i for i, t in enumerate(starts))
     assert busiest <= 2
-    spacing = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    spacing = [b - a for a, b in itertools.pairwise(starts)]
     assert min(spacing) >= 0.5 * every / 1000
     # Every story published and visible at a poll captured, exactly once.
     ids = [event.story_id for event in events]
@@ -187,8 +190,10 @@ def test_thousand_accounts_every_12h_for_three_days(tmp_path: Path) -> None:
         assert {s.story_id for s in span} <= expected
     assert set(ids) == expected
     # Credits as forecast: 1000 accounts x 2 polls/day x 2 credits x 3 days.
-    assert watcher.stats.credits == emulator.credits_spent == round(
-        forecast_credits_per_day(1000, every) * 3
+    assert (
+        watcher.stats.credits
+        == emulator.credits_spent
+        == round(forecast_credits_per_day(1000, every) * 3)
     )
     with StoryArchive.connect(tmp_path / "a.db", extensions=[WATCH_SCHEMA]) as archive:
         assert archive.counts().stories == len(expected)
@@ -237,7 +242,9 @@ def test_restart_polls_nothing_before_it_is_due(tmp_path: Path) -> None:
     assert 35 <= len(before) <= 45
     with StoryArchive.connect(db, extensions=[WATCH_SCHEMA]) as archive:
         due = dict(
-            archive.read(lambda c: c.execute("SELECT target, next_poll_at FROM watch_accounts").fetchall())
+            archive.read(
+                lambda c: c.execute("SELECT target, next_poll_at FROM watch_accounts").fetchall()
+            )
         )
     # Restarted two hours later, with the budget window and the schedule from the archive.
     epoch2 = EPOCH + 7 * HOUR

@@ -114,6 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(args)
+        if args.command == "watch":
+            from ._watch import run_watch
+
+            return run_watch(args)
+        if args.command == "status":
+            from ._watch import run_status
+
+            return run_status(args)
         if args.command == "emulator":
             from ._emulator import run_emulator_command
 

@@ -415,6 +415,89 @@ def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
 
 
+# -- watch and status (watch mode, issue 10) ----------------------------------
+
+
+def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._watch import parse_duration
+
+    watch = commands.add_parser(
+        "watch",
+        help="poll the accounts of FILE forever, capturing every new story once",
+        description=(
+            "Poll every account of FILE once per --every period, spread evenly across it\n"
+            "(1,000 accounts every 12h is one poll every 43 s), recording every new story\n"
+            "in the archive (and saving its media with --download). The schedule and the\n"
+            "daily credit budget live in the archive: a restart polls nothing before it is\n"
+            "due. FILE is re-read every cycle, so edits take effect without a restart.\n"
+            "SIGINT/SIGTERM finish the polls in flight and exit 0."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    watch.add_argument("input", metavar="FILE", help="accounts, one per line (re-read every cycle)")
+    watch.add_argument(
+        "--every",
+        type=parse_duration,
+        required=True,
+        metavar="PERIOD",
+        help="poll each account once per PERIOD (90s, 15m, 12h; under 24h)",
+    )
+    watch.add_argument(
+        "--max-credits-per-day",
+        type=_count("--max-credits-per-day", 2),
+        default=None,
+        metavar="N",
+        help="rolling 24-hour credit cap kept in the archive; polls wait when it is reached",
+    )
+    watch.add_argument(
+        "--on-new",
+        metavar="CMD",
+        default=None,
+        help="run CMD (split like a shell line, never run by a shell) for each new story, "
+        "with the story's JSON on stdin",
+    )
+    watch.add_argument(
+        "--on-new-timeout",
+        type=_checked(float, "--on-new-timeout", minimum=0, strict=True),
+        default=60.0,
+        metavar="SECONDS",
+        help="kill an --on-new command after this long (default: 60)",
+    )
+    watch.add_argument(
+        "--force", action="store_true", help="accept a period of 24h or more (misses stories)"
+    )
+    watch.add_argument(
+        "--user-ids", action="store_true", help="treat bare lines as numeric user ids"
+    )
+    watch.add_argument(
+        "--grace",
+        type=_checked(float, "--grace", minimum=0),
+        default=2.5,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, wait this long for polls in flight (default: 2.5)",
+    )
+    add_connection_options(watch.add_argument_group("request settings"))
+    add_capture_options(watch)
+    _verbosity_options(watch)
+
+
+def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="show a watch archive's schedule: last and next poll, stories, credits",
+        description=(
+            "Print, for every account a watch follows in the archive DB, the last poll,\n"
+            "the next poll, the stories captured and saved, and the credits used in the\n"
+            "last 24 hours. Read-only: safe while the watch runs."
+        ),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    status.add_argument("archive", metavar="DB", help="the watch's archive")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of ``keyapi-stories`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -433,4 +516,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_emulator(commands)
     _add_export(commands)
     _add_import_ledger(commands)
+    _add_watch(commands)
+    _add_status(commands)
     return parser

@@ -13,9 +13,11 @@ class ExitCode(enum.IntEnum):
     OK = 0
     """Every target ended ``ok`` or ``empty`` (including ones done by an earlier run)."""
     FAILED = 1
-    """Some targets ended ``error`` or ``not_attempted``, or input lines were invalid."""
+    """Some targets ended ``error`` or ``not_attempted``, input lines were invalid, or
+    some media files ended expired, failed or pending (disk full included)."""
     USAGE = 2
-    """Bad command line, unreadable input or ledger, no API key, or OUT exists."""
+    """Bad command line, unreadable input or ledger, no API key, OUT exists, or the
+    download directory or archive is unusable; nothing was sent."""
     STOPPED = 3
     """The API answered 401 (bad key), 403 (key not allowed) or 402 (no credits); the rest
     were not sent."""
@@ -26,9 +28,11 @@ class ExitCode(enum.IntEnum):
 EXIT_CODES_HELP = """\
 exit status:
   0    every target ended ok or empty
-  1    some targets failed (error / not_attempted) or some input lines were invalid
+  1    some targets failed (error / not_attempted), some input lines were invalid,
+       or some media files ended expired, failed or pending (a full disk included)
   2    usage or input error: bad arguments, unreadable input or ledger, no API key
-       (set KEYAPI_API_KEY or use --api-key-file), OUT exists without --resume/--overwrite
+       (set KEYAPI_API_KEY or use --api-key-file), OUT exists without --resume/--overwrite,
+       or the download directory or archive cannot be used; nothing was sent
   3    stopped early: the API answered 401 (bad key), 403 (key not allowed to call
        the endpoint) or 402 (credits exhausted)
   130  interrupted (Ctrl-C / SIGTERM); finished results are in OUT, run with --resume

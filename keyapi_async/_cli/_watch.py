@@ -1,0 +1,380 @@
+"""``keyapi-stories watch`` (poll accounts forever) and ``keyapi-stories status`` (its report).
+
+``watch`` is a thin shell around :class:`keyapi_async.watch.Watcher`: it
+reads FILE (again every cycle, so edits take effect without a restart),
+prints the credit forecast, logs one line per event worth knowing on stderr,
+runs ``--on-new`` for each new story and turns SIGINT/SIGTERM into a
+graceful stop (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import shlex
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Final
+
+from .._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    PermissionDeniedError,
+)
+from ._exit import CLIError, ExitCode
+
+__all__ = ["parse_duration", "run_status", "run_watch"]
+
+_WARN_PERIOD: Final = 18 * 3600.0  # beyond this a poll delayed by a few hours misses stories
+_HOOK_CONCURRENCY: Final = 4
+_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+
+logger = logging.getLogger("keyapi_async.watch")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``1d`` -> seconds (argparse type)."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 12h)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"the duration must be > 0, got {text!r}")
+    return seconds
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86_400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _iso(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+class _Lines(logging.Handler):
+    """Plain timestamped lines on stderr (a service's log, not a progress bar)."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self._redact = redact
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self._redact(self.format(record)), file=sys.stderr, flush=True)
+        except Exception:  # logging must never stop the watch
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging(level: int, redact: Callable[[str], str]) -> Iterator[None]:
+    root = logging.getLogger("keyapi_async")
+    handler = _Lines(redact)
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
+
+
+def _accounts_reader(path: str, user_ids: bool) -> Callable[[], list[str]]:
+    from ._inputs import read_input
+
+    def read() -> list[str]:
+        plan = read_input(path, user_ids=user_ids)
+        return plan.targets
+
+    return read
+
+
+async def _run_hook(argv: list[str], payload: bytes, limit: float, story_id: str) -> None:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=None,
+        )
+    except OSError as exc:
+        logger.warning("--on-new for story %s could not start: %s", story_id, exc)
+        return
+    try:
+        async with asyncio.timeout(limit):
+            await process.communicate(payload)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        logger.warning("--on-new for story %s killed after %g s", story_id, limit)
+        return
+    except (BrokenPipeError, ConnectionResetError):
+        await process.wait()  # it did not read stdin: its exit status still counts
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode:
+        logger.warning("--on-new for story %s exited with status %s", story_id, process.returncode)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    """Run ``keyapi-stories watch``; return the exit status."""
+    from ._apikey import Redactor, resolve_api_key
+
+    every: float = args.every
+    if every >= 86_400 and not args.force:
+        raise CLIError(
+            f"--every {_human(every)} cannot capture every story: stories live 24 h, so a "
+            "period of 24 h or more misses some. Use a shorter period (12h is typical) "
+            "or add --force"
+        )
+    if args.archive is None and args.download is None:
+        raise CLIError(
+            "give --archive DB (or --download DIR, whose archive is DIR/archive.sqlite3)"
+        )
+    hook = shlex.split(args.on_new) if args.on_new else None
+    if args.on_new is not None and not hook:
+        raise CLIError("--on-new is empty")
+    key = resolve_api_key(args.api_key_file)
+    reader = _accounts_reader(args.input, args.user_ids)
+    accounts = reader()
+    if not accounts:
+        raise CLIError(f"no valid accounts in {args.input!r}")
+    redact = Redactor(key)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
+    with _logging(level, redact):
+        return asyncio.run(_watch(args, key, reader, len(accounts), hook))
+
+
+def _forecast(args: argparse.Namespace, count: int) -> None:
+    from ..watch import forecast_credits_per_day
+
+    every: float = args.every
+    per_day = forecast_credits_per_day(count, every)
+    print(
+        f"watching {count} accounts every {_human(every)}: one poll every "
+        f"{every / count:.3g} s, forecast {per_day:,.0f} credits/day "
+        f"({count} accounts x {86_400 / every:.3g} polls/day x 2)",
+        file=sys.stderr,
+        flush=True,
+    )
+    if every >= 86_400:
+        print("WARNING: a period of 24 h or more WILL miss stories (--force)", file=sys.stderr)
+    elif every > _WARN_PERIOD:
+        print(
+            f"warning: --every {_human(every)} is close to a story's 24 h lifetime: a delayed "
+            "poll (budget wait, outage, restart) can miss stories",
+            file=sys.stderr,
+        )
+    cap = args.max_credits_per_day
+    if cap is not None and cap < per_day:
+        print(
+            f"warning: --max-credits-per-day {cap} is below the forecast; polls will wait "
+            "for the budget and stories may expire unseen",
+            file=sys.stderr,
+        )
+
+
+async def _watch(
+    args: argparse.Namespace,
+    key: str,
+    reader: Callable[[], list[str]],
+    count: int,
+    hook: list[str] | None,
+) -> int:
+    from .. import KeyAPIClient
+    from ..archive import ArchiveError
+    from ..media import MediaDownloader, media_hosts_from_env
+    from ..watch import Watcher, open_watch_archive
+    from ._signals import Interrupts
+
+    archive_path = args.archive or os.path.join(args.download, "archive.sqlite3")
+    options: dict[str, object] = {
+        "qps": args.qps or None,
+        "timeout": args.timeout,
+        "max_attempts": args.retries + 1,
+        "base_url": args.base_url,
+        "user_agent": "keyapi-stories",
+    }
+    # Each shared connection option only when given: the client's defaults
+    # (and environment variables) apply otherwise, as for fetch.
+    for name in ("concurrency", "max_credits", "proxy", "redis_url", "redis_namespace"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    try:
+        client = KeyAPIClient(key, **options)  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        raise CLIError(str(exc)) from None
+    downloader = None
+    if args.download is not None:
+        hosts = list(media_hosts_from_env())
+        if args.media_hosts:
+            hosts += [h.strip() for h in args.media_hosts.split(",") if h.strip()]
+        try:
+            downloader = MediaDownloader(
+                args.download,
+                allowed_hosts=hosts,
+                name_template=args.name_template,
+                max_bytes=args.max_media_bytes,
+                concurrency=args.media_concurrency,
+            )
+            await downloader.start()
+        except ConfigurationError as exc:
+            raise CLIError(str(exc)) from None
+    _forecast(args, count)
+    hooks: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(_HOOK_CONCURRENCY)
+    code = ExitCode.OK
+    try:
+        async with open_watch_archive(archive_path) as archive, client:
+            watcher = Watcher(
+                client,
+                archive,
+                reader,
+                every=args.every,
+                max_credits_per_day=args.max_credits_per_day,
+                downloader=downloader,
+            )
+            consumer = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+
+            def on_first(signum: int) -> None:
+                logger.info("stopping: finishing the polls in flight (up to %g s)", args.grace)
+                watcher.stop()
+                if consumer is not None:
+                    loop.call_later(args.grace, consumer.cancel)
+
+            def on_second(signum: int) -> None:
+                if consumer is not None:
+                    consumer.cancel()
+
+            async def run_hook(payload: bytes, story_id: str) -> None:
+                assert hook is not None
+                async with slots:
+                    await _run_hook(hook, payload, args.on_new_timeout, story_id)
+
+            with Interrupts(on_first, on_second):
+                try:
+                    async for event in watcher.events():
+                        if hook is not None:
+                            task = asyncio.ensure_future(run_hook(event.to_json(), event.story_id))
+                            hooks.add(task)
+                            task.add_done_callback(hooks.discard)
+                except (
+                    AuthenticationError,
+                    InsufficientCreditsError,
+                    PermissionDeniedError,
+                ) as exc:
+                    print(
+                        f"keyapi-stories: stopped: the API answered {exc.status}: {exc.message}"
+                        + _advice(exc),
+                        file=sys.stderr,
+                    )
+                    code = ExitCode.STOPPED
+                except asyncio.CancelledError:
+                    if not watcher.stopping:
+                        raise
+                if hooks:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(args.grace, 0.1)):
+                            await asyncio.gather(*hooks, return_exceptions=True)
+            stats = watcher.stats
+            print(
+                f"watch stopped: {stats.polls} polls, {stats.new_stories} new stories, "
+                f"{stats.credits} credits, {stats.errors} errors",
+                file=sys.stderr,
+                flush=True,
+            )
+    except ArchiveError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        for task in hooks:
+            task.cancel()
+        if hooks:
+            await asyncio.gather(*hooks, return_exceptions=True)
+        if downloader is not None:
+            await downloader.aclose()
+    return code
+
+
+def _advice(exc: Exception) -> str:
+    if isinstance(exc, AuthenticationError):
+        return " (check KEYAPI_API_KEY or --api-key-file)"
+    if isinstance(exc, InsufficientCreditsError):
+        return " (the account is out of credits: top up, then run watch again)"
+    return " (the key may not call this endpoint)"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print ``keyapi-stories status DB``: per account last/next poll, stories, credits."""
+    from ..archive import ArchiveError, StoryArchive
+
+    try:
+        archive = StoryArchive.connect(args.archive, readonly=True)
+    except ArchiveError as exc:
+        raise CLIError(str(exc)) from None
+    now = time.time()
+
+    def read(
+        conn: sqlite3.Connection,
+    ) -> tuple[list[tuple[str, int, float | None, float, int, str | None]], int, dict[str, str]]:
+        has = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'watch_accounts'"
+        ).fetchone()[0]
+        if not has:
+            return [], 0, {}
+        rows = conn.execute(
+            "SELECT target, active, last_poll_at, next_poll_at, polls, last_status"
+            " FROM watch_accounts ORDER BY active DESC, target"
+        ).fetchall()
+        spent = conn.execute(
+            "SELECT coalesce(sum(credits), 0) FROM watch_credits WHERE at > ?", (now - 86_400,)
+        ).fetchone()[0]
+        settings = dict(conn.execute("SELECT name, value FROM watch_settings").fetchall())
+        return rows, int(spent), settings
+
+    with archive:
+        rows, spent, settings = archive.read(read)
+        stories = {a.target: (a.stories, a.saved) for a in archive.accounts()}
+    if not rows:
+        print(f"{args.archive}: no watch schedule (run keyapi-stories watch with this archive)")
+        return ExitCode.OK
+    width = max(7, *(len(r[0]) for r in rows))
+    print(
+        f"{'account':<{width}}  {'last poll':<20}  {'next poll':<20}  {'polls':>5}  "
+        f"{'stories':>7}  {'saved':>5}  status"
+    )
+    for target, active, last, nxt, polls, status in rows:
+        count, saved = stories.get(target, (0, 0))
+        shown = (status or "-") if active else "removed"
+        print(
+            f"{target:<{width}}  {_iso(last):<20}  {_iso(nxt) if active else '-':<20}  "
+            f"{polls:>5}  {count:>7}  {saved:>5}  {shown}"
+        )
+    cap = settings.get("max_credits_per_day", "None")
+    limit = "no cap" if cap == "None" else f"cap {cap}"
+    active_count = sum(1 for r in rows if r[1])
+    print(
+        f"{active_count} accounts watched; credits used in the last 24 h: {spent} ({limit})",
+    )
+    return ExitCode.OK
