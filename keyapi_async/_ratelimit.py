@@ -343,6 +343,12 @@ class RateGate:
                 bucket.retune(rate)
             await bucket.acquire()
             now = clock()
+            # Retuned at every grant too, not only when a task arrives: when
+            # every worker is already queued in the bucket (as many workers
+            # as targets), nobody arrives, and a rate cut would never recover.
+            current = self._adaptive.current(now)
+            if current is not None:
+                bucket.retune(current)
             if now < self._cooldown_until:
                 continue  # a 429 arrived while we waited: that turn is forfeit
             return now
@@ -390,6 +396,8 @@ class RateGate:
         self._last_cut = now
         if rate is not None:
             _log.info("429: rate lowered to %.2f req/s", rate)
+            if self._bucket is not None:
+                self._bucket.retune(rate)  # the requests already queued slow down too
 
     def snapshot(self) -> GateSnapshot:
         """The current rate, cooldown and throttle count."""

@@ -311,3 +311,26 @@ def test_late_wakeups_do_not_cost_rate_nor_break_the_cap(lag: float) -> None:
     assert rate >= 0.95 * 20 * 0.995, rate
     window = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert window <= 20
+
+
+def test_a_cut_rate_recovers_even_when_every_worker_is_already_queued() -> None:
+    # As many workers as targets: each passes the gate once, so nobody
+    # arrives after the 429 to retune the bucket; it must recover anyway.
+    async def main() -> tuple[float, float]:
+        gate = RateGate(qps=20.0, concurrency=1000, margin=0.05)
+        times: list[float] = []
+
+        async def sender(number: int) -> None:
+            ticket = await gate.acquire()
+            times.append(ticket.sent_at)
+            verdict = Verdict.THROTTLED if number == 20 else Verdict.ACCEPTED
+            await gate.release(ticket, verdict, cooldown=0.1, server_said=True)
+
+        await asyncio.gather(*(sender(n) for n in range(700)))
+        times.sort()
+        tail = times[-100:]
+        return (len(tail) - 1) / (tail[-1] - tail[0]), times[-1]
+
+    tail_rate, _ = run_virtual(main)
+    # CUBIC recovery back to the paced 19/s well before the last 100 sends.
+    assert tail_rate >= 0.95 * 19.0, tail_rate

@@ -104,7 +104,7 @@ class _Counted:
 def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
     loop = _Loop()
     try:
-        return loop.run_until_complete(main())  # type: ignore[arg-type]
+        return loop.run_until_complete(main())
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()

@@ -1,0 +1,165 @@
+"""``keyapi-stories watch`` end to end: a subprocess against a loopback emulator with churn."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from keyapi_async.testing import EmulatorConfig, MediaConfig, run_emulator
+from keyapi_async.testing._churn import ChurnConfig, published
+
+ACCOUNTS = 30
+LIFETIME = 25.0
+
+pytestmark = pytest.mark.slow
+
+_HOOK = (
+    "import json, sys; d = json.load(sys.stdin); "
+    "open(sys.argv[1], 'a').write(d['story_id'] + '\\n')"
+)
+
+
+async def _start(args: list[str], key: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "KEYAPI_API_KEY": key}
+    env.pop("KEYAPI_BASE_URL", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keyapi_async", *args, env=env, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> tuple[int, float, str]:
+    process.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    _, err = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode is not None
+    return process.returncode, time.monotonic() - began, err.decode()
+
+
+async def test_watch_30_accounts_every_10s(tmp_path: Path) -> None:
+    key = "sk_test_" + secrets.token_hex(16)
+    churn = ChurnConfig(every=6.0, lifetime=LIFETIME)
+    config = EmulatorConfig(
+        api_keys=frozenset({key}), churn=churn, seed=3, media=MediaConfig(enabled=True)
+    )
+    names = [f"w{n:02d}" for n in range(ACCOUNTS)]
+    accounts = tmp_path / "accounts.txt"
+    accounts.write_text("\n".join(names) + "\n")
+    db, media, hook_out = tmp_path / "w.db", tmp_path / "media", tmp_path / "hook.txt"
+    async with run_emulator(config) as emu:
+        loop = asyncio.get_running_loop()
+        offset = time.time() - loop.time()  # the emulator logs loop time; churn runs on Unix time
+        host = emu.base_url.removeprefix("http://")
+        args = [
+            "watch", str(accounts), "--every", "10s", "--archive", str(db),
+            "--download", str(media), "--base-url", emu.base_url, "--media-hosts", host,
+            "--qps", "50", "--on-new", f"{sys.executable} -c \"{_HOOK}\" {hook_out}",
+        ]  # fmt: skip
+        process = await _start(args, key)
+        await asyncio.sleep(32)
+        code, took, err = await _stop(process)
+        assert code == 0, err
+        assert took < 3.0
+        assert "forecast 8,640 credits/day" in err  # 30 x 8640 polls/day x 2 / 60... as printed
+
+        polls: dict[str, list[float]] = collections.defaultdict(list)
+        for record in emu.log:
+            if record.status == 200 and record.username is not None:
+                polls[record.username].append(record.time + offset)
+        counts = {name: len(polls[name]) for name in names}
+        assert set(counts.values()) <= {3, 4}, counts
+
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT s.story_id, s.account, m.status, m.path, m.bytes FROM stories AS s "
+                "LEFT JOIN media AS m USING (story_id)"
+            ).fetchall()
+            due = dict(conn.execute("SELECT target, next_poll_at FROM watch_accounts"))
+        conn.close()
+        archived = {row[0] for row in rows}
+        assert len(archived) == len(rows)
+        for name in names:
+            times = polls[name]
+            key_ = f"username:{name}"
+            surely = published(churn, 3, key_, times[0] - LIFETIME + 1, times[-1] - 1)
+            possible = published(churn, 3, key_, times[0] - LIFETIME - 1, times[-1] + 1)
+            mine = {row[0] for row in rows if row[1] == name}
+            assert {s.story_id for s in surely} <= mine <= {s.story_id for s in possible}
+        for _, _, status, path, size in rows:
+            assert status == "saved"
+            assert (media / path).stat().st_size == size
+        assert not list(media.rglob("*.part"))
+        hooked = hook_out.read_text().split()
+        assert sorted(hooked) == sorted(archived)
+
+        # An immediate restart polls nothing before it is due.
+        before = len(emu.log)
+        process = await _start(args, key)
+        await asyncio.sleep(4)
+        code, took, err = await _stop(process)
+        assert code == 0, err
+        for record in emu.log[before:]:
+            assert record.username is not None
+            assert record.time + offset >= due[record.username] - 0.05
+
+
+async def test_status_report(tmp_path: Path) -> None:
+    key = "sk_test_" + secrets.token_hex(16)
+    config = EmulatorConfig(
+        api_keys=frozenset({key}), churn=ChurnConfig(every=2.0, lifetime=30.0), seed=1
+    )
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\nbeta\n")
+    db = tmp_path / "s.db"
+    async with run_emulator(config) as emu:
+        args = ["watch", str(accounts), "--every", "2s", "--archive", str(db)]
+        process = await _start([*args, "--base-url", emu.base_url], key)
+        await asyncio.sleep(3)
+        code, _, err = await _stop(process)
+        assert code == 0, err
+    status = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keyapi_async", "status", str(db),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await status.communicate()
+    text = out.decode()
+    assert status.returncode == 0
+    assert "alpha" in text and "beta" in text
+    assert "credits used in the last 24 h: " in text
+    lines = [line.split() for line in text.splitlines() if line.startswith(("alpha", "beta"))]
+    assert all(int(parts[-4]) >= 1 for parts in lines)  # polls
+
+
+async def test_refuses_a_period_of_a_day(tmp_path: Path) -> None:
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\n")
+    process = await _start(
+        ["watch", str(accounts), "--every", "24h", "--archive", str(tmp_path / "x.db")], "sk_x"
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert "stories live 24 h" in err.decode()
+
+
+async def test_a_bad_key_exits_3(tmp_path: Path) -> None:
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\nbeta\n")
+    async with run_emulator(EmulatorConfig()) as emu:
+        process = await _start(
+            ["watch", str(accounts), "--every", "1h", "--archive", str(tmp_path / "x.db"),
+             "--base-url", emu.base_url],
+            "sk_test_wrong_" + secrets.token_hex(4),
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 3, err
+    assert "401" in err.decode()
+    assert json.dumps  # keep the import honest for debugging prints
