@@ -41,6 +41,7 @@ from collections.abc import (
     Coroutine,
     Iterable,
     Iterator,
+    Sized,
 )
 from dataclasses import dataclass
 from types import TracebackType
@@ -166,6 +167,9 @@ class StoryBatch:
     ) -> None:
         # The running tasks reference only the engine, never this handle, so
         # dropping the handle (``break``) is what lets __del__ cancel them.
+        if isinstance(targets, Sized):
+            # A known, smaller input needs no more workers than targets.
+            workers = max(1, min(workers, len(targets)))
         self._engine = _Engine(fetcher, targets, ordered=ordered, workers=workers, where=where)
         self._recv = self._engine.receiver
         self._spawn = spawn

@@ -458,7 +458,7 @@ class Watcher:
         # New accounts are spread over one period from now, so adding 500 at
         # once adds 500 evenly spaced polls, not a burst.
         for i, target in enumerate(added):
-            due = now + (i + 0.5) * self.every / len(added)
+            due = now + i * self.every / len(added)
             self._accounts[target] = _Account(target, due)
         rows_new = [(t, now, self._accounts[t].next_at) for t in added]
 

@@ -254,9 +254,9 @@ def test_restart_polls_nothing_before_it_is_due(tmp_path: Path) -> None:
     )
     after = _poll_times(second, epoch2)
     for name, times in after.items():
-        assert times[0] >= due[name] - 1e-6
+        assert times[0] >= due[name] - 1e-3
         if name in before:
-            assert times[0] >= before[name][-1] + every - 1e-6
+            assert times[0] >= before[name][-1] + every - 1e-3
     # The accounts due during the 2 h stop are caught up, paced, not in a burst.
     starts = sorted(t for times in after.values() for t in times)
     busiest = max(bisect.bisect_left(starts, t + 1.0, lo=i) - i for i, t in enumerate(starts))

@@ -172,8 +172,8 @@ def _forecast(args: argparse.Namespace, count: int) -> None:
     per_day = forecast_credits_per_day(count, every)
     print(
         f"watching {count} accounts every {_human(every)}: one poll every "
-        f"{every / count:.3g} s, forecast {per_day:,.0f} credits/day "
-        f"({count} accounts x {86_400 / every:.3g} polls/day x 2)",
+        f"{every / count:.1f} s, forecast {per_day:,.0f} credits/day "
+        f"({count} accounts x {86_400 / every:.6g} polls/day x 2)",
         file=sys.stderr,
         flush=True,
     )
