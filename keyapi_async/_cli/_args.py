@@ -17,7 +17,7 @@ from .._config import (
 )
 from .._media_paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
-from ._exit import EXIT_CODES_HELP
+from ._exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
 from ._invocation import PROG
 
 __all__ = [
@@ -432,7 +432,7 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "due. FILE is re-read every cycle, so edits take effect without a restart.\n"
             "SIGINT/SIGTERM finish the polls in flight and exit 0."
         ),
-        epilog=EXIT_CODES_HELP,
+        epilog=WATCH_EXIT_CODES_HELP,
         formatter_class=_Formatter,
         allow_abbrev=False,
     )
@@ -492,6 +492,7 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "the next poll, the stories captured and saved, and the credits used in the\n"
             "last 24 hours. Read-only: safe while the watch runs."
         ),
+        epilog=STATUS_EXIT_CODES_HELP,
         formatter_class=_Formatter,
         allow_abbrev=False,
     )

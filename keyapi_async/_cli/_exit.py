@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["EXIT_CODES_HELP", "CLIError", "ExitCode"]
+__all__ = [
+    "EXIT_CODES_HELP",
+    "STATUS_EXIT_CODES_HELP",
+    "WATCH_EXIT_CODES_HELP",
+    "CLIError",
+    "ExitCode",
+]
 
 
 class ExitCode(enum.IntEnum):
@@ -36,6 +42,21 @@ exit status:
   3    stopped early: the API answered 401 (bad key), 403 (key not allowed to call
        the endpoint) or 402 (credits exhausted)
   130  interrupted (Ctrl-C / SIGTERM); finished results are in OUT, run with --resume
+"""
+
+WATCH_EXIT_CODES_HELP = """\
+exit status:
+  0    stopped by SIGINT / SIGTERM after finishing the polls in flight
+  2    usage error: bad arguments, unreadable FILE, no API key, a period of 24 h or
+       more without --force, or the download directory or archive cannot be used
+  3    stopped: the API answered 401 (bad key), 403 (key not allowed to call the
+       endpoint) or 402 (credits exhausted)
+"""
+
+STATUS_EXIT_CODES_HELP = """\
+exit status:
+  0    the report was printed
+  2    the archive cannot be read
 """
 
 

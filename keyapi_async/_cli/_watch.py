@@ -151,6 +151,12 @@ def run_watch(args: argparse.Namespace) -> int:
         raise CLIError(
             "give --archive DB (or --download DIR, whose archive is DIR/archive.sqlite3)"
         )
+    if args.refresh_expired:
+        # Each poll brings fresh URLs anyway; re-fetching on top would pay twice.
+        raise CLIError(
+            "--refresh-expired is for fetch: watch polls every account each period, "
+            "and a file left pending is downloaded from the next poll's fresh URL"
+        )
     hook = shlex.split(args.on_new) if args.on_new else None
     if args.on_new is not None and not hook:
         raise CLIError("--on-new is empty")

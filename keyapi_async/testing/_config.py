@@ -196,6 +196,12 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         """Validate every field and normalise the containers."""
+        if not isinstance(self.media, MediaConfig):
+            raise ValueError(f"media must be a MediaConfig, got {type(self.media).__name__}")
+        if self.churn is not None and not isinstance(self.churn, ChurnConfig):
+            raise ValueError(
+                f"churn must be a ChurnConfig or None, got {type(self.churn).__name__}"
+            )
         if isinstance(self.api_keys, str | bytes):
             raise ValueError("api_keys must be a collection of keys, not a single string")
         try:
