@@ -244,34 +244,34 @@ class _Places:
     and the free case here is one comparison.
     """
 
-    __slots__ = ("_free", "_waiters")
+    __slots__ = ("free", "waiters")
 
     def __init__(self, places: int) -> None:
-        self._free = places
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.free = places
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def take(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.waiters.append(waiter)
         try:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.give()  # handed a place, then cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                self.waiters.remove(waiter)
             raise
 
     def give(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self.waiters:
+            waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        self._free += 1
+        self.free += 1
 
 
 def _slack(margin: float) -> float:
@@ -311,7 +311,11 @@ class RateGate:
 
     async def acquire(self) -> Ticket:
         """Wait for an in-flight place, the end of any cooldown, and a token."""
-        await self._inflight.take()
+        places = self._inflight
+        if places.free > 0 and not places.waiters:
+            places.free -= 1  # inline: the hot path, without a coroutine
+        else:
+            await places.take()
         try:
             if self._bucket is None and self.throttles == 0:
                 # No cap and no 429 ever: nothing to wait for (the hot path
