@@ -36,7 +36,7 @@ from ._errors import (
     RateLimitError,
     ResponseDecodeError,
 )
-from ._ratelimit import Gate, Verdict
+from ._ratelimit import Gate, Ticket, Verdict
 from ._retry import RetryPolicy
 from ._sansio import RequestBuilder, parse_response
 from ._targets import Target
@@ -179,6 +179,7 @@ class Fetcher:
 
     async def fetch(self, target: Target, stop: Stop | None = None) -> Outcome:
         """Fetch ``target`` with retries; never raises a KeyAPIError (returns it)."""
+        counters = self.counters
         rendered = str(target)
         attempt = 0
         last_error: KeyAPIError | None = None
@@ -186,22 +187,67 @@ class Fetcher:
             if stop is not None and stop.reason is not None:
                 return self._unsent(stop.reason, rendered, last_error, attempt)
             try:
-                sent = await self._send_once(target, rendered, stop, attempt + 1)
+                async with hold(self._budget) as credits:
+                    ticket = await self._admit(credits.granted, stop)
+                    if isinstance(ticket, NotAttemptedError):
+                        return self._unsent(ticket, rendered, last_error, attempt)
+                    attempt += 1
+                    counters.requests_sent += 1
+                    if attempt > 1:
+                        counters.retries += 1
+                    counters.in_flight += 1
+                    debug = _log.isEnabledFor(logging.DEBUG)
+                    started = time.perf_counter() if debug else 0.0
+                    verdict = Verdict.NO_ANSWER
+                    reel: Reel | None = None
+                    error: KeyAPIError | None = None
+                    # Sent from this frame rather than a helper's: every resume
+                    # of a request waiting on the network passes through each
+                    # frame of its chain, and that is most of the engine's cost.
+                    try:
+                        request = self._builder.build(target)
+                        raw = await self._transport.send(request, target=rendered)
+                        verdict = Verdict.ACCEPTED
+                        reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
+                    except KeyAPIError as exc:
+                        error = exc
+                        if isinstance(exc, RateLimitError):
+                            verdict = Verdict.THROTTLED
+                    except BaseException:
+                        # Cancelled mid-flight: the place in the gate is given
+                        # back (shielded: a shared gate needs a round trip).
+                        counters.in_flight -= 1
+                        with anyio.CancelScope(shield=True):
+                            await self._gate.release(ticket, verdict)
+                        raise
+                    counters.in_flight -= 1
+                    await self._report(ticket, verdict, error, attempt)
+                    if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
+                        credits.charge(CREDITS_PER_REQUEST)
+                        counters.credits_spent += CREDITS_PER_REQUEST
             except GateUnavailableError as exc:
                 # The shared gate or budget (Redis) is gone past its grace:
                 # nothing may be sent, for this target or any other.
                 exc.target = rendered
                 if stop is None:
-                    self.counters.failures += 1
+                    counters.failures += 1
                     return Outcome(None, last_error or exc, attempt)
                 stop.cancel(exc.message, cause=exc)
                 assert stop.reason is not None
                 return self._unsent(stop.reason, rendered, last_error, attempt)
-            if isinstance(sent, NotAttemptedError):
-                return self._unsent(sent, rendered, last_error, attempt)
-            attempt += 1
-            reel, error, verdict = sent
+            if debug:
+                _log.debug(
+                    "GET %s attempt=%d %s latency=%.3fs",
+                    rendered,
+                    attempt,
+                    "ok" if error is None else type(error).__name__,
+                    time.perf_counter() - started,
+                )
             if error is None:
+                assert reel is not None
+                counters.successes += 1
+                if not reel.items:
+                    counters.empty += 1
                 if stop is not None:
                     stop.answered()
                 return Outcome(reel, None, attempt)
@@ -215,7 +261,7 @@ class Fetcher:
                     stop.stop(error)
             delay = self._policy.delay_for(attempt, error)
             if delay is None:
-                self.counters.failures += 1
+                counters.failures += 1
                 return Outcome(None, error, attempt)
             if delay > 0:
                 await anyio.sleep(delay)
@@ -239,95 +285,52 @@ class Fetcher:
         error = NotAttemptedError(reason.reason, target=target, cause=reason.cause)
         return Outcome(None, error, 0)
 
-    async def _send_once(
-        self, target: Target, rendered: str, stop: Stop | None, attempt: int
-    ) -> tuple[Reel | None, KeyAPIError | None, Verdict] | NotAttemptedError:
-        """Send number ``attempt``: reserve → gate → send → judge → tell the gate.
+    async def _admit(self, granted: bool, stop: Stop | None) -> Ticket | NotAttemptedError:
+        """A turn at the gate for a request holding its credits, or why it may not go.
 
-        Returns the reel or the error with the gate's verdict, or, when
-        nothing was sent, why not.
+        Waiting for a turn ends at once when the batch stops: with hundreds of
+        workers queued at the gate, draining them one turn at a time would take
+        minutes. A stop that arrived while the request waited (a 401/402)
+        gives the turn back unused: sending now would only earn another one.
         """
-        counters = self.counters
-        async with hold(self._budget) as credits:
-            if not credits.granted:
-                reason = NotAttemptedError("credit budget reached")
-                if stop is not None and stop.budget is None:
-                    # Reported, not a stop: requests that already hold a
-                    # reservation still go out.
-                    stop.budget = reason
-                return reason
-            gate = self._gate
-            if stop is None or gate.idle:
-                ticket = await gate.acquire()
-            else:
-                # Waiting for a turn ends at once when the batch stops: with
-                # hundreds of workers queued at the gate, draining them one
-                # turn at a time would take minutes.
-                with anyio.CancelScope() as waiting:
-                    stop.waiters.add(waiting)
-                    try:
-                        ticket = await gate.acquire()
-                    finally:
-                        stop.waiters.discard(waiting)
-                if waiting.cancelled_caught:
-                    assert stop.reason is not None
-                    return stop.reason
-            if stop is not None and stop.reason is not None:
-                # A 401/402 arrived while this request waited for its turn:
-                # sending it now would only earn another one.
-                await self._gate.release(ticket, Verdict.UNUSED)
+        if not granted:
+            reason = NotAttemptedError("credit budget reached")
+            if stop is not None and stop.budget is None:
+                # Reported, not a stop: requests that already hold a
+                # reservation still go out.
+                stop.budget = reason
+            return reason
+        gate = self._gate
+        if stop is None or gate.idle:
+            ticket = await gate.acquire()
+        else:
+            with anyio.CancelScope() as waiting:
+                stop.waiters.add(waiting)
+                try:
+                    ticket = await gate.acquire()
+                finally:
+                    stop.waiters.discard(waiting)
+            if waiting.cancelled_caught:
+                assert stop.reason is not None
                 return stop.reason
-            counters.requests_sent += 1
-            if attempt > 1:
-                counters.retries += 1
-            counters.in_flight += 1
-            debug = _log.isEnabledFor(logging.DEBUG)
-            started = time.perf_counter() if debug else 0.0
-            verdict = Verdict.NO_ANSWER
-            reel: Reel | None = None
-            error: KeyAPIError | None = None
-            try:
-                raw = await self._transport.send(self._builder.build(target), target=rendered)
-                verdict = Verdict.ACCEPTED
-                reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
-            except KeyAPIError as exc:
-                error = exc
-                if isinstance(exc, RateLimitError):
-                    verdict = Verdict.THROTTLED
-            except BaseException:
-                # Cancelled mid-flight: the place in the gate is given back
-                # (shielded: a shared gate needs a round trip for it).
-                counters.in_flight -= 1
-                with anyio.CancelScope(shield=True):
-                    await self._gate.release(ticket, verdict)
-                raise
-            counters.in_flight -= 1
-            if verdict is Verdict.THROTTLED:
-                assert error is not None
-                counters.rate_limited += 1
-                # Even a target out of retries makes everyone else pause.
-                await self._gate.release(
-                    ticket,
-                    verdict,
-                    cooldown=self._policy.wait_for(attempt, error),
-                    server_said=getattr(error, "retry_after", None) is not None,
-                )
-            else:
-                await self._gate.release(ticket, verdict)
-            if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
-                credits.charge(CREDITS_PER_REQUEST)
-                counters.credits_spent += CREDITS_PER_REQUEST
-        if debug:
-            _log.debug(
-                "GET %s attempt=%d %s latency=%.3fs",
-                rendered,
-                attempt,
-                "ok" if error is None else type(error).__name__,
-                time.perf_counter() - started,
+        if stop is not None and stop.reason is not None:
+            await gate.release(ticket, Verdict.UNUSED)
+            return stop.reason
+        return ticket
+
+    async def _report(
+        self, ticket: Ticket, verdict: Verdict, error: KeyAPIError | None, attempt: int
+    ) -> None:
+        """Give the gate its place back and what the answer means for the rate."""
+        if verdict is Verdict.THROTTLED:
+            assert error is not None
+            self.counters.rate_limited += 1
+            # Even a target out of retries makes everyone else pause.
+            await self._gate.release(
+                ticket,
+                verdict,
+                cooldown=self._policy.wait_for(attempt, error),
+                server_said=getattr(error, "retry_after", None) is not None,
             )
-        if error is None:
-            assert reel is not None
-            counters.successes += 1
-            if not reel.items:
-                counters.empty += 1
-        return reel, error, verdict
+        else:
+            await self._gate.release(ticket, verdict)
