@@ -309,13 +309,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"`KeyAPIClient(qps={result['cap']:g})`, with and without `redis_url`. Wall is "
             "first to last request seen by the emulator.",
             "",
-            "Without Redis, each process's own gate learns a rate from the first 429s "
-            "(what the server accepted of its sends in the window) and paces the rest of "
-            "its batch at about its share; with more workers than targets (the derived "
-            "concurrency) every worker already waits inside the local bucket and the "
-            "learned rate is not raised again during the batch, which hides most of the "
-            "conflict. With 16 workers per process the local gates probe back up and the "
-            "processes keep throttling each other.",
+            "Without Redis, each process's own gate learns a rate from its 429s (what "
+            "the server accepted of its sends in the window), paces at about its share, "
+            "then probes back up toward its own qps: the processes keep throttling each "
+            "other, every round of probing costing 429s, pauses and retries. The adaptive "
+            "gate keeps that to tens of 429s rather than hundreds, but only the shared "
+            "gate removes them and fills the cap.",
             "",
             table(
                 [
