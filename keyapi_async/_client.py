@@ -25,7 +25,7 @@ from . import __about__
 from ._batch import StoryBatch
 from ._budget import Budget, LocalBudget
 from ._config import ClientConfig, ClientOptions, shown_url
-from ._fetch import Fetcher
+from ._fetch import Counters, Fetcher
 from ._ratelimit import Gate, RateGate
 from ._sansio import RequestBuilder
 from ._targets import TargetLike, from_arguments
@@ -251,21 +251,9 @@ class KeyAPIClient:
     def stats(self) -> ClientStats:
         """A snapshot of request, retry, 429 and credit counters, and the current rate."""
         fetcher = self._fetcher
-        if fetcher is None:
-            return ClientStats(
-                requests_sent=0,
-                in_flight=0,
-                successes=0,
-                empty=0,
-                failures=0,
-                rate_limited=0,
-                retries=0,
-                credits_spent=0,
-                current_qps=self._config.paced_qps,
-                cooldown_remaining=0.0,
-            )
-        c = fetcher.counters
-        snapshot = fetcher.gate.snapshot()
+        # Before the client opens: zeros, and the rate the gate will pace at.
+        c = Counters() if fetcher is None else fetcher.counters
+        snapshot = None if fetcher is None else fetcher.gate.snapshot()
         return ClientStats(
             requests_sent=c.requests_sent,
             in_flight=c.in_flight,
@@ -275,8 +263,8 @@ class KeyAPIClient:
             rate_limited=c.rate_limited,
             retries=c.retries,
             credits_spent=c.credits_spent,
-            current_qps=snapshot.current_qps,
-            cooldown_remaining=snapshot.cooldown_remaining,
+            current_qps=self._config.paced_qps if snapshot is None else snapshot.current_qps,
+            cooldown_remaining=0.0 if snapshot is None else snapshot.cooldown_remaining,
         )
 
     async def fetch_user_stories(
