@@ -92,7 +92,7 @@ class KeyAPIClient:
         session: An ``aiohttp.ClientSession`` to use (and leave open).
         transport: Anything with the transport's ``send``/``aclose``
             (for example :class:`keyapi_async.testing.EmulatorTransport`),
-            used instead of aiohttp.
+            used instead of aiohttp (and left open).
         **options: The settings (see :class:`ClientConfig`).
 
     Runs on asyncio only: aiohttp has no trio backend.
@@ -146,7 +146,9 @@ class KeyAPIClient:
             gate, budget = await self._open_gate()
             transport = self._open_transport()
             self._transport = transport
-            self._closers.append(transport.aclose)
+            if transport is not self._user_transport:
+                # The caller's transport, like the caller's session, stays open.
+                self._closers.append(transport.aclose)
             self._fetcher = Fetcher(
                 transport=transport,
                 gate=gate,
