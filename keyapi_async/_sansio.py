@@ -227,9 +227,19 @@ _CLASS_BY_KIND: Mapping[int, type[APIStatusError]] = MappingProxyType(
 
 # What decoding untrusted bytes may raise: msgspec.DecodeError and its
 # ValidationError, UnicodeDecodeError for non-UTF-8 bytes inside a modelled
-# string (all ValueErrors), and RecursionError for absurd nesting, even
-# inside fields msgspec skips.
+# string (msgspec < 0.23; later versions raise DecodeError), all ValueErrors,
+# and RecursionError for absurd nesting, even inside fields msgspec skips.
 _DECODE_FAILURES = (ValueError, RecursionError)
+
+
+def _is_utf8(body: bytes) -> bool:
+    # Asked of the bytes, not of msgspec's exception, whose type for bad
+    # UTF-8 changed between versions. Error path only.
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _salvage(body: bytes) -> tuple[ErrorEnvelope | None, bool]:
@@ -240,12 +250,11 @@ def _salvage(body: bytes) -> tuple[ErrorEnvelope | None, bool]:
     """
     try:
         return decode_error_envelope(body), True
-    except UnicodeDecodeError:
-        pass
     except msgspec.ValidationError:
         return None, True
     except _DECODE_FAILURES:
-        return None, False
+        if _is_utf8(body):
+            return None, False
     try:
         return decode_error_envelope(body.decode("utf-8", errors="replace")), True
     except msgspec.ValidationError:
@@ -314,7 +323,11 @@ def _undecodable(
     if envelope is not None and envelope.code != 0:
         # An error body with an odd ``data``, or an odd message: its code decides.
         return _from_envelope(envelope, status, headers, target)
-    if isinstance(failure, UnicodeDecodeError):
+    if (
+        isinstance(failure, ValueError)
+        and not isinstance(failure, msgspec.ValidationError)
+        and not _is_utf8(body)
+    ):
         reason = "response body is not valid UTF-8"
     elif isinstance(failure, RecursionError):
         reason = "response JSON is nested too deeply"
