@@ -61,6 +61,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"Ledger: {os.path.abspath(output)} ({written} lines)")
         if args.download:
             print(f"Media and archive: {os.path.abspath(directory)}")
+        else:
+            print(
+                "Media and archive: a temporary directory, removed now "
+                "(keep them with --download DIR)"
+            )
         print(f"Next: export KEYAPI_API_KEY=...  then  {fetch}")
         print("       (add --download DIR to save the photos and videos as well)")
     return code
