@@ -5,7 +5,7 @@ Every guarantee is checked on a real server started by the fixtures
 gates in one event loop and across real processes, the shared 429 cooldown
 and rate cut, the shared credit budget, Redis killed and restarted, Redis
 unreachable at start, and what ends up in Redis (no secret, a TTL on every
-key). No fakeredis, no mocks.
+key). No stand-in Redis, no mocks.
 """
 
 from __future__ import annotations

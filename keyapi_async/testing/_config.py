@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import enum
-import math
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from ._checks import check_number, fault_rates, fault_script
 from ._churn import ChurnConfig
 from ._media import MediaConfig
 
@@ -16,9 +15,6 @@ __all__ = ["BILLED_FAULTS", "DEFAULT_TEST_KEY", "EmulatorConfig", "Fault"]
 
 DEFAULT_TEST_KEY = "sk_test_emulator_key"
 """An obviously fake API key that a default :class:`EmulatorConfig` accepts."""
-
-# Probabilities are summed as floats, so allow for rounding (e.g. 0.1 + 0.2 + 0.7).
-_RATE_SUM_TOLERANCE = 1e-9
 
 
 class Fault(enum.Enum):
@@ -80,29 +76,13 @@ BILLED_FAULTS: frozenset[Fault] = frozenset(
 """Faults whose answer says ``code: 0`` and therefore costs credits like a success."""
 
 
-def _coerce_fault(value: Fault | str, field_name: str) -> Fault:
-    try:
-        return Fault(value)
-    except ValueError:
-        names = ", ".join(f.value for f in Fault)
-        raise ValueError(
-            f"{field_name}: unknown fault {value!r} (expected one of {names})"
-        ) from None
-
-
-def _check_non_negative(value: float, field_name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field_name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{field_name} must be a finite number >= 0, got {value!r}")
-
-
-def _check_target_key(target: object, field_name: str) -> None:
+def _check_target_key(target: object, field_name: str) -> str:
     kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
     if not sep or not value or kind not in ("username", "user_id"):
         raise ValueError(
             f"{field_name} keys must look like 'username:NAME' or 'user_id:DIGITS', got {target!r}"
         )
+    return f"{kind}:{value}"
 
 
 def _key_set(keys: object, field_name: str) -> frozenset[str]:
@@ -218,7 +198,7 @@ class EmulatorConfig:
         object.__setattr__(self, "forbidden_keys", _key_set(self.forbidden_keys, "forbidden_keys"))
 
         if self.qps is not None:
-            _check_non_negative(self.qps, "qps")
+            check_number(self.qps, "qps")
             if self.qps == 0:
                 raise ValueError("qps must be > 0 (use None for no cap)")
 
@@ -230,28 +210,15 @@ class EmulatorConfig:
         ):
             raise ValueError(f"credits must be an int >= 0 or None, got {self.credits!r}")
 
-        rates: dict[Fault, float] = {}
-        if not isinstance(self.fault_rates, Mapping):
-            raise ValueError("fault_rates must be a mapping of Fault to probability")
-        for raw_fault, rate in self.fault_rates.items():
-            fault = _coerce_fault(raw_fault, "fault_rates")
-            _check_non_negative(rate, f"fault_rates[{fault.value}]")
-            if rate > 1:
-                raise ValueError(f"fault_rates[{fault.value}] must be <= 1, got {rate!r}")
-            rates[fault] = float(rate)
-        if sum(rates.values()) > 1 + _RATE_SUM_TOLERANCE:
-            raise ValueError(f"fault_rates must sum to <= 1, got {sum(rates.values())!r}")
-        object.__setattr__(self, "fault_rates", types.MappingProxyType(rates))
+        object.__setattr__(self, "fault_rates", fault_rates(Fault, self.fault_rates, "fault_rates"))
 
-        script: dict[str, tuple[Fault, ...]] = {}
-        if not isinstance(self.fault_script, Mapping):
-            raise ValueError("fault_script must be a mapping of target key to faults")
-        for target, faults in self.fault_script.items():
-            _check_target_key(target, "fault_script")
-            if isinstance(faults, str | Fault) or not isinstance(faults, Sequence):
-                raise ValueError(f"fault_script[{target!r}] must be a sequence of faults")
-            script[target] = tuple(_coerce_fault(f, f"fault_script[{target!r}]") for f in faults)
-        object.__setattr__(self, "fault_script", types.MappingProxyType(script))
+        script = fault_script(
+            Fault,
+            self.fault_script,
+            "fault_script",
+            lambda key: _check_target_key(key, "fault_script"),
+        )
+        object.__setattr__(self, "fault_script", script)
 
         if isinstance(self.missing_accounts, str | bytes):
             raise ValueError("missing_accounts must be a collection of target keys")
@@ -263,13 +230,13 @@ class EmulatorConfig:
             _check_target_key(target, "missing_accounts")
         object.__setattr__(self, "missing_accounts", missing)
 
-        _check_non_negative(self.slow_seconds, "slow_seconds")
-        _check_non_negative(self.latency, "latency")
-        _check_non_negative(self.latency_jitter, "latency_jitter")
+        check_number(self.slow_seconds, "slow_seconds")
+        check_number(self.latency, "latency")
+        check_number(self.latency_jitter, "latency_jitter")
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 
-        _check_non_negative(self.empty_ratio, "empty_ratio")
+        check_number(self.empty_ratio, "empty_ratio")
         if self.empty_ratio > 1:
             raise ValueError(f"empty_ratio must be between 0 and 1, got {self.empty_ratio!r}")

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import msgspec
 from aiohttp import hdrs, web
 
+from ._checks import check_number, fault_rates, fault_script
 from ._data import localize_media
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ MEDIA_ROUTE: Final = "/media/{name}"
 _EXTENSIONS: Final[Mapping[str, str]] = {"jpg": "image/jpeg", "mp4": "video/mp4"}
 _REDACTED: Final = "<redacted>"
 _SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
-_RATE_SUM_TOLERANCE: Final = 1e-9
 _MIN_OVERRIDE_SIZE: Final = 1024
 
 # A real 16x16 baseline JPEG (made once with Pillow). Files are padded to their
@@ -144,22 +144,10 @@ class MediaFault(enum.Enum):
     """HTTP 302 to :attr:`MediaConfig.offsite_base` (a host a client must not follow to)."""
 
 
-def _coerce_fault(value: MediaFault | str, field_name: str) -> MediaFault:
-    try:
-        return MediaFault(value)
-    except ValueError:
-        names = ", ".join(f.value for f in MediaFault)
-        raise ValueError(
-            f"{field_name}: unknown media fault {value!r} (expected one of {names})"
-        ) from None
-
-
-def _check_number(value: object, field_name: str, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field_name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{field_name} must be a finite number {bound}, got {value!r}")
+def _story_key(story_id: object) -> str:
+    if not isinstance(story_id, str) or not story_id:
+        raise ValueError(f"media.fault_script keys must be story ids, got {story_id!r}")
+    return story_id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,38 +205,19 @@ class MediaConfig:
             raise ValueError(f"media.enabled must be a bool, got {self.enabled!r}")
         if not isinstance(self.ranges, bool):
             raise ValueError(f"media.ranges must be a bool, got {self.ranges!r}")
-        _check_number(self.url_ttl, "media.url_ttl")
-        _check_number(self.slow_delay, "media.slow_delay")
+        check_number(self.url_ttl, "media.url_ttl")
+        check_number(self.slow_delay, "media.slow_delay")
         for name in ("chunk_size", "slow_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"media.{name} must be an int >= 1, got {value!r}")
 
-        if not isinstance(self.fault_rates, Mapping):
-            raise ValueError("media.fault_rates must be a mapping of MediaFault to probability")
-        rates: dict[MediaFault, float] = {}
-        for raw, rate in self.fault_rates.items():
-            fault = _coerce_fault(raw, "media.fault_rates")
-            _check_number(rate, f"media.fault_rates[{fault.value}]")
-            if rate > 1:
-                raise ValueError(f"media.fault_rates[{fault.value}] must be <= 1, got {rate!r}")
-            rates[fault] = float(rate)
-        if sum(rates.values()) > 1 + _RATE_SUM_TOLERANCE:
-            raise ValueError(f"media.fault_rates must sum to <= 1, got {sum(rates.values())!r}")
-        object.__setattr__(self, "fault_rates", types.MappingProxyType(rates))
-
-        if not isinstance(self.fault_script, Mapping):
-            raise ValueError("media.fault_script must be a mapping of story id to faults")
-        script: dict[str, tuple[MediaFault, ...]] = {}
-        for story_id, faults in self.fault_script.items():
-            if not isinstance(story_id, str) or not story_id:
-                raise ValueError(f"media.fault_script keys must be story ids, got {story_id!r}")
-            if isinstance(faults, str | MediaFault) or not isinstance(faults, Sequence):
-                raise ValueError(f"media.fault_script[{story_id!r}] must be a sequence of faults")
-            script[story_id] = tuple(
-                _coerce_fault(f, f"media.fault_script[{story_id!r}]") for f in faults
-            )
-        object.__setattr__(self, "fault_script", types.MappingProxyType(script))
+        rates = fault_rates(MediaFault, self.fault_rates, "media.fault_rates", "media fault")
+        object.__setattr__(self, "fault_rates", rates)
+        script = fault_script(
+            MediaFault, self.fault_script, "media.fault_script", _story_key, "media fault"
+        )
+        object.__setattr__(self, "fault_script", script)
 
         if not isinstance(self.sizes, Mapping):
             raise ValueError("media.sizes must be a mapping of story id to byte size")

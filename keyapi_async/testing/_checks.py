@@ -1,0 +1,73 @@
+"""Validation shared by the emulator's configs (:class:`EmulatorConfig`, :class:`MediaConfig`)."""
+
+from __future__ import annotations
+
+import enum
+import math
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+__all__ = ["check_number", "coerce", "fault_rates", "fault_script"]
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+# Probabilities are summed as floats, so allow for rounding (e.g. 0.1 + 0.2 + 0.7).
+_RATE_SUM_TOLERANCE = 1e-9
+
+
+def coerce(kind: type[_E], value: object, field_name: str, what: str = "fault") -> _E:
+    """``value`` (a member or its value) as a member of ``kind``, or a ValueError naming it."""
+    try:
+        return kind(value)
+    except ValueError:
+        names = ", ".join(str(member.value) for member in kind)
+        raise ValueError(
+            f"{field_name}: unknown {what} {value!r} (expected one of {names})"
+        ) from None
+
+
+def check_number(value: object, field_name: str, *, positive: bool = False) -> None:
+    """Require a finite number >= 0 (> 0 with ``positive``), naming ``field_name`` if not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field_name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{field_name} must be a finite number {bound}, got {value!r}")
+
+
+def fault_rates(
+    kind: type[_E], rates: object, field_name: str, what: str = "fault"
+) -> Mapping[_E, float]:
+    """A read-only ``{fault: probability}``: each in [0, 1], summing to at most 1."""
+    if not isinstance(rates, Mapping):
+        raise ValueError(f"{field_name} must be a mapping of {kind.__name__} to probability")
+    checked: dict[_E, float] = {}
+    for raw, rate in rates.items():
+        fault = coerce(kind, raw, field_name, what)
+        check_number(rate, f"{field_name}[{fault.value}]")
+        if rate > 1:
+            raise ValueError(f"{field_name}[{fault.value}] must be <= 1, got {rate!r}")
+        checked[fault] = float(rate)
+    if sum(checked.values()) > 1 + _RATE_SUM_TOLERANCE:
+        raise ValueError(f"{field_name} must sum to <= 1, got {sum(checked.values())!r}")
+    return types.MappingProxyType(checked)
+
+
+def fault_script(
+    kind: type[_E],
+    script: object,
+    field_name: str,
+    check_key: Callable[[object], str],
+    what: str = "fault",
+) -> Mapping[str, tuple[_E, ...]]:
+    """A read-only ``{key: (fault, ...)}``; ``check_key`` validates (and returns) each key."""
+    if not isinstance(script, Mapping):
+        raise ValueError(f"{field_name} must be a mapping of keys to faults")
+    checked: dict[str, tuple[_E, ...]] = {}
+    for key, faults in script.items():
+        name = check_key(key)
+        if isinstance(faults, str | kind) or not isinstance(faults, Sequence):
+            raise ValueError(f"{field_name}[{key!r}] must be a sequence of faults")
+        checked[name] = tuple(coerce(kind, f, f"{field_name}[{key!r}]", what) for f in faults)
+    return types.MappingProxyType(checked)
