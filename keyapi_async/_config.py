@@ -44,7 +44,6 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
-    "DEFAULT_CONCURRENCY",
     "DEFAULT_QPS",
     "DEFAULT_TIMEOUT",
     "DEFAULT_UNCAPPED_CONCURRENCY",
@@ -253,7 +252,6 @@ def _default(name: str) -> object:
 # help texts.
 DEFAULT_QPS: float | None = _default("qps")  # type: ignore[assignment]
 DEFAULT_TIMEOUT: float = _default("timeout")  # type: ignore[assignment]
-DEFAULT_CONCURRENCY: int | None = _default("concurrency")  # type: ignore[assignment]
 
 
 def derived_concurrency(qps: float | None, timeout: float) -> int:

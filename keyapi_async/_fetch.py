@@ -168,11 +168,6 @@ class Fetcher:
         self.counters = Counters()
 
     @property
-    def budget(self) -> Budget:
-        """The credit budget requests reserve from."""
-        return self._budget
-
-    @property
     def gate(self) -> Gate:
         """The rate gate requests pass."""
         return self._gate
