@@ -61,7 +61,7 @@ class PReelInfo(_Model):
     can_gif_quick_reply: bool = False
     can_react_with_avatar: bool = False
     show_expiration_tray_signal: bool = False
-    disabled_reply_types: list[str] = Field(default_factory=list)
+    disabled_reply_types: tuple[str, ...] = ()
     user: PUser | None = None
 
 
@@ -73,7 +73,7 @@ class PImageCandidate(_Model):
 
 
 class PImageVersions(_Model):
-    items: list[PImageCandidate] = Field(default_factory=list)
+    items: tuple[PImageCandidate, ...] = ()
 
 
 class PVideoVersion(_Model):
@@ -181,15 +181,15 @@ class PStoryItem(_Model):
     original_width: int | None = None
     original_height: int | None = None
     image_versions: PImageVersions | None = None
-    video_versions: list[PVideoVersion] = Field(default_factory=list)
+    video_versions: tuple[PVideoVersion, ...] = ()
     video_duration: float | None = None
     has_audio: bool | None = None
     thumbnail_url: str | None = None
     caption: PCaption | None = None
-    story_hashtags: list[PStoryHashtag] = Field(default_factory=list)
-    reel_mentions: list[PReelMention] = Field(default_factory=list)
-    story_comments: list[PStoryComment] = Field(default_factory=list)
-    tagged_users: list[PTaggedUser] = Field(default_factory=list)
+    story_hashtags: tuple[PStoryHashtag, ...] = ()
+    reel_mentions: tuple[PReelMention, ...] = ()
+    story_comments: tuple[PStoryComment, ...] = ()
+    tagged_users: tuple[PTaggedUser, ...] = ()
     location: PLocation | None = None
     music_metadata: PMusicMetadata | None = None
     user: PUser | None = None
@@ -203,7 +203,7 @@ class PStoryItem(_Model):
 class PReel(_Model):
     additional_data: PReelInfo | None = None
     count: int = 0
-    items: list[PStoryItem] = Field(default_factory=list)
+    items: tuple[PStoryItem, ...] = ()
 
 
 class PStoriesData(_Model):

@@ -1,48 +1,18 @@
 """``fetch_many``: many targets through a fixed pool of workers, one result per target.
 
-One batch::
-
-    targets (iterable or async iterable, read lazily)
-      → ``concurrency`` workers, each pulling the next target itself:
-        normalise (invalid: an error result, nothing sent) → dedupe (seen once)
-        → one target at a time through the fetcher (with retries)
-      → bounded result stream → the caller's ``async for`` (as finished, or in input order)
-
-Memory is bounded by the concurrency, not by the number of targets: at most
-``concurrency`` targets are in the workers' hands and the result stream holds
-at most ``concurrency`` results; in ordered mode at most ``2 * concurrency``
-targets are between "read from the input" and "handed to the caller". The only
-per-target state that grows is the set of keys already seen, which
-deduplication needs (a short string each: about 100 bytes a target, so 5 MB
-for 50,000).
-
-Lifetime. ``async with client.fetch_many(...) as batch:`` opens the batch's
-task group in the caller's task: leaving the block (finished, ``break``, an
-exception, a cancellation) cancels whatever is still running and waits for it,
-so sending stops deterministically and nothing is left open. A plain
-``async for`` over ``fetch_many(...)`` works too: the batch then runs its task
-group inside the client's, the result stream is closed when the loop ends,
-and a loop left early is cancelled when the batch object is dropped (at once
-under CPython's reference counting) or, at the latest, when the client closes.
-
-The batch owns its :class:`~._fetch.Stop` signal: a 401, 403 or 402, the
-circuit breaker (API unreachable) or :meth:`StoryBatch.stop` sets it, and
-every target not sent by then yields a ``not_attempted`` result.
+Each worker pulls the next target from the caller's input itself (no producer
+task), normalises and dedupes it, fetches it through the :class:`~._fetch.Fetcher`
+and puts its :class:`StoryResult` on a bounded stream the caller iterates.
+Memory is bounded by the number of workers, except for the set of keys seen.
+The batch owns its task group (``async with``) and its :class:`~._fetch.Stop`
+signal. The path of one batch, its lifetime and its bounds: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Callable,
-    Coroutine,
-    Iterable,
-    Iterator,
-    Sized,
-)
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sized
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -50,7 +20,7 @@ from typing import Any, Literal, Self
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import msgspec
 
 from ._budget import CREDITS_PER_REQUEST
 from ._errors import InvalidTargetError, KeyAPIError, NotAttemptedError
@@ -60,14 +30,11 @@ from .models import Reel
 
 __all__ = ["BatchCounts", "StoryBatch", "StoryResult", "estimate_credits"]
 
-_CHECKPOINT_EVERY = 256
-
 #: Starts a batch's runner in a task group that outlives the call (the client's).
 Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
-@dataclass(frozen=True, slots=True)
-class StoryResult:
+class StoryResult(msgspec.Struct, frozen=True):
     """The one outcome of one target in a batch.
 
     ``target`` is the normalised target as text (``javan``, ``id:18527``), or
@@ -132,15 +99,6 @@ def estimate_credits(targets: Iterable[TargetLike]) -> int:
     return CREDITS_PER_REQUEST * len(seen)
 
 
-class _Work:
-    __slots__ = ("index", "key", "target")
-
-    def __init__(self, index: int, target: Target, key: str) -> None:
-        self.index = index
-        self.target = target
-        self.key = key
-
-
 class StoryBatch:
     """An async iterator of :class:`StoryResult`, one per distinct target.
 
@@ -165,17 +123,15 @@ class StoryBatch:
         where: str,
         spawn: Spawner,
     ) -> None:
-        # The running tasks reference only the engine, never this handle, so
-        # dropping the handle (``break``) is what lets __del__ cancel them.
         if isinstance(targets, Sized):
-            # A known, smaller input needs no more workers than targets.
             workers = max(1, min(workers, len(targets)))
+        # The tasks reference only the engine, never this handle, so dropping
+        # the handle (``break`` in a plain ``async for``) lets __del__ cancel them.
         self._engine = _Engine(fetcher, targets, ordered=ordered, workers=workers, where=where)
         self._recv = self._engine.receiver
         self._spawn = spawn
         self._group: anyio.abc.TaskGroup | None = None
-        self._ordered = ordered
-        self._pending: dict[int, StoryResult] = {}
+        self._pending: dict[int, StoryResult] | None = {} if ordered else None
         self._next_index = 0
 
     def __aiter__(self) -> AsyncIterator[StoryResult]:
@@ -186,22 +142,23 @@ class StoryBatch:
         if not engine.started:
             engine.started = True
             self._spawn(engine.run)
-        if not self._ordered:
+        pending = self._pending
+        if pending is None:
             result = await self._receive()
         else:
-            while self._next_index not in self._pending:
+            while self._next_index not in pending:
                 got = await self._receive()
-                self._pending[got.index] = got
-            result = self._pending.pop(self._next_index)
+                pending[got.index] = got
+            result = pending.pop(self._next_index)
             self._next_index += 1
-            engine.release_window()
+            assert engine.window is not None
+            engine.window.release()
         engine.counts.yielded += 1
         return result
 
     async def _receive(self) -> StoryResult:
-        # anyio's receive() always yields to the loop first, even with a
-        # result waiting; for one consumer that meant one result per loop
-        # iteration. Only wait when the stream is really empty.
+        # anyio's receive() yields to the loop even with a result waiting:
+        # wait only when the stream is really empty.
         try:
             try:
                 return self._recv.receive_nowait()
@@ -245,7 +202,10 @@ class StoryBatch:
         if self._group is not None:
             await self.__aexit__(None, None, None)
             return
-        await self._engine.cancel_and_wait()
+        engine = self._engine
+        engine.scope.cancel()
+        if engine.started:
+            await engine.finished.wait()
         self._recv.close()
 
     def stop(self, reason: str = "batch stopped") -> None:
@@ -276,13 +236,12 @@ class StoryBatch:
             engine.scope.cancel()
 
 
-class _Engine:
-    """The workers of one batch, in one task group the batch opens.
+#: A target to fetch: (index, target, key), or the ready result of an invalid one.
+_Item = tuple[int, Target, str] | StoryResult
 
-    There is no producer task: each worker pulls the next target from the
-    input itself (as a bare ``for url in urls`` worker pool does), so passing
-    work costs no task switch, and only results cross a stream.
-    """
+
+class _Engine:
+    """The workers of one batch, their shared input and the result stream."""
 
     def __init__(
         self,
@@ -294,31 +253,23 @@ class _Engine:
         where: str,
     ) -> None:
         self._fetcher = fetcher
-        self._source = _Source(targets)
         self._workers = workers
-        self._send: MemoryObjectSendStream[StoryResult]
-        self.receiver: MemoryObjectReceiveStream[StoryResult]
+        # A sync iterator needs no lock (next() cannot be interrupted); two
+        # tasks in an async generator's __anext__ at once is an error.
+        self._sync = None if isinstance(targets, AsyncIterable) else iter(targets)
+        self._async = aiter(targets) if isinstance(targets, AsyncIterable) else None
+        self._lock = anyio.Lock(fast_acquire=True)
         self._send, self.receiver = anyio.create_memory_object_stream[StoryResult](workers)
-        # Ordered mode: at most this many targets between "read from the
-        # input" and "handed to the caller", which bounds the reorder buffer.
-        self._window = anyio.Semaphore(2 * workers, fast_acquire=True) if ordered else None
+        # Ordered mode: at most this many targets between "read" and "handed
+        # to the caller", which bounds the reorder buffer.
+        self.window = anyio.Semaphore(2 * workers, fast_acquire=True) if ordered else None
         self._seen: set[str] = set()
-        self._next_index = 0
         self.scope = anyio.CancelScope()
         self.stop = Stop(where)
         self.failure: BaseException | None = None
         self.started = False
         self.finished = anyio.Event()
         self.counts = BatchCounts()
-
-    def release_window(self) -> None:
-        if self._window is not None:
-            self._window.release()
-
-    async def cancel_and_wait(self) -> None:
-        self.scope.cancel()
-        if self.started:
-            await self.finished.wait()
 
     async def run(self) -> None:
         try:
@@ -331,42 +282,51 @@ class _Engine:
         finally:
             self.finished.set()
 
-    async def _next_item(self) -> _Work | StoryResult | None:
+    async def _pull(self) -> object:
+        """The next raw target, or ``self`` once the input is exhausted (or raised)."""
+        try:
+            if self._sync is not None:
+                return next(self._sync)
+            if self._async is None:
+                return self
+            async with self._lock:
+                if self._async is None:
+                    return self
+                return await anext(self._async)
+        except (StopIteration, StopAsyncIteration):
+            pass
+        except Exception as exc:  # the caller's iterable raised: surface it at the end
+            self.failure = self.failure or exc
+        self._sync = self._async = None
+        return self
+
+    async def _next_item(self) -> _Item | None:
         """Pull input until a new valid target, an invalid one (as its result), or the end."""
         counts = self.counts
         while True:
-            try:
-                raw = await self._source.next()
-            except StopAsyncIteration:
+            raw = await self._pull()
+            if raw is self:
                 return None
-            except Exception as exc:  # the caller's iterable raised: surface it at the end
-                if self.failure is None:
-                    self.failure = exc
-                self._source.close()
-                return None
+            index = counts.read - counts.duplicates
             counts.read += 1
-            index = self._next_index
             try:
                 target = as_target(raw)
             except InvalidTargetError as error:
-                self._next_index += 1
                 counts.invalid += 1
                 return StoryResult(_describe(raw), None, error, 0, 0.0, index)
             key = str(target)
             if key not in self._seen:
                 self._seen.add(key)
-                self._next_index += 1
-                return _Work(index, target, key)
+                return index, target, key
             counts.duplicates += 1
-            if counts.duplicates % _CHECKPOINT_EVERY == 0:
-                # A long run of duplicates must not monopolise the loop.
-                await anyio.lowlevel.checkpoint()
+            if counts.duplicates % 256 == 0:
+                await anyio.lowlevel.checkpoint()  # a long run of duplicates must not hog the loop
 
     async def _worker(self) -> None:
         fetch = self._fetcher.fetch
         stop = self.stop
         clock = time.monotonic
-        window = self._window
+        window = self.window
         while True:
             if window is not None:
                 # Taken before pulling, so an index never waits for a place
@@ -378,74 +338,27 @@ class _Engine:
                     window.release()
                 return
             if isinstance(item, StoryResult):
-                result = item  # an invalid target: its result is ready
+                result = item
             else:
+                index, target, key = item
                 started = clock()
                 try:
-                    outcome = await fetch(item.target, stop)
+                    reel, error, attempts = await fetch(target, stop, key)
                 except Exception as exc:
                     # A bug must not lose the target: record it as its outcome.
-                    error = KeyAPIError(
-                        f"internal error: {type(exc).__name__}: {exc}", target=item.key
-                    )
-                    result = StoryResult(item.key, None, error, 1, clock() - started, item.index)
-                else:
-                    result = StoryResult(
-                        item.key,
-                        outcome.reel,
-                        outcome.error,
-                        outcome.attempts,
-                        clock() - started,
-                        item.index,
-                    )
-            # Like receive(), send() always yields first; only wait when the
-            # (bounded) stream is really full. Every worker awaits the network
-            # between results, so nothing starves the loop.
+                    reel, attempts = None, 1
+                    error = KeyAPIError(f"internal error: {type(exc).__name__}: {exc}", target=key)
+                result = StoryResult(key, reel, error, attempts, clock() - started, index)
+                # Keep nothing of this target while the next one is fetched: a
+                # reel held across the next decode costs about 4 µs a request
+                # in cache misses (docs/benchmarks.md).
+                del reel, error
+            # Like receive(), send() always yields first: wait only when full.
             try:
                 self._send.send_nowait(result)
             except anyio.WouldBlock:
                 await self._send.send(result)
-
-
-class _Source:
-    """The caller's targets, shared by every worker of a batch and read lazily.
-
-    A sync iterator needs no lock: ``next()`` cannot be interrupted by another
-    task. An async iterator does, since two tasks awaiting ``__anext__`` at once
-    is an error for async generators.
-    """
-
-    def __init__(self, targets: Iterable[TargetLike] | AsyncIterable[TargetLike]) -> None:
-        self._sync: Iterator[TargetLike] | None = None
-        self._async: AsyncIterator[TargetLike] | None = None
-        self._lock: anyio.Lock | None = None
-        self._done = False
-        if isinstance(targets, AsyncIterable):
-            self._async = aiter(targets)
-            self._lock = anyio.Lock(fast_acquire=True)
-        else:
-            self._sync = iter(targets)
-
-    async def next(self) -> object:
-        """The next raw target; StopAsyncIteration at the end (and ever after)."""
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            if self._sync is not None:
-                return next(self._sync)
-            assert self._async is not None
-            assert self._lock is not None
-            async with self._lock:
-                if self._done:
-                    raise StopAsyncIteration
-                return await anext(self._async)
-        except (StopIteration, StopAsyncIteration):
-            self._done = True
-            raise StopAsyncIteration from None
-
-    def close(self) -> None:
-        """Read nothing more (after the input raised)."""
-        self._done = True
+            del item, result
 
 
 def _describe(raw: object) -> str:

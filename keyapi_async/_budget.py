@@ -1,15 +1,11 @@
 """Credits: reserve before a send, settle after it, released on every path.
 
-The API charges 2 credits per billed answer. A request reserves its 2 credits
-before it may pass the rate gate; when it ends, :meth:`Budget.settle` charges
-what the answer cost (2 for a billed answer, 0 for an error, a cancellation or
-a send that never happened) and frees the rest. :func:`hold` wraps the pair in
-an ``async with`` so that no path, cancellation included, can leave a
-reservation pinned: a batch cancelled while requests wait at the gate gives
-every one of their credits back to the next batch.
-
-:class:`LocalBudget` keeps the counts in this process; the Redis backend
-(``_redis``) keeps them in Redis so that several processes share one budget.
+A request reserves its 2 credits before it may pass the rate gate; when it
+ends, the reservation is settled: 2 credits charged for a billed answer, none
+for an error, a cancellation or a send that never happened. :func:`hold` wraps
+the pair in ``async with`` so that no path can leave a reservation pinned.
+:class:`LocalBudget` counts in this process; ``_redis`` keeps the same
+contract in Redis for several processes.
 """
 
 from __future__ import annotations
@@ -33,11 +29,6 @@ class Budget(Protocol):
         """The most credits that may be spent; ``None``: no limit."""
         ...
 
-    @property
-    def spent(self) -> int:
-        """Credits charged so far (this process's view)."""
-        ...
-
     async def reserve(self, credits: int) -> bool:
         """Reserve ``credits``; ``False`` when that could exceed the limit."""
         ...
@@ -54,61 +45,48 @@ class Budget(Protocol):
 class LocalBudget:
     """A budget kept in this process (no locking needed: one event loop)."""
 
-    __slots__ = ("_limit", "_reserved", "_spent")
+    __slots__ = ("limit", "reserved", "spent")
 
     def __init__(self, limit: int | None) -> None:
-        self._limit = limit
-        self._reserved = 0
-        self._spent = 0
-
-    @property
-    def limit(self) -> int | None:
-        """The most credits that may be spent; ``None``: no limit."""
-        return self._limit
-
-    @property
-    def spent(self) -> int:
-        """Credits charged so far."""
-        return self._spent
-
-    @property
-    def reserved(self) -> int:
-        """Credits held by requests not finished yet."""
-        return self._reserved
+        self.limit = limit
+        self.reserved = 0
+        self.spent = 0
 
     async def reserve(self, credits: int) -> bool:
         """Reserve ``credits`` unless spent + reserved + credits would pass the limit."""
-        if self._limit is not None and self._spent + self._reserved + credits > self._limit:
+        if self.limit is not None and self.spent + self.reserved + credits > self.limit:
             return False
-        self._reserved += credits
+        self.reserved += credits
         return True
 
     async def settle(self, reserved: int, spent: int) -> None:
         """Charge ``spent`` of a reservation of ``reserved`` and free the rest."""
-        self._reserved -= reserved
-        self._spent += spent
+        self.reserved -= reserved
+        self.spent += spent
 
     async def aclose(self) -> None:
         """Nothing to release."""
 
 
 class Hold:
-    """One reservation in flight; :meth:`charge` marks what the answer cost."""
+    """One reservation in flight; check ``granted``, call :meth:`charge` when billed."""
 
     __slots__ = ("_budget", "_charged", "_credits", "granted")
 
-    def __init__(self, budget: Budget, credits: int) -> None:
+    def __init__(self, budget: Budget | None, credits: int) -> None:
         self._budget = budget
         self._credits = credits
         self._charged = 0
-        self.granted = False
+        # Without a limit there is nothing to reserve or give back.
+        self.granted = budget is None
 
     def charge(self, credits: int) -> None:
         """Record that the answer was billed ``credits`` (at most the reservation)."""
         self._charged = min(credits, self._credits)
 
     async def __aenter__(self) -> Hold:
-        self.granted = await self._budget.reserve(self._credits)
+        if self._budget is not None:
+            self.granted = await self._budget.reserve(self._credits)
         return self
 
     async def __aexit__(
@@ -117,43 +95,22 @@ class Hold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.granted:
-            return
-        if exc_type is None:
-            await self._budget.settle(self._credits, self._charged)
+        if self._budget is None or not self.granted:
             return
         # Shielded: a cancelled batch must still give its reservation back,
         # and a shared budget needs a round trip to do so.
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=exc_type is not None):
             await self._budget.settle(self._credits, self._charged)
 
 
-class _Unlimited:
-    """The hold of a budget with no limit: nothing to reserve, nothing to give back."""
-
-    __slots__ = ()
-
-    granted = True
-
-    def charge(self, credits: int) -> None:
-        """Nothing to record: spending is counted by the caller's stats."""
-
-    async def __aenter__(self) -> _Unlimited:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
+_UNLIMITED = Hold(None, 0)
 
 
-_UNLIMITED = _Unlimited()
-
-
-def hold(budget: Budget, credits: int = CREDITS_PER_REQUEST) -> Hold | _Unlimited:
+def hold(budget: Budget, credits: int = CREDITS_PER_REQUEST) -> Hold:
     """Reserve ``credits`` for the duration of an ``async with`` block.
 
-    Check ``granted`` inside the block: when it is false, nothing was reserved
-    and nothing may be sent. A budget without a limit costs nothing here (the
-    hot path of most batches).
+    Nothing may be sent when ``granted`` is false inside the block. A budget
+    without a limit costs nothing here (the hot path of most batches).
     """
     if budget.limit is None:
         return _UNLIMITED

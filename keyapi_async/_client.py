@@ -1,20 +1,16 @@
 """``KeyAPIClient``: the public facade; owns the transport, the rate gate and the budget.
 
-Opening the client (``async with``) builds, in this order: the transport (the
-caller's ``transport=``, else aiohttp over the caller's ``session=`` or one of
-its own), the gate and the budget (in this process, or shared through Redis
-when ``redis_url`` is set), and the :class:`~._fetch.Fetcher` that takes one
-target through them. :meth:`KeyAPIClient.fetch_user_stories` is one target;
-:meth:`KeyAPIClient.fetch_many` hands the fetcher to a
-:class:`~keyapi_async.StoryBatch`.
+Opening it builds the transport (the caller's, else aiohttp over the caller's
+session or its own), the gate and budget (local, or shared through Redis) and
+the :class:`~._fetch.Fetcher` that takes one target through them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+import contextlib
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self, Unpack
 
 import aiohttp
@@ -32,18 +28,10 @@ from ._targets import TargetLike, from_arguments
 from ._transport import AiohttpTransport, Transport
 from .models import Reel
 
-__all__ = ["ClientStats", "KeyAPIClient"]
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientStats:
-    """Counters of one client since it opened (a snapshot; cheap to take).
-
-    ``credits_spent`` counts 2 per billed answer: every ``code == 0`` answer,
-    including one whose body could not be typed (the API charged for it).
-    Error answers are assumed not to be billed (the API's documentation does
-    not say).
-    """
+    """Counters of one client since it opened (a snapshot; cheap to take)."""
 
     requests_sent: int
     """Every request put on the wire, retries included."""
@@ -60,7 +48,7 @@ class ClientStats:
     retries: int
     """Sends beyond each target's first."""
     credits_spent: int
-    """2 per billed answer."""
+    """2 per billed answer: every ``code == 0`` one, even if its body could not be typed."""
     current_qps: float | None
     """The rate the gate paces at now (``None``: no cap)."""
     cooldown_remaining: float
@@ -82,10 +70,9 @@ class KeyAPIClient:
 
     Redirects are never followed, so the key is only ever sent to ``base_url``.
     Every option is a keyword argument named like a :class:`ClientConfig`
-    field (``qps``, ``concurrency``, ``timeout``, ``max_attempts``,
-    ``max_credits``, ``proxy``, ``redis_url``, ...), where the defaults and
-    their reasons are documented; a bad one raises
-    :class:`~keyapi_async.ConfigurationError` naming it.
+    field (``qps``, ``concurrency``, ``timeout``, ``max_credits``, ``proxy``,
+    ...); a bad one raises :class:`~keyapi_async.ConfigurationError` naming it.
+    Runs on asyncio only: aiohttp has no trio backend.
 
     Args:
         api_key: The ``sk_live_...`` key; defaults to ``$KEYAPI_API_KEY``.
@@ -94,8 +81,6 @@ class KeyAPIClient:
             (for example :class:`keyapi_async.testing.EmulatorTransport`),
             used instead of aiohttp (and left open).
         **options: The settings (see :class:`ClientConfig`).
-
-    Runs on asyncio only: aiohttp has no trio backend.
 
     """
 
@@ -113,22 +98,17 @@ class KeyAPIClient:
         if session is not None and transport is not None:
             raise TypeError("pass session= or transport=, not both")
         self._user_session = session
-        self._user_transport = transport
+        self._transport = transport
         agent = f"keyapi-async/{__about__.__version__} aiohttp/{aiohttp.__version__}"
         if self._config.user_agent:
             agent = f"{self._config.user_agent} {agent}"
         self._builder = RequestBuilder(
-            base_url=self._config.base_url,
-            api_key=self._config.api_key.reveal(),
-            user_agent=agent,
+            base_url=self._config.base_url, api_key=self._config.api_key.reveal(), user_agent=agent
         )
-        self._transport: Transport | None = None
         self._fetcher: Fetcher | None = None
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._stack = contextlib.AsyncExitStack()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._state = "new"
-
-    # -- lifecycle -------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._state != "new":
@@ -140,35 +120,35 @@ class KeyAPIClient:
                 "KeyAPIClient runs on asyncio only (aiohttp has no trio backend): "
                 "use asyncio.run(...) or anyio.run(..., backend='asyncio')"
             ) from None
-        config = self._config
         self._state = "open"
         try:
             gate, budget = await self._open_gate()
-            transport = self._open_transport()
-            self._transport = transport
-            if transport is not self._user_transport:
-                # The caller's transport, like the caller's session, stays open.
-                self._closers.append(transport.aclose)
+            if self._transport is None:  # else the caller's, left open like a caller's session
+                self._transport = self._open_aiohttp()
+                self._stack.push_async_callback(self._transport.aclose)
+            task_group = await self._stack.enter_async_context(anyio.create_task_group())
+            # Batches iterated without their own ``async with`` and left unfinished are
+            # cancelled, not awaited, when the client closes. The stack hands the task
+            # group no exception: an ExceptionGroup would defeat ``except AuthenticationError``.
+            self._stack.callback(task_group.cancel_scope.cancel)
+            self._task_group = task_group
+            # Last: a fetcher means the client is open for use.
             self._fetcher = Fetcher(
-                transport=transport,
+                transport=self._transport,
                 gate=gate,
                 budget=budget,
                 builder=self._builder,
-                policy=config.retry,
+                policy=self._config.retry,
             )
-            task_group = anyio.create_task_group()
-            await task_group.__aenter__()
-            self._task_group = task_group
         except BaseException:
-            await self.__aexit__(None, None, None)
+            await self.aclose()
             raise
         return self
 
     async def _open_gate(self) -> tuple[Gate, Budget]:
         config = self._config
         if config.redis_url is None:
-            # Made here, not in __init__: the gate's limiter binds to the
-            # running event loop, and a client may be built outside of one.
+            # Made here, not in __init__: the limiter binds to the running loop.
             gate = RateGate(qps=config.qps, concurrency=config.workers, margin=config.rate_margin)
             return gate, LocalBudget(config.max_credits)
         from . import _redis
@@ -184,12 +164,10 @@ class KeyAPIClient:
             grace=config.redis_grace,
             retry_after_cap=config.retry_after_cap,
         )
-        self._closers.append(shared.aclose)
+        self._stack.push_async_callback(shared.aclose)
         return shared.gate, shared.budget
 
-    def _open_transport(self) -> Transport:
-        if self._user_transport is not None:
-            return self._user_transport
+    def _open_aiohttp(self) -> AiohttpTransport:
         config = self._config
         if self._user_session is None:
             return AiohttpTransport.create(
@@ -206,34 +184,13 @@ class KeyAPIClient:
             proxy=config.proxy,
         )
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self._state = "closed"
-        try:
-            if self._task_group is not None:
-                # Batches iterated without their own ``async with`` and left
-                # unfinished are cancelled, not awaited to completion.
-                self._task_group.cancel_scope.cancel()
-                # Not handed the body's exception: the task group would wrap
-                # it in an ExceptionGroup, and ``except AuthenticationError``
-                # around the ``async with`` would never match.
-                await self._task_group.__aexit__(None, None, None)
-        finally:
-            self._task_group = None
-            closers, self._closers = self._closers, []
-            for close in reversed(closers):
-                await close()
-        return None
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client (same as leaving its ``async with`` block)."""
-        if self._state == "open":
-            await self.__aexit__(None, None, None)
         self._state = "closed"
+        await self._stack.aclose()
 
     def _require_open(self) -> Fetcher:
         if self._state != "open" or self._fetcher is None:
@@ -241,8 +198,6 @@ class KeyAPIClient:
                 f"KeyAPIClient is {self._state}: use `async with KeyAPIClient(...) as client:`"
             )
         return self._fetcher
-
-    # -- public API ------------------------------------------------------------
 
     @property
     def config(self) -> ClientConfig:
@@ -257,14 +212,7 @@ class KeyAPIClient:
         c = Counters() if fetcher is None else fetcher.counters
         snapshot = None if fetcher is None else fetcher.gate.snapshot()
         return ClientStats(
-            requests_sent=c.requests_sent,
-            in_flight=c.in_flight,
-            successes=c.successes,
-            empty=c.empty,
-            failures=c.failures,
-            rate_limited=c.rate_limited,
-            retries=c.retries,
-            credits_spent=c.credits_spent,
+            **{name: getattr(c, name) for name in Counters.__slots__},
             current_qps=self._config.paced_qps if snapshot is None else snapshot.current_qps,
             cooldown_remaining=0.0 if snapshot is None else snapshot.cooldown_remaining,
         )
@@ -280,17 +228,14 @@ class KeyAPIClient:
         network) ended with once retries are used up.
         """
         target = from_arguments(username, user_id)
-        outcome = await self._require_open().fetch(target)
-        if outcome.error is not None:
-            raise outcome.error
-        assert outcome.reel is not None
-        return outcome.reel
+        reel, error, _ = await self._require_open().fetch(target)
+        if error is not None:
+            raise error
+        assert reel is not None
+        return reel
 
     def fetch_many(
-        self,
-        targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
-        *,
-        ordered: bool = False,
+        self, targets: Iterable[TargetLike] | AsyncIterable[TargetLike], *, ordered: bool = False
     ) -> StoryBatch:
         """Fetch many accounts concurrently; iterate the result for one StoryResult per target.
 
@@ -309,9 +254,8 @@ class KeyAPIClient:
         )
 
     def _spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._task_group is None:
-            self._require_open()
-            raise RuntimeError("KeyAPIClient has no task group")
+        self._require_open()
+        assert self._task_group is not None  # opened before the fetcher
         self._task_group.start_soon(run, name="keyapi-batch")
 
     def __repr__(self) -> str:

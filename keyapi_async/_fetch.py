@@ -1,26 +1,20 @@
 """One target, from first send to outcome: budget → gate → transport → sans-I/O → retry.
 
-:meth:`Fetcher.fetch` is the whole life of one target's request::
-
-    stop signal set? → reserve 2 credits (async with hold) → gate.acquire()
-      → stop signal set while waiting? (turn UNUSED, nothing sent)
-      → transport.send → parse_response → gate.release(verdict)
-      → billed? charge the credits → retry policy: again after a delay, or done
-
 Every request on the wire passed the gate, counts as an attempt (toward
 ``max_attempts`` and the stats) and held a credit reservation while it was
-out; the transport never re-sends on its own. Reservations are given back on
-every path, cancellation included.
+out; reservations are given back on every path, cancellation included. The
+steps, in order: docs/architecture.md, "One request".
 
-The :class:`Stop` signal belongs to one batch: a 401, 403 or 402 sets it, as
-does the batch's own ``stop()``; the circuit breaker sets it when the API
-could not be reached at all (every attempt failed to connect, none answered).
+:class:`Stop` belongs to one batch: a 401, 403 or 402 sets it, as do the
+batch's ``stop()``, a lost shared gate and the circuit breaker (the API could
+not be reached at all).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import anyio
 
@@ -47,46 +41,35 @@ __all__ = ["BREAKER_THRESHOLD", "Counters", "Fetcher", "Outcome", "Stop"]
 
 _log = logging.getLogger("keyapi_async")
 
-#: Connection failures, with no answer at all from the API, after which a
-#: batch stops: the API is unreachable, and retrying every target would only
-#: take minutes to say so.
+#: Failed connections, with no answer ever, after which a batch stops.
 BREAKER_THRESHOLD = 5
 
+#: The errors that stop a batch, and the reason its unsent targets give.
+_STOPS_A_BATCH = (
+    (InsufficientCreditsError, "credits exhausted"),
+    (PermissionDeniedError, "permission denied"),
+    (AuthenticationError, "authentication failed"),
+)
+_STOPPING = tuple(kind for kind, _ in _STOPS_A_BATCH)
 
+
+@dataclass(slots=True)
 class Counters:
     """The client's running tallies (mutable; snapshots go out as ClientStats)."""
 
-    __slots__ = (
-        "credits_spent",
-        "empty",
-        "failures",
-        "in_flight",
-        "rate_limited",
-        "requests_sent",
-        "retries",
-        "successes",
-    )
-
-    def __init__(self) -> None:
-        self.requests_sent = 0
-        self.credits_spent = 0
-        self.in_flight = 0
-        self.successes = 0
-        self.empty = 0
-        self.failures = 0
-        self.rate_limited = 0
-        self.retries = 0
+    requests_sent: int = 0
+    credits_spent: int = 0
+    in_flight: int = 0
+    successes: int = 0
+    empty: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+    retries: int = 0
 
 
-class Outcome:
-    """What one target's fetch came to: a reel or an error, and how many sends."""
-
-    __slots__ = ("attempts", "error", "reel")
-
-    def __init__(self, reel: Reel | None, error: KeyAPIError | None, attempts: int) -> None:
-        self.reel = reel
-        self.error = error
-        self.attempts = attempts
+#: What one target's fetch came to: a reel or an error, and how many sends
+#: (a plain tuple: one is built per request).
+Outcome = tuple[Reel | None, KeyAPIError | None, int]
 
 
 class Stop:
@@ -96,8 +79,8 @@ class Stop:
 
     def __init__(self, where: str = "") -> None:
         self.reason: NotAttemptedError | None = None
-        # Set once a send was refused for the credit budget: not a stop (a
-        # failed request frees its reservation), but why the batch ran dry.
+        # Why the batch ran dry when a send was refused for the credit budget:
+        # not a stop, since requests already holding a reservation still go.
         self.budget: NotAttemptedError | None = None
         self._where = where
         # Cancel scopes of the requests waiting at the gate for their turn.
@@ -106,29 +89,18 @@ class Stop:
         self._connect_failures = 0
 
     def stop(self, cause: KeyAPIError) -> None:
-        """Stop for ``cause``: a 401, 403 or 402 (the first one wins)."""
-        if self.reason is not None:
-            return
-        if isinstance(cause, InsufficientCreditsError):
-            why = "credits exhausted"
-        elif isinstance(cause, PermissionDeniedError):
-            why = "permission denied"
-        elif isinstance(cause, AuthenticationError):
-            why = "authentication failed"
-        else:
-            why = str(cause)
-        self._set(NotAttemptedError(why, cause=cause))
-
-    def _set(self, reason: NotAttemptedError) -> None:
-        self.reason = reason
-        _log.info("batch stopped: %s", reason.message)
-        for scope in self.waiters:
-            scope.cancel()
+        """Stop for ``cause``: a 401, 403 or 402 (the first stop wins)."""
+        why = next((text for kind, text in _STOPS_A_BATCH if isinstance(cause, kind)), str(cause))
+        self.cancel(why, cause=cause)
 
     def cancel(self, why: str, *, cause: KeyAPIError | None = None) -> None:
-        """Stop for a reason of the caller's (``stop()``, Ctrl-C) or a lost shared gate."""
-        if self.reason is None:
-            self._set(NotAttemptedError(why, cause=cause))
+        """Stop for ``why`` (``stop()``, Ctrl-C, a lost shared gate); the first stop wins."""
+        if self.reason is not None:
+            return
+        self.reason = NotAttemptedError(why, cause=cause)
+        _log.info("batch stopped: %s", self.reason.message)
+        for scope in self.waiters:
+            scope.cancel()
 
     def answered(self) -> None:
         """An HTTP answer arrived: the API is reachable, the breaker stays closed."""
@@ -140,16 +112,13 @@ class Stop:
             return
         self._connect_failures += 1
         if self._connect_failures >= BREAKER_THRESHOLD:
-            self._set(NotAttemptedError(f"API unreachable at {self._where}", cause=error))
-
-
-_STOPS_A_BATCH = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
+            self.cancel(f"API unreachable at {self._where}", cause=error)
 
 
 class Fetcher:
     """Fetches one target at a time with retries; shared by every call of a client."""
 
-    __slots__ = ("_budget", "_builder", "_gate", "_policy", "_transport", "counters")
+    __slots__ = ("_budget", "_builder", "_policy", "_transport", "counters", "gate")
 
     def __init__(
         self,
@@ -161,21 +130,17 @@ class Fetcher:
         policy: RetryPolicy,
     ) -> None:
         self._transport = transport
-        self._gate = gate
+        self.gate = gate
         self._budget = budget
         self._builder = builder
         self._policy = policy
         self.counters = Counters()
 
-    @property
-    def gate(self) -> Gate:
-        """The rate gate requests pass."""
-        return self._gate
-
-    async def fetch(self, target: Target, stop: Stop | None = None) -> Outcome:
-        """Fetch ``target`` with retries; never raises a KeyAPIError (returns it)."""
+    async def fetch(self, target: Target, stop: Stop | None = None, key: str = "") -> Outcome:
+        """Fetch ``target`` (rendered as ``key``) with retries; returns any KeyAPIError."""
         counters = self.counters
-        rendered = str(target)
+        gate = self.gate
+        rendered = key or str(target)
         attempt = 0
         last_error: KeyAPIError | None = None
         while True:
@@ -196,9 +161,9 @@ class Fetcher:
                     verdict = Verdict.NO_ANSWER
                     reel: Reel | None = None
                     error: KeyAPIError | None = None
-                    # Sent from this frame rather than a helper's: every resume
-                    # of a request waiting on the network passes through each
-                    # frame of its chain, and that is most of the engine's cost.
+                    # Sent from this frame, not a helper's: every resume of a
+                    # request waiting on the network passes through each frame
+                    # of its chain, and that is most of the engine's cost.
                     try:
                         request = self._builder.build(target)
                         raw = await self._transport.send(request, target=rendered)
@@ -209,35 +174,40 @@ class Fetcher:
                         if isinstance(exc, RateLimitError):
                             verdict = Verdict.THROTTLED
                     except BaseException:
-                        # Cancelled mid-flight: the place in the gate is given
-                        # back (shielded: a shared gate needs a round trip).
+                        # Cancelled mid-flight: the place is given back
+                        # (shielded: a shared gate needs a round trip).
                         counters.in_flight -= 1
                         with anyio.CancelScope(shield=True):
-                            await self._gate.release(ticket, verdict)
+                            await gate.release(ticket, verdict)
                         raise
                     counters.in_flight -= 1
-                    await self._report(ticket, verdict, error, attempt)
+                    if isinstance(error, RateLimitError):
+                        counters.rate_limited += 1
+                        # Even a target out of retries makes everyone else pause.
+                        await gate.release(
+                            ticket,
+                            verdict,
+                            cooldown=self._policy.wait_for(attempt, error),
+                            server_said=error.retry_after is not None,
+                        )
+                    else:
+                        await gate.release(ticket, verdict)
                     if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
                         credits.charge(CREDITS_PER_REQUEST)
                         counters.credits_spent += CREDITS_PER_REQUEST
             except GateUnavailableError as exc:
-                # The shared gate or budget (Redis) is gone past its grace:
-                # nothing may be sent, for this target or any other.
+                # The shared gate or budget is gone past its grace: nothing
+                # may be sent, for this target or any other.
                 exc.target = rendered
                 if stop is None:
                     counters.failures += 1
-                    return Outcome(None, last_error or exc, attempt)
+                    return None, last_error or exc, attempt
                 stop.cancel(exc.message, cause=exc)
-                assert stop.reason is not None
-                return self._unsent(stop.reason, rendered, last_error, attempt)
+                continue
             if debug:
-                _log.debug(
-                    "GET %s attempt=%d %s latency=%.3fs",
-                    rendered,
-                    attempt,
-                    "ok" if error is None else type(error).__name__,
-                    time.perf_counter() - started,
-                )
+                said = "ok" if error is None else type(error).__name__
+                elapsed = time.perf_counter() - started
+                _log.debug("GET %s attempt=%d %s latency=%.3fs", rendered, attempt, said, elapsed)
             if error is None:
                 assert reel is not None
                 counters.successes += 1
@@ -245,57 +215,48 @@ class Fetcher:
                     counters.empty += 1
                 if stop is not None:
                     stop.answered()
-                return Outcome(reel, None, attempt)
+                return reel, None, attempt
             last_error = error
             if stop is not None:
                 if isinstance(error, ConnectError):
                     stop.connect_failed(error)
                 elif verdict is not Verdict.NO_ANSWER:
                     stop.answered()
-                if isinstance(error, _STOPS_A_BATCH):
+                if isinstance(error, _STOPPING):
                     stop.stop(error)
             delay = self._policy.delay_for(attempt, error)
             if delay is None:
                 counters.failures += 1
-                return Outcome(None, error, attempt)
+                return None, error, attempt
             if delay > 0:
                 await anyio.sleep(delay)
 
     def _unsent(
-        self,
-        reason: NotAttemptedError,
-        target: str,
-        last_error: KeyAPIError | None,
-        attempts: int,
+        self, reason: NotAttemptedError, target: str, last_error: KeyAPIError | None, attempts: int
     ) -> Outcome:
         """The outcome of a target whose next send was called off.
 
-        A target that was tried before keeps the error of its last try (and
-        counts as a failure): it was attempted, and that error is what the
-        caller needs to see.
+        A target tried before keeps the error of its last try, and counts as
+        a failure: it was attempted, and that error is what the caller needs.
         """
         if last_error is not None:
             self.counters.failures += 1
-            return Outcome(None, last_error, attempts)
-        error = NotAttemptedError(reason.reason, target=target, cause=reason.cause)
-        return Outcome(None, error, 0)
+            return None, last_error, attempts
+        return None, NotAttemptedError(reason.reason, target=target, cause=reason.cause), 0
 
     async def _admit(self, granted: bool, stop: Stop | None) -> Ticket | NotAttemptedError:
         """A turn at the gate for a request holding its credits, or why it may not go.
 
-        Waiting for a turn ends at once when the batch stops: with hundreds of
-        workers queued at the gate, draining them one turn at a time would take
-        minutes. A stop that arrived while the request waited (a 401/402)
-        gives the turn back unused: sending now would only earn another one.
+        A batch's stop ends the wait at once (hundreds of queued workers would
+        otherwise drain one turn at a time), and a turn granted after a stop is
+        given back unused: sending now would only earn another 401 or 402.
         """
         if not granted:
             reason = NotAttemptedError("credit budget reached")
             if stop is not None and stop.budget is None:
-                # Reported, not a stop: requests that already hold a
-                # reservation still go out.
                 stop.budget = reason
             return reason
-        gate = self._gate
+        gate = self.gate
         if stop is None or gate.idle:
             ticket = await gate.acquire()
         else:
@@ -312,20 +273,3 @@ class Fetcher:
             await gate.release(ticket, Verdict.UNUSED)
             return stop.reason
         return ticket
-
-    async def _report(
-        self, ticket: Ticket, verdict: Verdict, error: KeyAPIError | None, attempt: int
-    ) -> None:
-        """Give the gate its place back and what the answer means for the rate."""
-        if verdict is Verdict.THROTTLED:
-            assert error is not None
-            self.counters.rate_limited += 1
-            # Even a target out of retries makes everyone else pause.
-            await self._gate.release(
-                ticket,
-                verdict,
-                cooldown=self._policy.wait_for(attempt, error),
-                server_said=getattr(error, "retry_after", None) is not None,
-            )
-        else:
-            await self._gate.release(ticket, verdict)

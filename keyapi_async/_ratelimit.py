@@ -1,38 +1,13 @@
 """The gate every request passes: in-flight cap, shared 429 cooldown, one token bucket.
 
 :class:`RateGate` is the one place that decides what an answer means for the
-rate. The fetcher tells it, per request, one :class:`Verdict`: ``ACCEPTED``
-(the server answered with anything but a 429), ``THROTTLED`` (a 429),
-``NO_ANSWER`` (a transport failure, which says nothing about the rate) or
-``UNUSED`` (the turn was granted but nothing was sent).
-
-Order inside :meth:`RateGate.acquire`, and why:
-
-1. **In-flight cap** (a semaphore of ``concurrency``) first, so that a request
-   waiting for its turn never holds a token it cannot use yet.
-2. **Cooldown**: after any 429 every caller waits until the cooldown ends, so
-   one 429 slows the whole client rather than one task.
-3. **The token bucket**: an :class:`aiolimiter.AsyncLimiter` with a bucket of
-   ONE token (plus a sliver of slack, see :class:`_Bucket`) refilled at the
-   current rate (``qps * (1 - margin)``, lowered after 429s by
-   :class:`AdaptiveRate`). A bucket of ``qps`` tokens would let ``qps``
-   requests out at once from idle and keep refilling, putting up to
-   ``2 * qps`` into one second; a bucket of one cannot burst, so no
-   one-second window ever holds more than ``qps`` sends, the first included.
-   It is the only pacer: the adaptive rate retunes this bucket rather than
-   adding a second limiter beside it.
-4. A turn granted while a cooldown began is forfeit (taken again afterwards),
-   so that the requests queued in the bucket during a pause do not all leave
-   at once when it ends.
-
-Why the margin: the API counts arrivals in a rolling window as *it* sees them,
-and scheduling and network jitter bunch requests together on the way. Pacing
-at ``qps * (1 - margin)`` (5% by default) gives each request about
-``margin / qps`` seconds of slack (2.5 ms at 20/s) before two of them can land
-in one window at the server.
-
-Time waiting here never counts against a request's timeout: the transport's
-timeout starts after the gate lets the request through.
+rate: the fetcher reports a :class:`Verdict` per request. A request meets, in
+order: an in-flight place (so that a request waiting for its turn holds no
+token), the end of any 429 cooldown, then a turn of the one aiolimiter bucket,
+refilled at ``qps * (1 - margin)`` and retuned by :class:`AdaptiveRate` after
+429s. A turn granted while a cooldown began is forfeit. Why one token, the
+margin, the cooldown's length and the CUBIC recovery: docs/rate-limits.md.
+Waiting here never counts against a request's timeout.
 """
 
 from __future__ import annotations
@@ -45,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 from aiolimiter import AsyncLimiter
 
 __all__ = ["AdaptiveRate", "Gate", "GateSnapshot", "RateGate", "Ticket", "Verdict"]
@@ -68,8 +44,7 @@ class Verdict(enum.Enum):
     """The turn was granted but nothing was sent."""
 
 
-@dataclass(slots=True)
-class Ticket:
+class Ticket(msgspec.Struct, gc=False):
     """Proof of passage through the gate; ``sent_at`` is when the request was let out."""
 
     sent_at: float = 0.0
@@ -117,19 +92,13 @@ class Gate(Protocol):
 
 
 class AdaptiveRate:
-    """The current send rate, lowered on 429s and recovered while requests succeed (pure).
+    """The send rate, cut on 429s and recovered along botocore's CUBIC curve (pure).
 
-    On a 429 the rate drops multiplicatively (``beta``) and never stays above
-    what the server just showed it accepts: the number of our sends it let
-    through in the preceding window, less the margin. It then grows back
-    along botocore's CUBIC curve: quickly at first, flattening out at the
-    level where the 429 happened, held there for ``hold`` seconds, then
-    probing upward again (convex) toward the configured ceiling. Probing is
-    what lets the rate recover when the 429 was a transient blip; the hold is
-    what keeps probing rare when the ceiling really is above the server's cap.
-
-    ``ceiling`` is ``None`` for "no configured cap": the rate is unlimited
-    until the first 429 teaches one. All times are seconds from one clock.
+    A 429 cuts the rate by ``beta``, never leaving it above what the server
+    just accepted (less the margin); it then climbs back, holds for ``hold``
+    seconds at the level of the cut, and probes up to ``ceiling``
+    (docs/rate-limits.md, "The adaptive rate"). ``ceiling=None``: unlimited
+    until a 429 teaches a rate. All times are seconds from one clock.
     """
 
     def __init__(
@@ -170,13 +139,12 @@ class AdaptiveRate:
         return rate
 
     def throttled(self, now: float, accepted_in_window: int, sent_in_window: int) -> float | None:
-        """Record a 429 at ``now``; returns the new rate.
+        """Record a 429 at ``now``; return the new rate.
 
-        ``sent_in_window`` is how many of our requests went out in the window
-        before the throttled one, ``accepted_in_window`` how many of those the
-        server let through. With nothing sent before it a 429 says nothing
-        about our rate (another client on the same key, a blip): the rate is
-        left alone and only the cooldown applies.
+        ``sent_in_window``: our sends in the window before the throttled one;
+        ``accepted_in_window``: how many of them the server let through. With
+        nothing sent before it a 429 teaches nothing (another client on the
+        key, a blip): the rate is left alone.
         """
         current = self.current(now)
         if sent_in_window <= 0:
@@ -193,29 +161,13 @@ class AdaptiveRate:
 
 
 class _Bucket(AsyncLimiter):
-    """aiolimiter's bucket: one token plus some slack, retunable in place.
+    """aiolimiter's bucket: one token plus ``rate * slack``, retunable in place.
 
-    **The slack.** A woken task runs a little after its timer was due (loop
-    latency, timer rounding): 1-3 ms on a busy loop. With a bucket of exactly
-    one token that lag is lost for good at every turn (the level cannot
-    drain below empty): at 19/s, 3 ms a turn cost 5% of the rate. A capacity
-    of ``1 + rate * slack`` lets the level keep draining for ``slack``
-    seconds past empty, so a late turn is made up by the next one: the
-    schedule stays anchored and the long-run rate is ``rate``.
-
-    Why the cap still holds: a leaky bucket of capacity ``C`` draining at
-    ``r`` grants at most ``C + r * T`` turns in any ``T`` seconds. With
-    ``r = qps * (1 - margin)`` and ``slack = margin / (2 * (1 - margin))``
-    seconds (26 ms at the default margin, whatever the rate), one second
-    holds at most ``1 + qps - qps * margin / 2`` turns: fewer than
-    ``qps + 1``, with the other half of the margin left for the network's
-    jitter (about 26 ms).
-
-    **The retune.** aiolimiter computes its drip rate once, in ``__init__``;
-    the adaptive rate changes it here without a second limiter and without
-    dropping the waiters already queued (a new limiter would let one of them
-    out at once, next to the previous grant). Draining the level at the old
-    rate first keeps the change exact from this instant on.
+    The slack lets a turn that woke late (1-3 ms on a busy loop) be made up by
+    the next one instead of being lost, and with ``slack = margin / (2 * (1 -
+    margin))`` no second can hold ``qps + 1`` turns (docs/rate-limits.md,
+    "Late wake-ups"). aiolimiter fixes its drip rate in ``__init__``;
+    :meth:`retune` changes it without dropping the queued waiters.
     """
 
     def __init__(self, rate: float, slack: float) -> None:
@@ -227,7 +179,7 @@ class _Bucket(AsyncLimiter):
     def retune(self, rate: float) -> None:
         if rate == self.rate:
             return
-        self._leak()
+        self._leak()  # at the old rate up to now, so the change is exact from here
         self.rate = rate
         self.max_rate = 1.0 + rate * self.slack
         self.time_period = self.max_rate / rate
@@ -237,11 +189,9 @@ class _Bucket(AsyncLimiter):
 
 
 class _Places:
-    """The in-flight cap: a counting semaphore without the generality of asyncio's.
+    """The in-flight cap: a semaphore whose free case is one comparison.
 
-    ``asyncio.Semaphore`` scans its waiters on every acquire (``locked()``
-    runs ``any()`` in Python 3.11); this is the hot path of every request,
-    and the free case here is one comparison.
+    ``asyncio.Semaphore.locked()`` scans its waiters on every acquire in 3.11.
     """
 
     __slots__ = ("free", "waiters")
@@ -251,9 +201,7 @@ class _Places:
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def take(self) -> None:
-        if self.free > 0 and not self.waiters:
-            self.free -= 1
-            return
+        """Wait for a place (the caller found none free)."""
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         try:
@@ -274,27 +222,22 @@ class _Places:
         self.free += 1
 
 
-def _slack(margin: float) -> float:
-    """Seconds of lag the bucket makes up: half of what the margin leaves (see _Bucket)."""
-    return margin / (2 * (1 - margin))
-
-
 class RateGate:
     """The gate of one process (see the module docstring).
 
-    Build it inside the running event loop: aiolimiter binds to the loop
-    that first uses it, and the gate reads that loop's clock (the one
-    :func:`asyncio.sleep` waits on), so a loop with a virtual clock drives
-    the whole gate in tests.
+    Build it in the running loop: aiolimiter binds to it, and the gate reads
+    its clock, so a virtual-clock loop drives the whole gate in tests.
     """
 
     def __init__(self, *, qps: float | None, concurrency: int, margin: float = 0.05) -> None:
         self._clock = asyncio.get_running_loop().time
         self._margin = margin
+        # Seconds of lag the bucket makes up: half of what the margin leaves.
+        self._slack = margin / (2 * (1 - margin))
         self._inflight = _Places(concurrency)
         paced = None if qps is None else qps * (1 - margin)
         self._adaptive = AdaptiveRate(paced, margin=margin)
-        self._bucket = None if paced is None else _Bucket(paced, _slack(margin))
+        self._bucket = None if paced is None else _Bucket(paced, self._slack)
         self._cooldown_until = -math.inf
         self._last_cut = -math.inf
         # Send times of all requests, and of those the server accepted: what
@@ -313,7 +256,7 @@ class RateGate:
         """Wait for an in-flight place, the end of any cooldown, and a token."""
         places = self._inflight
         if places.free > 0 and not places.waiters:
-            places.free -= 1  # inline: the hot path, without a coroutine
+            places.free -= 1  # inline: the hot path, without a coroutine call
         else:
             await places.take()
         try:
@@ -342,7 +285,7 @@ class RateGate:
                 return now
             if bucket is None:
                 # Uncapped until a 429 taught a rate: from now on, pace.
-                bucket = self._bucket = _Bucket(rate, _slack(self._margin))
+                bucket = self._bucket = _Bucket(rate, self._slack)
             else:
                 bucket.retune(rate)
             await bucket.acquire()
@@ -373,15 +316,11 @@ class RateGate:
             self._throttled(ticket, cooldown, server_said=server_said)
 
     def _throttled(self, ticket: Ticket, delay: float, *, server_said: bool) -> None:
-        """Pause everyone and (once per cut) lower the rate.
+        """Pause everyone and, once per cut, lower the rate.
 
-        When the server gave no Retry-After, the pause lasts at least until the
-        oldest request it accepted in the throttled request's window has aged
-        out of it (plus the margin): before then the window is still full and
-        any request would be rejected again, costing another round trip and
-        another rate cut. Only a 429 for a request sent after the last cut
-        lowers the rate again; others were paced at the old rate and say
-        nothing new.
+        Without a Retry-After the pause lasts at least until the window is
+        clear: any request before then would be refused again. Only a 429 for
+        a request sent after the last cut lowers the rate again.
         """
         now = self._clock()
         self.throttles += 1

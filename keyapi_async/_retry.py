@@ -1,19 +1,8 @@
 """Retry policy as pure arithmetic: given an attempt and its error, wait how long, or stop.
 
-Backoff is exponential with *full jitter* (AWS architecture blog, "Exponential
-Backoff And Jitter"): the delay is uniform in ``[0, min(cap, base * 2**(n-1))]``.
-Full jitter spreads a crowd of retrying workers out instead of letting them
-return in lockstep and trip the rate limit together again.
-
-A server's ``Retry-After`` wins over backoff for every retryable status (a
-429, a 503 ...; RFC 9110 section 10.2.3), capped at ``retry_after_cap`` so a
-hostile or buggy header cannot park a batch for hours.
-
-A *billed* :class:`~keyapi_async.ResponseDecodeError` (a 200 whose body said
-``code: 0`` but could not be typed, e.g. schema drift) is retried at most once
-in total: the API charged for that answer, every retry is paid again, and an
-answer the client cannot read is likely to come back the same way. One retry
-covers a transient glitch; more would only buy the same bytes.
+Full-jitter exponential backoff, a server's ``Retry-After`` capped at
+``retry_after_cap``, and a billed ``ResponseDecodeError`` retried at most once.
+Rationale: docs/decisions.md (Rate, concurrency, time), docs/rate-limits.md#retries.
 """
 
 from __future__ import annotations
@@ -24,14 +13,9 @@ from dataclasses import dataclass
 
 from ._errors import APIStatusError, KeyAPIError, ResponseDecodeError
 
-__all__ = ["RetryPolicy", "backoff_delay"]
-
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float]) -> float:
-    """Full-jitter exponential backoff before retry number ``attempt`` (1-based).
-
-    ``rand`` returns a float in ``[0, 1)``; inject a fixed one to test.
-    """
+    """Full jitter: uniform in ``[0, min(cap, base * 2**(attempt-1))]``, ``attempt`` 1-based."""
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
     # Clamp the exponent so huge attempt numbers cannot overflow a float.
@@ -41,10 +25,7 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], f
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """How often and how long to retry transient failures.
-
-    ``max_attempts`` counts every send, so 1 means no retries.
-    """
+    """How often and how long to retry transient failures (``max_attempts`` counts every send)."""
 
     max_attempts: int = 5
     backoff_base: float = 0.5
@@ -64,11 +45,9 @@ class RetryPolicy:
     def delay_for(
         self, attempt: int, error: KeyAPIError, *, rand: Callable[[], float] = random.random
     ) -> float | None:
-        """Seconds to wait before the next try after ``attempt`` failed, or ``None`` to stop.
+        """Seconds to wait after send number ``attempt`` failed, or ``None`` to stop.
 
-        ``attempt`` is the 1-based number of the send that just failed. A
-        billed :class:`~keyapi_async.ResponseDecodeError` stops once two sends
-        were made, whatever ``max_attempts`` allows (each retry is paid).
+        A billed ``ResponseDecodeError`` stops after two sends (each retry is paid).
         """
         if not error.retryable or attempt >= self.max_attempts:
             return None
@@ -79,11 +58,9 @@ class RetryPolicy:
     def wait_for(
         self, attempt: int, error: KeyAPIError, *, rand: Callable[[], float] = random.random
     ) -> float:
-        """How long to wait after ``attempt`` failed with ``error``, retries left or not.
+        """The capped ``Retry-After`` of a retryable status error, else backoff.
 
-        The server's ``Retry-After`` (capped at ``retry_after_cap``) for any
-        retryable status error that carried one, else full-jitter backoff. The
-        rate gate also uses it as the shared cooldown after a 429.
+        Retries left or not: the rate gate also uses it as the cooldown after a 429.
         """
         if isinstance(error, APIStatusError) and error.retryable and error.retry_after is not None:
             return min(error.retry_after, self.retry_after_cap)

@@ -1,53 +1,42 @@
 """Normalising and validating what to fetch: a username or a numeric user id (pure).
 
-A target is rendered as text in one canonical way, used for deduplication, in
-error messages and in the CLI's ledger: a username as itself (``javan``), a
-user id with an ``id:`` prefix (``id:18527``). Usernames can never contain a
-colon, so the two forms cannot collide, and :func:`parse_target` reads the
-rendering back.
+One canonical text per target, ``javan`` or ``id:18527``: see docs/decisions.md#targets.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from ._errors import InvalidTargetError
 
-__all__ = ["Target", "TargetLike", "as_target", "parse_target"]
-
-# Instagram's rule as documented to users: 1-30 of letters, digits, '.' and '_'.
-# It is applied after lowercasing, because Instagram handles are case-insensitive.
+# 1-30 of letters, digits, '.' and '_', applied after lowercasing (handles are case-insensitive).
 _USERNAME = re.compile(r"[a-z0-9._]{1,30}")
 _USER_ID = re.compile(r"[0-9]{1,30}")
-# Anything with a scheme, or with a '/' (which no username contains), is read
-# as a URL: optional scheme, a host (with an optional port), a path, then an
-# optional query or fragment (share links carry ?igsh=...).
+# Input with a '/' (which no username contains) is a URL: optional scheme, host,
+# optional port, path, then an optional query or fragment (share links carry ?igsh=...).
 _URL = re.compile(
-    r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>[^/?#\s]*)(?P<path>/[^?#]*)?(?:[?#].*)?",
+    r"(?:[a-z][a-z0-9+.-]*://)?(?P<host>[^/?#\s:]*)(?::[0-9]+)?(?P<path>/[^?#]*)?(?:[?#].*)?",
     re.IGNORECASE | re.DOTALL,
 )
 _INSTAGRAM_HOSTS = frozenset({"instagram.com", "www.instagram.com", "m.instagram.com"})
-# First path segments of instagram.com pages that are not an account: a link
-# to a post or a reel must not be read as the account named "p" or "reel".
+# First path segments of instagram.com pages that are not an account (a post is not user "p").
 _NOT_ACCOUNTS = frozenset(
     {"p", "reel", "reels", "tv", "explore", "accounts", "direct", "about", "legal", "web"}
 )
 _ID_PREFIX = "id:"
 
-Kind = Literal["username", "user_id"]
 
-
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(msgspec.Struct, frozen=True, gc=False):
     """One account to fetch, already normalised and validated.
 
     Build one with :meth:`username` or :meth:`user_id`; both raise
     :class:`~keyapi_async.InvalidTargetError` for malformed input.
     """
 
-    kind: Kind
+    kind: Literal["username", "user_id"]
     value: str
 
     @classmethod
@@ -92,17 +81,12 @@ class Target:
 
 
 def _username_from_url(text: str, raw: object) -> str:
-    """The account a profile or story URL names (``InvalidTargetError`` for any other URL).
-
-    Accepted: ``[https://][www.|m.]instagram.com/<user>[/]`` and
-    ``.../stories/<user>/<story id>[/]``, each with any query or fragment.
-    """
+    # Accepted: [https://][www.|m.]instagram.com/<user>[/] and .../stories/<user>[/<story id>][/],
+    # each with any query or fragment.
     match = _URL.fullmatch(text)
-    host = match.group("host").lower() if match is not None else ""
-    host = host.rsplit(":", 1)[0] if host.rsplit(":", 1)[-1].isdigit() else host
-    if match is None or host not in _INSTAGRAM_HOSTS:
+    if match is None or match["host"].lower() not in _INSTAGRAM_HOSTS:
         raise InvalidTargetError("not an Instagram URL", value=raw)
-    segments = [part for part in (match.group("path") or "").split("/") if part]
+    segments = [part for part in (match["path"] or "").split("/") if part]
     if len(segments) in (2, 3) and segments[0].lower() == "stories":
         if segments[1].lower() == "highlights":
             raise InvalidTargetError(
@@ -133,6 +117,8 @@ def parse_target(text: str) -> Target:
 
 def as_target(value: object) -> Target:
     """Turn any accepted target form into a :class:`Target`, or raise InvalidTargetError."""
+    if type(value) is str and _USERNAME.fullmatch(value):
+        return Target("username", value)  # already canonical: most of any bulk input
     if isinstance(value, Target):
         return value
     if isinstance(value, str):
@@ -143,10 +129,8 @@ def as_target(value: object) -> Target:
 def from_arguments(username: str | None, user_id: str | int | None) -> Target:
     """Pick the target from ``fetch_user_stories``' keyword pair: exactly one must be set."""
     if username is not None and user_id is not None:
-        raise InvalidTargetError(
-            "give either username or user_id, not both",
-            value={"username": username, "user_id": user_id},
-        )
+        both = {"username": username, "user_id": user_id}
+        raise InvalidTargetError("give either username or user_id, not both", value=both)
     if username is not None:
         return Target.username(username)
     if user_id is not None:

@@ -1,74 +1,36 @@
 """The only module that touches aiohttp: send one request, return status, headers and body.
 
-Three things here exist because each request costs the caller money:
-
-* **No hidden re-sends.** aiohttp re-sends an idempotent request once, on a
-  new connection, when a pooled connection is closed or reset before the
-  answer's headers arrive (``ClientSession._retry_connection``, after RFC 9112
-  §9.3.1). Each re-send is a paid request the client never counted, so it is
-  switched off on the session this transport uses, owned or borrowed: a
-  borrowed session gets the same treatment for all its requests. Retrying is
-  the retry policy's job, through the rate gate and the attempt counter.
-* **Errors without secrets.** Every aiohttp failure becomes a
-  :class:`~keyapi_async.TransportError` raised after the ``except`` clause has
-  ended: aiohttp's exceptions can carry request headers (the API key) or the
-  proxy's credentials in their reprs, so they are chained in neither as
-  ``__cause__`` nor as ``__context__``. Messages name hosts as ``host:port``
-  (no query string) and proxies with their credentials masked. Failing to open
-  a connection (refused, DNS, TLS handshake, connect timeout, proxy refused or
-  answering the ``CONNECT`` with an error) is a
-  :class:`~keyapi_async.ConnectError`; a connection lost after the request
-  went out stays a plain TransportError, the total timeout a
-  :class:`~keyapi_async.RequestTimeoutError`.
-* **Proxies.** An explicit ``proxy`` URL (credentials allowed) is passed with
-  every request, so a borrowed session uses it too. Otherwise an owned session
-  honours the environment like httpx and requests: ``HTTPS_PROXY`` /
-  ``HTTP_PROXY`` by the target's scheme, ``ALL_PROXY`` as fallback (aiohttp's
-  own ``trust_env`` ignores it), ``NO_PROXY`` to bypass, read through
-  :func:`urllib.request.getproxies` (so macOS and Windows system settings
-  apply when no variable is set). The environment is read once per transport
-  and origin, not per request, and aiohttp's ``trust_env`` stays off: it would
-  cost two thread hops per request and read ``~/.netrc``, whose entry for the
-  API host would clash with our ``Authorization`` header. An explicit proxy
-  wins over the environment, ``NO_PROXY`` included. An https target is reached
-  through a ``CONNECT`` tunnel, so the proxy sees ``host:port`` and encrypted
-  bytes, never the key or the path; through a proxy, a plain-http target's
-  request (key included) is readable by the proxy, which is logged once.
-
-Each request passes ``raise_for_status=False`` and ``allow_redirects=False``
-itself, so a caller's session configured otherwise cannot turn an API error
-answer into a transport error or send the key on to a redirect target.
+No hidden re-sends (aiohttp's re-send after a connection reset is switched
+off); no redirects, and error statuses never raise, even on a borrowed session;
+every aiohttp failure becomes a :class:`~keyapi_async.TransportError` with no
+secret in it and no aiohttp exception chained; an explicit ``proxy`` goes with
+every request, else an owned session follows the environment.
+Rationale: docs/decisions.md#proxies and #secrets, docs/errors.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgspec
 from yarl import URL
 
 from ._config import mask_proxy_url, validate_proxy_url
 from ._errors import ConfigurationError, ConnectError, RequestTimeoutError, TransportError
 from ._sansio import Request
 
-__all__ = [
-    "AiohttpTransport",
-    "RawResponse",
-    "Transport",
-]
-
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class RawResponse:
+class RawResponse(msgspec.Struct, frozen=True, gc=False):
     """What came back: HTTP status, headers (case-insensitive) and the whole body."""
 
     status: int
@@ -89,10 +51,7 @@ class Transport(Protocol):
 
 
 def _env_proxies() -> dict[str, URL]:
-    # Only the schemes the API can use, plus ALL_PROXY as the fallback that
-    # httpx and requests honour. A value aiohttp cannot use (socks5://, say)
-    # is skipped with a warning rather than failing every request, as
-    # aiohttp's own trust_env does; a proxy given explicitly is checked strictly.
+    # As httpx and requests read them; one aiohttp cannot use (socks5://) is skipped.
     found: dict[str, URL] = {}
     for scheme, value in urllib.request.getproxies().items():
         if scheme not in ("http", "https", "all") or not value:
@@ -110,48 +69,12 @@ def _env_proxies() -> dict[str, URL]:
     return found
 
 
-def _origin(url: str) -> str:
-    start = url.find("//") + 2
-    end = url.find("/", start)
-    return url if end < 0 else url[:end]
-
-
-def _host_port(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return "?"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _disable_hidden_retry(session: aiohttp.ClientSession) -> None:
-    # Private aiohttp state (3.9 to 3.14 at least). If it ever disappears the
-    # test suite fails (tests/test_transport.py), and here the warning says
-    # that re-sends may be back.
-    if hasattr(session, "_retry_connection"):
-        session._retry_connection = False
-    else:  # pragma: no cover - depends on a future aiohttp
-        _log.warning(
-            "aiohttp %s has no ClientSession._retry_connection: it may re-send a request "
-            "after a connection reset without keyapi_async counting it",
-            aiohttp.__version__,
-        )
-
-
 class AiohttpTransport:
-    """Sends :class:`Request` objects over one pooled aiohttp session.
+    """Sends :class:`Request` objects over one pooled aiohttp session, owned or borrowed.
 
-    The session is either owned (created by :meth:`create`, closed by
-    :meth:`aclose`) or borrowed from the caller (left open). In both cases its
-    silent re-send of a request after a connection reset is switched off (see
-    the module docstring): every request on the wire is one the client counted.
-
-    ``proxy`` (a URL checked by :func:`validate_proxy_url`) goes with every
-    request. Without it, ``trust_env`` makes the transport pick a proxy from
-    the environment per origin; for a borrowed session it defaults to off, so
-    the session's own ``proxy``/``trust_env`` settings decide.
+    An owned session (:meth:`create`) is closed by :meth:`aclose`, a borrowed one
+    left open. ``proxy`` goes with every request; without it, ``trust_env`` picks
+    one from the environment (off by default for a borrowed session).
     """
 
     __slots__ = ("_env", "_owns", "_proxy", "_proxy_by_origin", "_session", "_timeout")
@@ -168,15 +91,21 @@ class AiohttpTransport:
     ) -> None:
         self._session = session
         self._owns = owns_session
-        # One timeout object for every request: built per call it would be
-        # a measurable share of the hot path.
+        # One timeout object for every request: built per call it shows on the hot path.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._proxy = None if proxy is None else URL(validate_proxy_url(proxy))
         self._env = _env_proxies() if proxy is None and trust_env else {}
-        # The API has one origin, so this holds one entry: the environment is
-        # consulted once, not on every request.
         self._proxy_by_origin: dict[str, URL | None] = {}
-        _disable_hidden_retry(session)
+        # Private aiohttp state (3.9 to 3.14 at least); tests/test_transport.py
+        # fails if it disappears, and so does this warning.
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        else:  # pragma: no cover - depends on a future aiohttp
+            _log.warning(
+                "aiohttp %s has no ClientSession._retry_connection: it may re-send a request "
+                "after a connection reset without keyapi_async counting it",
+                aiohttp.__version__,
+            )
 
     @classmethod
     def create(
@@ -197,15 +126,11 @@ class AiohttpTransport:
         """
         connector = aiohttp.TCPConnector(
             limit=pool_size,
-            limit_per_host=pool_size,
             ssl=True if ssl_context is None else ssl_context,
         )
+        # No cookies: the API needs none, and a jar would grow across a batch.
         session = aiohttp.ClientSession(
-            connector=connector,
-            # The key lives in per-request headers only; cookies are never
-            # needed by the API and would grow without bound across a batch.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            raise_for_status=False,
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
         )
         return cls(
             session,
@@ -217,11 +142,11 @@ class AiohttpTransport:
         )
 
     def _proxy_for(self, url: str) -> URL | None:
-        origin = _origin(url)
-        try:
+        # Cached per origin: the environment is read once, not per request.
+        end = url.find("/", url.find("//") + 2)
+        origin = url if end < 0 else url[:end]
+        if origin in self._proxy_by_origin:
             return self._proxy_by_origin[origin]
-        except KeyError:
-            pass
         proxy = self._proxy
         parts = urlsplit(origin)
         if proxy is None and self._env and not urllib.request.proxy_bypass(parts.netloc):
@@ -238,7 +163,6 @@ class AiohttpTransport:
     async def send(self, request: Request, *, target: str | None = None) -> RawResponse:
         """Send ``request`` and read the whole body, or raise a TransportError."""
         proxy = self._proxy_for(request.url) if self._proxy is not None or self._env else None
-        error: TransportError
         try:
             async with self._session.request(
                 request.method,
@@ -251,53 +175,40 @@ class AiohttpTransport:
             ) as response:
                 body = await response.read()
                 return RawResponse(response.status, response.headers, body)
-        except aiohttp.ConnectionTimeoutError:
-            error = ConnectError(
-                f"no connection to {self._where(request.url, proxy)} "
-                f"within {self._timeout.sock_connect} s",
-                target=target,
-            )
-        except TimeoutError:
-            error = RequestTimeoutError(
-                f"no complete answer within {self._timeout.total} s", target=target
-            )
-        except aiohttp.ClientHttpProxyError as exc:
-            error = ConnectError(
-                f"the proxy refused the tunnel to {self._where(request.url, proxy)}: "
-                f"HTTP {_status_text(exc.status)}",
-                target=target,
-            )
-        except aiohttp.ClientConnectorError as exc:
-            # host:port of the connection key (the proxy's when there is one),
-            # and the OS error's text: never headers, the query or credentials.
-            detail = exc.strerror or type(exc.os_error).__name__
-            error = ConnectError(
-                f"cannot connect to {self._where(request.url, proxy)}: {detail}", target=target
-            )
-        except aiohttp.ClientPayloadError:
-            error = TransportError(
-                "connection closed before the whole response body arrived", target=target
-            )
-        except aiohttp.ClientConnectionError as exc:
-            error = TransportError(
-                f"connection lost ({self._where(request.url, proxy)}): "
-                f"{type(exc).__name__}: {_safe_text(exc)}",
-                target=target,
-            )
-        except aiohttp.ClientError as exc:
-            error = TransportError(f"HTTP client error: {type(exc).__name__}", target=target)
-        # Raised here, with no exception being handled, so that not even
-        # ``__context__`` refers to aiohttp's exception (``raise ... from None``
-        # only hides it from tracebacks; a ClientResponseError's repr shows
-        # the request headers, Authorization or Proxy-Authorization included).
-        raise error
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            kind, message = self._describe(exc, request.url, proxy)
+        # Raised with no exception being handled, so that not even ``__context__``
+        # refers to aiohttp's exception, whose repr can show the request headers.
+        raise kind(message, target=target)
 
-    @staticmethod
-    def _where(url: str, proxy: URL | None) -> str:
-        where = _host_port(url)
+    def _describe(
+        self, exc: BaseException, url: str, proxy: URL | None
+    ) -> tuple[type[TransportError], str]:
+        # Hosts as host:port (no query), proxies masked, OS errors by their text.
+        where = mask_proxy_url(url).partition("://")[2].lower()
         if proxy is not None:
             where += f" through proxy {mask_proxy_url(str(proxy))}"
-        return where
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return ConnectError, f"no connection to {where} within {self._timeout.sock_connect} s"
+        if isinstance(exc, TimeoutError):
+            return RequestTimeoutError, f"no complete answer within {self._timeout.total} s"
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            # Not the proxy's own reason phrase: that is text from a third party.
+            status = str(exc.status)
+            with contextlib.suppress(ValueError):
+                status += f" {HTTPStatus(exc.status).phrase}"
+            return ConnectError, f"the proxy refused the tunnel to {where}: HTTP {status}"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            detail = exc.strerror or type(exc.os_error).__name__
+            return ConnectError, f"cannot connect to {where}: {detail}"
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return TransportError, "connection closed before the whole response body arrived"
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            # A ClientResponseError's text would show the request headers.
+            unsafe = isinstance(exc, aiohttp.ClientResponseError)
+            detail = type(exc).__name__ if unsafe else str(exc) or "no detail"
+            return TransportError, f"connection lost ({where}): {type(exc).__name__}: {detail}"
+        return TransportError, f"HTTP client error: {type(exc).__name__}"
 
     @property
     def closed(self) -> bool:
@@ -308,19 +219,3 @@ class AiohttpTransport:
         """Close the session if this transport created it."""
         if self._owns and not self._session.closed:
             await self._session.close()
-
-
-def _status_text(status: int) -> str:
-    # The proxy's own reason phrase is not shown: it is text from a third party.
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
-
-
-def _safe_text(exc: aiohttp.ClientConnectionError) -> str:
-    # Connection errors describe the socket (host, port, errno), never the
-    # request headers; ClientResponseError, which does, is not one of them.
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return type(exc).__name__
-    return str(exc) or "no detail"

@@ -1,40 +1,12 @@
-"""Typed msgspec models (the domain types) for keyapi.ai's Instagram stories.
+"""Typed msgspec models of keyapi.ai's Instagram stories: what a fetch returns.
 
-The API wraps Instagram's own reel object in a keyapi envelope::
-
-    {"code": 0, "message": "success", "requestId": "...",
-     "data": {"data": {"additional_data": {...}, "count": 2, "items": [...]}}}
-
-The envelope is a wire detail, decoded privately by ``keyapi_async._wire``;
-this module holds what a user gets back: a :class:`Reel` with its
-:class:`ReelInfo` and a list of :class:`StoryItem`. :func:`decode_reel` and
-:func:`encode` round-trip reels a caller stored.
-
-Design choices:
-
-* Decode once, straight into typed Structs.  A response is parsed by a single
-  pre-built ``msgspec.json.Decoder`` into these classes; there is no
-  intermediate ``dict`` tree and no second validation pass, which is what keeps
-  large concurrent batches cheap.  The decoders and the encoder are created at
-  import time because building them per call would redo the type analysis
-  every time.
-* Only fields a consumer of story data needs are modelled.  Instagram sends
-  well over a hundred keys per item; unknown keys are skipped by msgspec
-  without being materialised, so the model doubles as a projection and new
-  keys Instagram adds never break decoding.
-* Anything that may be missing has a default, so a sparse response still
-  decodes.  Nullable values are ``X | None = None``; flags default to ``False``
-  and lists to empty.
-* Identifiers are ``str`` (the API sends them as strings, and Instagram ids
-  exceed the range many JSON consumers handle exactly).  A numeric id is
-  rejected with ``msgspec.ValidationError`` rather than silently coerced.
-* Structs are frozen (safe to share between tasks and to cache) and
-  ``gc=False``: they hold no reference cycles, so leaving them out of the
-  cycle collector avoids GC pauses proportional to the number of decoded
-  objects in big batches.
-
-Timestamps stay as the raw Unix seconds Instagram sends; ``*_datetime``
-properties convert them to timezone-aware UTC ``datetime`` objects on demand.
+A :class:`Reel` holds its :class:`ReelInfo` (``additional_data``) and a tuple
+of :class:`StoryItem`; every sequence is a tuple (``()`` when absent). Only
+the fields a consumer needs are modelled (unknown keys are skipped) and
+anything that may be missing has a default. Ids are ``str``: a numeric id is
+rejected, not coerced. Structs are frozen, so safe to share and cache.
+Timestamps stay raw Unix seconds; ``*_datetime`` properties return aware UTC
+datetimes. :func:`decode_reel` and :func:`encode` round-trip stored reels.
 """
 
 from __future__ import annotations
@@ -66,9 +38,7 @@ __all__ = [
 ]
 
 _MEDIA_TYPE_VIDEO = 2
-# Documented by keyapi ("Stories expire after 24 hours"); only used when an
-# item lacks its own ``expiring_at``.
-_STORY_LIFETIME = timedelta(hours=24)
+_STORY_LIFETIME = timedelta(hours=24)  # keyapi: "Stories expire after 24 hours"
 
 
 def _utc_from_timestamp(ts: int | None) -> datetime | None:
@@ -76,9 +46,7 @@ def _utc_from_timestamp(ts: int | None) -> datetime | None:
         return None
     try:
         return datetime.fromtimestamp(ts, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        # An out-of-range value (e.g. milliseconds where seconds belong) must
-        # not make a convenience property blow up a whole batch loop.
+    except (OverflowError, OSError, ValueError):  # e.g. milliseconds: no crash in a batch loop
         return None
 
 
@@ -89,19 +57,13 @@ def _utc_from_iso(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    # A naive string would otherwise compare unequal to every aware datetime;
-    # Instagram's timestamps are UTC.
-    if parsed.tzinfo is None:
+    if parsed.tzinfo is None:  # Instagram's times are UTC; keep it comparable with aware ones
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """An Instagram user as embedded in reels, items, mentions and comments.
-
-    ``interop_messaging_user_fbid`` is deliberately not modelled: it is a large
-    integer nobody needs and would be the one numeric id in the model.
-    """
+    """An Instagram user as embedded in reels, items, mentions and comments."""
 
     id: str | None = None
     username: str | None = None
@@ -126,7 +88,7 @@ class ReelInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     can_gif_quick_reply: bool = False
     can_react_with_avatar: bool = False
     show_expiration_tray_signal: bool = False
-    disabled_reply_types: list[str] = msgspec.field(default_factory=list)
+    disabled_reply_types: tuple[str, ...] = ()
     user: User | None = None
 
     @property
@@ -152,15 +114,12 @@ class ImageCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class ImageVersions(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The set of image renditions (``image_versions``)."""
 
-    items: list[ImageCandidate] = msgspec.field(default_factory=list)
+    items: tuple[ImageCandidate, ...] = ()
 
     @property
     def best(self) -> ImageCandidate | None:
         """The candidate with the most pixels that has a URL, or None."""
-        candidates = [c for c in self.items if c.url]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda c: c.width * c.height)
+        return max((c for c in self.items if c.url), key=_pixels, default=None)
 
 
 class VideoVersion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -181,12 +140,7 @@ class Hashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class StoryHashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A hashtag sticker placed on a story.
-
-    Geometry is relative to the media (0..1).  Times are floats because
-    Instagram sends both ``0`` and ``0.0``, and an ``int`` field would reject
-    the latter and with it the whole response.
-    """
+    """A hashtag sticker placed on a story; geometry is relative to the media (0..1)."""
 
     id: str | None = None
     x: float = 0.0
@@ -195,7 +149,7 @@ class StoryHashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     width: float = 0.0
     height: float = 0.0
     rotation: float = 0.0
-    start_time_ms: float | None = None
+    start_time_ms: float | None = None  # floats: Instagram sends both 0 and 0.0
     end_time_ms: float | None = None
     hashtag: Hashtag = msgspec.field(default_factory=Hashtag)
 
@@ -241,11 +195,7 @@ class StoryComment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Caption(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A media caption (Instagram sends an object or ``null``).
-
-    Only the text fields are modelled: the caption object's ``user_id`` and
-    ``media_id`` are numeric ids in some API versions and would fail decoding.
-    """
+    """A media caption; only its text fields (its ids are numbers in some API versions)."""
 
     text: str = ""
     created_at: int | None = None
@@ -290,11 +240,7 @@ class MusicMetadata(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One story (image or video) in a user's reel.
-
-    ``id`` is the only required field: an item without one cannot be
-    addressed, deduplicated or downloaded, so it is better rejected loudly.
-    """
+    """One story (image or video) in a user's reel; ``id`` is its only required field."""
 
     id: str
     pk: str | None = None
@@ -310,15 +256,15 @@ class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     original_width: int | None = None
     original_height: int | None = None
     image_versions: ImageVersions | None = None
-    video_versions: list[VideoVersion] = msgspec.field(default_factory=list)
+    video_versions: tuple[VideoVersion, ...] = ()
     video_duration: float | None = None
     has_audio: bool | None = None
     thumbnail_url: str | None = None
     caption: Caption | None = None
-    story_hashtags: list[StoryHashtag] = msgspec.field(default_factory=list)
-    reel_mentions: list[ReelMention] = msgspec.field(default_factory=list)
-    story_comments: list[StoryComment] = msgspec.field(default_factory=list)
-    tagged_users: list[TaggedUser] = msgspec.field(default_factory=list)
+    story_hashtags: tuple[StoryHashtag, ...] = ()
+    reel_mentions: tuple[ReelMention, ...] = ()
+    story_comments: tuple[StoryComment, ...] = ()
+    tagged_users: tuple[TaggedUser, ...] = ()
     location: Location | None = None
     music_metadata: MusicMetadata | None = None
     user: User | None = None
@@ -336,36 +282,26 @@ class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     @property
     def best_image_url(self) -> str | None:
         """URL of the largest (width x height) image rendition, or None."""
-        if self.image_versions is None:
-            return None
-        best = self.image_versions.best
+        best = None if self.image_versions is None else self.image_versions.best
         return None if best is None else best.url
 
     @property
     def best_video_url(self) -> str | None:
         """URL of the largest (width x height) video rendition, or None."""
-        candidates = [v for v in self.video_versions if v.url]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda v: v.width * v.height).url
+        best = max((v for v in self.video_versions if v.url), key=_pixels, default=None)
+        return None if best is None else best.url
 
     @property
     def best_media_url(self) -> str | None:
         """URL of the story's own media: the best video for videos, else the best image.
 
-        A video without video renditions yields None rather than its poster
-        image, so a downloader never stores a still under a video's name.
+        A video without video renditions yields None, never its poster image.
         """
-        if self.is_video_media:
-            return self.best_video_url
-        return self.best_image_url
+        return self.best_video_url if self.is_video_media else self.best_image_url
 
     @property
     def taken_at_datetime(self) -> datetime | None:
-        """When the story was posted, as an aware UTC datetime (None if unknown).
-
-        Falls back to parsing ``taken_at_date`` when ``taken_at`` is missing.
-        """
+        """When the story was posted (``taken_at``, else ``taken_at_date``), aware UTC or None."""
         if self.taken_at is not None:
             return _utc_from_timestamp(self.taken_at)
         return _utc_from_iso(self.taken_at_date)
@@ -386,11 +322,10 @@ class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return [m.user.username for m in self.reel_mentions if m.user and m.user.username]
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        """Return whether the story has expired at ``now`` (default: current time).
+        """Return whether the story has expired at ``now`` (aware; default: the current time).
 
-        ``now`` must be timezone-aware.  Without ``expiring_at`` the documented
-        24-hour lifetime from ``taken_at`` is used; with neither known the
-        story is reported as not expired, since we cannot prove otherwise.
+        Without ``expiring_at`` the documented 24-hour lifetime from ``taken_at``
+        is used; with neither known the story is not expired.
         """
         expires = self.expiring_at_datetime
         if expires is None:
@@ -406,7 +341,7 @@ class Reel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     additional_data: ReelInfo | None = None
     count: int = 0
-    items: list[StoryItem] = msgspec.field(default_factory=list)
+    items: tuple[StoryItem, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -416,19 +351,20 @@ class Reel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     @property
     def user(self) -> User | None:
         """The reel's owner, from ``additional_data`` or else the first item."""
-        if self.additional_data is not None and self.additional_data.user is not None:
-            return self.additional_data.user
-        if self.items:
-            first = self.items[0]
-            return first.user or first.owner
-        return None
+        info = self.additional_data
+        if info is not None and info.user is not None:
+            return info.user
+        return (self.items[0].user or self.items[0].owner) if self.items else None
 
     @property
     def expiring_at_datetime(self) -> datetime | None:
         """When the reel expires, as an aware UTC datetime (None if unknown)."""
-        if self.additional_data is None:
-            return None
-        return self.additional_data.expiring_at_datetime
+        info = self.additional_data
+        return None if info is None else info.expiring_at_datetime
+
+
+def _pixels(rendition: ImageCandidate | VideoVersion) -> int:
+    return rendition.width * rendition.height
 
 
 _REEL_DECODER = msgspec.json.Decoder(Reel)
@@ -436,11 +372,7 @@ _ENCODER = msgspec.json.Encoder()
 
 
 def decode_reel(body: bytes) -> Reel:
-    """Decode a bare reel object, e.g. one previously written with ``encode``.
-
-    Raises ``msgspec.DecodeError`` for malformed JSON and
-    ``msgspec.ValidationError`` (a subclass) for JSON of the wrong shape.
-    """
+    """Decode a bare reel (e.g. one ``encode`` wrote); raises ``msgspec.DecodeError`` if invalid."""
     return _REEL_DECODER.decode(body)
 
 

@@ -124,7 +124,7 @@ async def test_empty_reels(emulator: Emulator, make_client: MakeClient) -> None:
     for reel in (first, second):
         assert isinstance(reel, Reel)
         assert reel.is_empty
-        assert reel.items == []
+        assert reel.items == ()
         assert reel.count == 0
     assert first.additional_data is None
     assert second.additional_data is not None

@@ -111,7 +111,7 @@ def test_seed_reel_info(reel: Reel) -> None:
     assert info.can_reshare is True
     assert info.can_gif_quick_reply is True
     assert info.can_react_with_avatar is False
-    assert info.disabled_reply_types == ["story_remix_reply", "story_selfie_reply"]
+    assert info.disabled_reply_types == ("story_remix_reply", "story_selfie_reply")
     assert info.expiring_at_datetime == datetime(2026, 3, 11, 2, 13, 1, tzinfo=UTC)
     assert info.latest_reel_media_datetime == datetime(2026, 3, 10, 2, 13, 1, tzinfo=UTC)
     assert reel.expiring_at_datetime == info.expiring_at_datetime
@@ -147,8 +147,8 @@ def test_seed_first_item(reel: Reel) -> None:
     assert item.caption is None
     assert item.location is None
     assert item.music_metadata is None
-    assert item.tagged_users == []
-    assert item.reel_mentions == []
+    assert item.tagged_users == ()
+    assert item.reel_mentions == ()
     assert item.can_reply is True
     assert item.can_reshare is True
     assert item.is_paid_partnership is False
@@ -222,7 +222,7 @@ def test_seed_items_are_images_without_video(reel: Reel) -> None:
         assert item.media_type == 1
         assert item.is_video is False
         assert item.is_video_media is False
-        assert item.video_versions == []
+        assert item.video_versions == ()
         assert item.video_duration is None
         assert item.has_audio is None
         assert item.best_video_url is None
@@ -403,7 +403,7 @@ def test_sparse_item_uses_defaults() -> None:
     (item,) = decode_reel(b'{"items": [{"id": "42"}]}').items
     assert item == StoryItem(id="42")
     assert item.is_video is False
-    assert item.story_comments == []
+    assert item.story_comments == ()
     assert item.image_versions is None
     assert item.best_image_url is None
     assert item.best_media_url is None
@@ -458,7 +458,7 @@ def test_empty_items_is_empty_reel() -> None:
         b' "requestId": "r-1"}'
     )
     assert envelope.reel is not None
-    assert envelope.reel.items == []
+    assert envelope.reel.items == ()
     reel = envelope.reel.to_reel()
     assert reel.is_empty
     assert reel.count == 0

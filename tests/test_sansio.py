@@ -138,7 +138,7 @@ def test_no_stories_is_an_empty_reel(data: Any) -> None:
     reel = parse_response(200, JSON_HEADERS, envelope(0, "success", data=data))
     assert isinstance(reel, Reel)
     assert reel.is_empty
-    assert reel.items == []
+    assert reel.items == ()
     assert reel.count == 0
 
 
@@ -570,7 +570,7 @@ def test_count_without_items_is_a_billed_decode_error_not_an_empty_reel() -> Non
 )
 def test_missing_items_is_empty_only_without_a_positive_count(reel: dict[str, Any]) -> None:
     parsed = parse_response(200, JSON_HEADERS, envelope(0, "success", data={"data": reel}))
-    assert parsed.items == []
+    assert parsed.items == ()
     assert parsed.is_empty
     assert parsed.count == 0
     if reel.get("additional_data"):

@@ -147,7 +147,7 @@ def _item_of(story: StoryRecord) -> StoryItem | None:
             media_type=2,
             taken_at=story.taken_at,
             user=user,
-            video_versions=[VideoVersion(url=story.media_url, width=width, height=height)],
+            video_versions=(VideoVersion(url=story.media_url, width=width, height=height),),
         )
     return StoryItem(
         id=story.story_id,
@@ -155,7 +155,7 @@ def _item_of(story: StoryRecord) -> StoryItem | None:
         taken_at=story.taken_at,
         user=user,
         image_versions=ImageVersions(
-            items=[ImageCandidate(url=story.media_url, width=width, height=height)]
+            items=(ImageCandidate(url=story.media_url, width=width, height=height),)
         ),
     )
 
