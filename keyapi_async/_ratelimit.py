@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
 
@@ -188,40 +189,6 @@ class _Bucket(AsyncLimiter):
         self._wake_next()
 
 
-class _Places:
-    """The in-flight cap: a semaphore whose free case is one comparison.
-
-    ``asyncio.Semaphore.locked()`` scans its waiters on every acquire in 3.11.
-    """
-
-    __slots__ = ("free", "waiters")
-
-    def __init__(self, places: int) -> None:
-        self.free = places
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-    async def take(self) -> None:
-        """Wait for a place (the caller found none free)."""
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # handed a place, then cancelled: pass it on
-            else:
-                self.waiters.remove(waiter)
-            raise
-
-    def give(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
-
-
 class RateGate:
     """The gate of one process (see the module docstring).
 
@@ -234,7 +201,7 @@ class RateGate:
         self._margin = margin
         # Seconds of lag the bucket makes up: half of what the margin leaves.
         self._slack = margin / (2 * (1 - margin))
-        self._inflight = _Places(concurrency)
+        self._inflight = anyio.Semaphore(concurrency, fast_acquire=True)
         paced = None if qps is None else qps * (1 - margin)
         self._adaptive = AdaptiveRate(paced, margin=margin)
         self._bucket = None if paced is None else _Bucket(paced, self._slack)
@@ -255,10 +222,10 @@ class RateGate:
     async def acquire(self) -> Ticket:
         """Wait for an in-flight place, the end of any cooldown, and a token."""
         places = self._inflight
-        if places.free > 0 and not places.waiters:
-            places.free -= 1  # inline: the hot path, without a coroutine call
-        else:
-            await places.take()
+        try:
+            places.acquire_nowait()  # the hot path: no coroutine, no cancellation check
+        except anyio.WouldBlock:
+            await places.acquire()
         try:
             if self._bucket is None and self.throttles == 0:
                 # No cap and no 429 ever: nothing to wait for (the hot path
@@ -267,7 +234,7 @@ class RateGate:
             else:
                 now = await self._wait_turn()
         except BaseException:
-            self._inflight.give()
+            places.release()
             raise
         self._sent.append(now)
         return Ticket(now)
@@ -309,7 +276,7 @@ class RateGate:
         server_said: bool = False,
     ) -> None:
         """Free the in-flight place; on ``THROTTLED`` pause everyone and slow down."""
-        self._inflight.give()
+        self._inflight.release()
         if verdict is Verdict.ACCEPTED:
             self._accepted.append(ticket.sent_at)
         elif verdict is Verdict.THROTTLED:
