@@ -177,6 +177,16 @@ class _Bucket(AsyncLimiter):
         self.rate = rate
         self.slack = slack
 
+    async def acquire(self, amount: float = 1) -> None:
+        if not self._waiters:
+            # From idle the slack is no head start: the first turn leaves at
+            # once and the next one a whole interval later, not after the
+            # slack alone. A first send held back by a busy loop would
+            # otherwise reach the server together with the second.
+            self._leak()
+            self._level = max(self._level, self.max_rate - 1.0)
+        await super().acquire(amount)
+
     def retune(self, rate: float) -> None:
         if rate == self.rate:
             return

@@ -102,6 +102,26 @@ def test_gate_spaces_sends_evenly_with_no_initial_burst() -> None:
     assert gaps == pytest.approx([0.05] * 20, abs=1e-4)
 
 
+def test_from_idle_the_slack_is_no_head_start() -> None:
+    # A batch starts all its workers in one loop iteration; one that reaches
+    # the bucket after the slack (26 ms at 19/s) had passed must queue behind
+    # the others, not take a turn beside the first: a busy first iteration
+    # holds the first send back, and the two then reach the server together
+    # (a 429 in CI, where the first iteration is slow).
+    async def main() -> list[float]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.05)
+        first = await gate.acquire()
+        queued = asyncio.ensure_future(gate.acquire())
+        await asyncio.sleep(0.03)
+        newcomer = await gate.acquire()
+        return [first.sent_at, (await queued).sent_at, newcomer.sent_at]
+
+    grants = sorted(run_virtual(main))
+    interval = 1 / (20.0 * 0.95)
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
+    assert min(gaps) >= interval - 1e-6, gaps
+
+
 def test_gate_holds_the_inflight_cap() -> None:
     async def main() -> int:
         gate = RateGate(qps=None, concurrency=3)
