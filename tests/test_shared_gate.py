@@ -367,6 +367,7 @@ async def test_max_credits_is_one_budget_for_all(redis_server: RedisServer, api_
             await run_all(kids)
         spent = emu.credits_spent
         sent = emu.requests_total
+        throttled = emu.count(status=429)
     fetched = 0
     for kid in kids:
         statuses = assert_one_outcome_each(kid, {"ok", "empty", "not_attempted"})
@@ -380,8 +381,11 @@ async def test_max_credits_is_one_budget_for_all(redis_server: RedisServer, api_
         f"{fetched} fetched, per process " + ", ".join(str(k.report["requests_sent"]) for k in kids)
     )
     assert spent <= 200
-    # Nothing failed, so the whole budget was used: 100 requests of 2 credits.
-    assert spent == 200 and sent == 100 and fetched == 100
+    # Nothing failed, so the whole budget was used: 100 billed requests of 2
+    # credits. A 429 (unbilled, retried) can still happen when the machine is
+    # loaded: the emulator shares this process's loop, whose stalls bunch
+    # arrivals; the cap itself is test_four_processes_share_the_cap's subject.
+    assert spent == 200 and sent - throttled == 100 and fetched == 100
     assert_nothing_secret(await redis_contents(redis_server.url), api_key)
 
 
