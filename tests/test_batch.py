@@ -45,17 +45,24 @@ async def test_capped_batch_never_exceeds_the_window_and_sees_no_429(
 ) -> None:
     config = EmulatorConfig(api_keys=frozenset({api_key}), qps=20)
     async with run_emulator(config) as emu, make_client(emu, qps=20) as client:
+        # Warm-up, then idle again: a fresh process's first requests run cold
+        # code (imports, first connections) with client and emulator sharing
+        # one loop, so the first send can leave long after its turn; the
+        # from-idle guarantee is proven on the virtual clock (test_ratelimit).
+        warm = [r async for r in client.fetch_many([f"warm{i}" for i in range(5)])]
+        assert all(r.ok for r in warm)
+        await asyncio.sleep(1.1)
         started = time.monotonic()
         results = [r async for r in client.fetch_many(names(200))]
         elapsed = time.monotonic() - started
     assert_one_result_each(results, set(names(200)))
     assert all(r.ok for r in results)
-    t0 = emu.log[0].time
-    seen = [(round(r.time - t0, 3), r.username, r.status) for r in emu.log]
+    log = [r for r in emu.log if not (r.username or "").startswith("warm")]
+    seen = [(round(r.time - log[0].time, 3), r.username, r.status) for r in log]
     throttled = [entry for entry in seen if entry[2] == 429]
     assert emu.count(status=429) == 0, (len(seen), seen[:6], throttled)
     assert emu.max_in_window(1.0) <= 20
-    first_second = [r for r in emu.log if r.time < emu.log[0].time + 1.0]
+    first_second = [r for r in log if r.time < log[0].time + 1.0]
     assert len(first_second) <= 20
     assert elapsed < 2 * 10.0  # generous: the 1.10x bound is asserted in virtual time
 
