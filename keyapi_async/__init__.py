@@ -17,7 +17,7 @@ The local emulator of the API for offline tests lives in :mod:`keyapi_async.test
 
 from .__about__ import __version__
 from ._batch import BatchCounts, StoryBatch, StoryResult, estimate_credits
-from ._client import ClientStats, KeyAPIClient
+from ._client import KeyAPIClient
 from ._config import ClientConfig
 from ._errors import (
     APIStatusError,
@@ -38,6 +38,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
+from ._fetch import ClientStats
 from ._targets import Target, TargetLike, parse_target
 from .models import Reel, StoryItem, User
 

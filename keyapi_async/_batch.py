@@ -199,14 +199,11 @@ class StoryBatch:
 
     async def aclose(self) -> None:
         """Cancel whatever is still running and wait until it has stopped."""
-        if self._group is not None:
-            await self.__aexit__(None, None, None)
-            return
         engine = self._engine
-        engine.scope.cancel()
-        if engine.started:
+        if self._group is None and engine.started:  # else the group's exit waits for it
+            engine.scope.cancel()
             await engine.finished.wait()
-        self._recv.close()
+        await self.__aexit__(None, None, None)
 
     def stop(self, reason: str = "batch stopped") -> None:
         """Send no new requests; in-flight ones finish, the rest yield NotAttemptedError."""

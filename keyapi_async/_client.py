@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any, Self, Unpack
 
 import aiohttp
@@ -21,38 +21,12 @@ from . import __about__
 from ._batch import StoryBatch
 from ._budget import Budget, LocalBudget
 from ._config import ClientConfig, ClientOptions, shown_url
-from ._fetch import Counters, Fetcher
+from ._fetch import ClientStats, Fetcher
 from ._ratelimit import Gate, RateGate
 from ._sansio import RequestBuilder
 from ._targets import TargetLike, from_arguments
 from ._transport import AiohttpTransport, Transport
 from .models import Reel
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientStats:
-    """Counters of one client since it opened (a snapshot; cheap to take)."""
-
-    requests_sent: int
-    """Every request put on the wire, retries included."""
-    in_flight: int
-    """Requests sent and not answered yet."""
-    successes: int
-    """Answers decoded into a reel (each cost 2 credits)."""
-    empty: int
-    """Successes whose reel had no active stories (included in ``successes``)."""
-    failures: int
-    """Targets that ended in an error after their last attempt."""
-    rate_limited: int
-    """429 answers (by HTTP status or body code)."""
-    retries: int
-    """Sends beyond each target's first."""
-    credits_spent: int
-    """2 per billed answer: every ``code == 0`` one, even if its body could not be typed."""
-    current_qps: float | None
-    """The rate the gate paces at now (``None``: no cap)."""
-    cooldown_remaining: float
-    """Seconds left of the pause after the last 429."""
 
 
 class KeyAPIClient:
@@ -124,7 +98,14 @@ class KeyAPIClient:
         try:
             gate, budget = await self._open_gate()
             if self._transport is None:  # else the caller's, left open like a caller's session
-                self._transport = self._open_aiohttp()
+                config = self._config
+                self._transport = AiohttpTransport(
+                    self._user_session,
+                    timeout=config.timeout,
+                    connect_timeout=config.connect_timeout,
+                    proxy=config.proxy,
+                    pool_size=config.workers,
+                )
                 self._stack.push_async_callback(self._transport.aclose)
             task_group = await self._stack.enter_async_context(anyio.create_task_group())
             # Batches iterated without their own ``async with`` and left unfinished are
@@ -167,23 +148,6 @@ class KeyAPIClient:
         self._stack.push_async_callback(shared.aclose)
         return shared.gate, shared.budget
 
-    def _open_aiohttp(self) -> AiohttpTransport:
-        config = self._config
-        if self._user_session is None:
-            return AiohttpTransport.create(
-                pool_size=config.workers,
-                timeout=config.timeout,
-                connect_timeout=config.connect_timeout,
-                proxy=config.proxy,
-            )
-        return AiohttpTransport(
-            self._user_session,
-            timeout=config.timeout,
-            connect_timeout=config.connect_timeout,
-            owns_session=False,
-            proxy=config.proxy,
-        )
-
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
@@ -208,13 +172,14 @@ class KeyAPIClient:
     def stats(self) -> ClientStats:
         """A snapshot of request, retry, 429 and credit counters, and the current rate."""
         fetcher = self._fetcher
-        # Before the client opens: zeros, and the rate the gate will pace at.
-        c = Counters() if fetcher is None else fetcher.counters
-        snapshot = None if fetcher is None else fetcher.gate.snapshot()
-        return ClientStats(
-            **{name: getattr(c, name) for name in Counters.__slots__},
-            current_qps=self._config.paced_qps if snapshot is None else snapshot.current_qps,
-            cooldown_remaining=0.0 if snapshot is None else snapshot.cooldown_remaining,
+        if fetcher is None:  # not open yet: zeros, and the rate the gate will pace at
+            qps, margin = self._config.qps, self._config.rate_margin
+            return ClientStats(current_qps=None if qps is None else qps * (1 - margin))
+        snapshot = fetcher.gate.snapshot()
+        return dataclasses.replace(
+            fetcher.counters,
+            current_qps=snapshot.current_qps,
+            cooldown_remaining=snapshot.cooldown_remaining,
         )
 
     async def fetch_user_stories(

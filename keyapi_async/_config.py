@@ -28,6 +28,11 @@ API_KEY_ENV = "KEYAPI_API_KEY"
 BASE_URL_ENV = "KEYAPI_BASE_URL"
 REDIS_URL_ENV = "KEYAPI_REDIS_URL"
 _HTTP = ("http", "https")
+#: Numeric options: those that must be > 0, those that may be 0; integer ones, and their minimum.
+_POSITIVE = ("qps", "timeout", "connect_timeout", "redis_grace")
+_NON_NEGATIVE = ("rate_margin", "backoff_base", "backoff_cap", "retry_after_cap")
+_COUNTS = {"max_attempts": 1, "concurrency": 1, "max_credits": 0}
+_OPTIONAL = frozenset({"qps", "max_credits"})  # None: no cap
 
 
 class Secret:
@@ -131,24 +136,17 @@ class ClientConfig:
         unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
-        # Checked in the order they always were, so the first bad one named stays the same.
         o: dict[str, Any] = defaults | options
-        if o["qps"] is not None:
-            o["qps"] = _number("qps", o["qps"])
-        o["timeout"] = _number("timeout", o["timeout"])
-        o["rate_margin"] = _number("rate_margin", o["rate_margin"], zero=True)
+        for name in _POSITIVE + _NON_NEGATIVE:
+            if o[name] is not None or name not in _OPTIONAL:
+                o[name] = _number(name, o[name], zero=name in _NON_NEGATIVE)
         if o["rate_margin"] >= 0.5:
             raise ConfigurationError(f"rate_margin must be below 0.5, got {o['rate_margin']!r}")
-        attempts = o["max_attempts"]
-        if isinstance(attempts, bool) or not isinstance(attempts, int):
-            raise ConfigurationError(f"max_attempts must be an int, got {attempts!r}")
-        if attempts < 1:
-            raise ConfigurationError(f"max_attempts must be >= 1, got {attempts!r}")
         if o["concurrency"] is None:
             o["concurrency"] = derived_concurrency(o["qps"], o["timeout"])
-        _count("concurrency", o["concurrency"], minimum=1)
-        if o["max_credits"] is not None:
-            _count("max_credits", o["max_credits"], minimum=0)
+        for name, minimum in _COUNTS.items():
+            if o[name] is not None or name not in _OPTIONAL:
+                _count(name, o[name], minimum=minimum)
         agent = o["user_agent"]
         if not isinstance(agent, str) or not agent.isprintable():
             raise ConfigurationError(f"user_agent must be printable text, got {agent!r}")
@@ -163,14 +161,10 @@ class ClientConfig:
         # Not the field's default: an empty or no ``base_url`` lets the environment apply.
         base_url = options.get("base_url") or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         o["base_url"] = _base_url(base_url)
-        o["connect_timeout"] = _number("connect_timeout", o["connect_timeout"])
-        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
-            o[name] = _number(name, o[name], zero=True)
         if o["proxy"] is not None:
             o["proxy"] = validate_proxy_url(o["proxy"])
         redis_url = o["redis_url"] or os.environ.get(REDIS_URL_ENV)
         o["redis_url"] = _redis_url(redis_url) if redis_url else None
-        o["redis_grace"] = _number("redis_grace", o["redis_grace"])
         return cls(api_key=key, **o)
 
     @property
@@ -189,11 +183,6 @@ class ClientConfig:
         if self.concurrency is None:
             return derived_concurrency(self.qps, self.timeout)
         return self.concurrency
-
-    @property
-    def paced_qps(self) -> float | None:
-        """The rate the gate paces at: ``qps`` less the margin."""
-        return None if self.qps is None else self.qps * (1 - self.rate_margin)
 
 
 def derived_concurrency(qps: float | None, timeout: float) -> int:

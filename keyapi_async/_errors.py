@@ -247,14 +247,3 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     404: NotFoundError,
     429: RateLimitError,
 }
-
-#: Why the library itself leaves a batch target unsent (``API unreachable`` is
-#: followed by `` at URL``).
-NOT_ATTEMPTED_REASONS = (
-    "authentication failed",
-    "permission denied",
-    "credits exhausted",
-    "credit budget reached",
-    "API unreachable",
-    "batch stopped",
-)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -37,7 +37,7 @@ from ._targets import Target
 from ._transport import Transport
 from .models import Reel
 
-__all__ = ["BREAKER_THRESHOLD", "Counters", "Fetcher", "Outcome", "Stop"]
+__all__ = ["BREAKER_THRESHOLD", "ClientStats", "Fetcher", "Outcome", "Stop"]
 
 _log = logging.getLogger("keyapi_async")
 
@@ -45,26 +45,37 @@ _log = logging.getLogger("keyapi_async")
 BREAKER_THRESHOLD = 5
 
 #: The errors that stop a batch, and the reason its unsent targets give.
-_STOPS_A_BATCH = (
-    (InsufficientCreditsError, "credits exhausted"),
-    (PermissionDeniedError, "permission denied"),
-    (AuthenticationError, "authentication failed"),
-)
-_STOPPING = tuple(kind for kind, _ in _STOPS_A_BATCH)
+_STOPS_A_BATCH: dict[type[KeyAPIError], str] = {
+    InsufficientCreditsError: "credits exhausted",
+    PermissionDeniedError: "permission denied",
+    AuthenticationError: "authentication failed",
+}
 
 
-@dataclass(slots=True)
-class Counters:
-    """The client's running tallies (mutable; snapshots go out as ClientStats)."""
+@dataclass(slots=True, kw_only=True)
+class ClientStats:
+    """Counters of one client since it opened (``client.stats`` is a snapshot; cheap to take)."""
 
     requests_sent: int = 0
-    credits_spent: int = 0
+    """Every request put on the wire, retries included."""
     in_flight: int = 0
+    """Requests sent and not answered yet."""
     successes: int = 0
+    """Answers decoded into a reel (each cost 2 credits)."""
     empty: int = 0
+    """Successes whose reel had no active stories (included in ``successes``)."""
     failures: int = 0
+    """Targets that ended in an error after their last attempt."""
     rate_limited: int = 0
+    """429 answers (by HTTP status or body code)."""
     retries: int = 0
+    """Sends beyond each target's first."""
+    credits_spent: int = 0
+    """2 per billed answer: every ``code == 0`` one, even if its body could not be typed."""
+    current_qps: float | None = None
+    """The rate the gate paces at now (``None``: no cap)."""
+    cooldown_remaining: float = 0.0
+    """Seconds left of the pause after the last 429."""
 
 
 #: What one target's fetch came to: a reel or an error, and how many sends
@@ -88,13 +99,8 @@ class Stop:
         self._answered = False
         self._connect_failures = 0
 
-    def stop(self, cause: KeyAPIError) -> None:
-        """Stop for ``cause``: a 401, 403 or 402 (the first stop wins)."""
-        why = next((text for kind, text in _STOPS_A_BATCH if isinstance(cause, kind)), str(cause))
-        self.cancel(why, cause=cause)
-
     def cancel(self, why: str, *, cause: KeyAPIError | None = None) -> None:
-        """Stop for ``why`` (``stop()``, Ctrl-C, a lost shared gate); the first stop wins."""
+        """Stop for ``why`` (401/403/402, ``stop()``, Ctrl-C, a lost gate); the first stop wins."""
         if self.reason is not None:
             return
         self.reason = NotAttemptedError(why, cause=cause)
@@ -115,26 +121,16 @@ class Stop:
             self.cancel(f"API unreachable at {self._where}", cause=error)
 
 
+@dataclass(slots=True, kw_only=True)
 class Fetcher:
     """Fetches one target at a time with retries; shared by every call of a client."""
 
-    __slots__ = ("_budget", "_builder", "_policy", "_transport", "counters", "gate")
-
-    def __init__(
-        self,
-        *,
-        transport: Transport,
-        gate: Gate,
-        budget: Budget,
-        builder: RequestBuilder,
-        policy: RetryPolicy,
-    ) -> None:
-        self._transport = transport
-        self.gate = gate
-        self._budget = budget
-        self._builder = builder
-        self._policy = policy
-        self.counters = Counters()
+    transport: Transport
+    gate: Gate
+    budget: Budget
+    builder: RequestBuilder
+    policy: RetryPolicy
+    counters: ClientStats = field(default_factory=ClientStats)
 
     async def fetch(self, target: Target, stop: Stop | None = None, key: str = "") -> Outcome:
         """Fetch ``target`` (rendered as ``key``) with retries; returns any KeyAPIError."""
@@ -147,7 +143,7 @@ class Fetcher:
             if stop is not None and stop.reason is not None:
                 return self._unsent(stop.reason, rendered, last_error, attempt)
             try:
-                async with hold(self._budget) as credits:
+                async with hold(self.budget) as credits:
                     ticket = await self._admit(credits.granted, stop)
                     if isinstance(ticket, NotAttemptedError):
                         return self._unsent(ticket, rendered, last_error, attempt)
@@ -165,8 +161,8 @@ class Fetcher:
                     # request waiting on the network passes through each frame
                     # of its chain, and that is most of the engine's cost.
                     try:
-                        request = self._builder.build(target)
-                        raw = await self._transport.send(request, target=rendered)
+                        request = self.builder.build(target)
+                        raw = await self.transport.send(request, target=rendered)
                         verdict = Verdict.ACCEPTED
                         reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
                     except KeyAPIError as exc:
@@ -187,7 +183,7 @@ class Fetcher:
                         await gate.release(
                             ticket,
                             verdict,
-                            cooldown=self._policy.wait_for(attempt, error),
+                            cooldown=self.policy.wait_for(attempt, error),
                             server_said=error.retry_after is not None,
                         )
                     else:
@@ -222,9 +218,10 @@ class Fetcher:
                     stop.connect_failed(error)
                 elif verdict is not Verdict.NO_ANSWER:
                     stop.answered()
-                if isinstance(error, _STOPPING):
-                    stop.stop(error)
-            delay = self._policy.delay_for(attempt, error)
+                why = _STOPS_A_BATCH.get(type(error))
+                if why is not None:
+                    stop.cancel(why, cause=error)
+            delay = self.policy.delay_for(attempt, error)
             if delay is None:
                 counters.failures += 1
                 return None, error, attempt

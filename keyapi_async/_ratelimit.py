@@ -17,7 +17,7 @@ import enum
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
@@ -92,6 +92,7 @@ class Gate(Protocol):
         ...
 
 
+@dataclass(slots=True)
 class AdaptiveRate:
     """The send rate, cut on 429s and recovered along botocore's CUBIC curve (pure).
 
@@ -102,25 +103,15 @@ class AdaptiveRate:
     until a 429 teaches a rate. All times are seconds from one clock.
     """
 
-    def __init__(
-        self,
-        ceiling: float | None,
-        *,
-        margin: float = 0.05,
-        beta: float = 0.7,
-        scale: float = 0.4,
-        hold: float = 5.0,
-        floor: float = 0.5,
-    ) -> None:
-        self.ceiling = ceiling
-        self.margin = margin
-        self.beta = beta
-        self.scale = scale
-        self.hold = hold
-        self.floor = floor
-        self._t0: float | None = None
-        self._w_max = 0.0
-        self._k = 0.0
+    ceiling: float | None
+    margin: float = 0.05
+    beta: float = 0.7
+    scale: float = 0.4
+    hold: float = 5.0
+    floor: float = 0.5
+    _t0: float | None = field(default=None, init=False)  # when the last cut was made
+    _w_max: float = field(default=0.0, init=False)
+    _k: float = field(default=0.0, init=False)
 
     def current(self, now: float) -> float | None:
         """The rate (requests per second) to pace at, at time ``now``; ``None`` is unlimited."""

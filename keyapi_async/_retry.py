@@ -25,22 +25,15 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], f
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """How often and how long to retry transient failures (``max_attempts`` counts every send)."""
+    """How often and how long to retry transient failures (``max_attempts`` counts every send).
+
+    Validated by :class:`~._config.ClientConfig`, its only maker.
+    """
 
     max_attempts: int = 5
     backoff_base: float = 0.5
     backoff_cap: float = 20.0
     retry_after_cap: float = 60.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     def delay_for(
         self, attempt: int, error: KeyAPIError, *, rand: Callable[[], float] = random.random

@@ -114,37 +114,26 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
 
 
 def error_for(
-    *,
     status: int,
-    code: int | None,
-    message: str,
-    request_id: str | None,
-    target: str | None,
     headers: Mapping[str, str],
+    target: str | None,
+    envelope: ErrorEnvelope | StoriesEnvelope | None,
+    message: str = "",
 ) -> APIStatusError:
-    """The exception for an API error answer: by HTTP status if that says error, else by code."""
+    """The exception for an API error answer: by HTTP status if that says error, else by code.
+
+    The body's ``envelope`` gives the code, message and request id; without
+    one (no usable body), ``message`` says what came instead.
+    """
+    code = request_id = None
+    if envelope is not None:
+        code, request_id = envelope.code, envelope.request_id
+        message = envelope.message or (f"HTTP {status}" if status >= 300 else f"code {code}")
     kind = status if status >= 300 or code is None else code
     cls = STATUS_ERRORS.get(kind) or (ServerError if kind >= 500 else APIStatusError)
     wait = parse_retry_after(headers)
     return cls(
         message, status=status, code=code, request_id=request_id, target=target, retry_after=wait
-    )
-
-
-def _from_envelope(
-    envelope: ErrorEnvelope | StoriesEnvelope,
-    status: int,
-    headers: Mapping[str, str],
-    target: str | None,
-) -> APIStatusError:
-    fallback = f"HTTP {status}" if status >= 300 else f"code {envelope.code}"
-    return error_for(
-        status=status,
-        code=envelope.code,
-        message=envelope.message or fallback,
-        request_id=envelope.request_id,
-        target=target,
-        headers=headers,
     )
 
 
@@ -164,7 +153,7 @@ def _error_status(
 ) -> APIStatusError:
     envelope, is_json = _salvage(body)
     if envelope is not None:
-        return _from_envelope(envelope, status, headers, target)
+        return error_for(status, headers, target, envelope)
     if 300 <= status < 400:
         location = _header(headers, "location") or "nowhere"
         message = f"redirect to {location} not followed (the API key is only sent to base_url)"
@@ -175,9 +164,7 @@ def _error_status(
     else:
         content_type = _header(headers, "content-type") or "no content type"
         message = f"HTTP {status} with a non-JSON body ({content_type})"
-    return error_for(
-        status=status, code=None, message=message, request_id=None, target=target, headers=headers
-    )
+    return error_for(status, headers, target, None, message)
 
 
 def _undecodable(
@@ -185,7 +172,7 @@ def _undecodable(
 ) -> KeyAPIError:
     envelope, is_json = _salvage(body)
     if envelope is not None and envelope.code != 0:
-        return _from_envelope(envelope, status, headers, target)  # its code decides
+        return error_for(status, headers, target, envelope)  # its code decides
     if isinstance(failure, RecursionError):
         reason = "response JSON is nested too deeply"
     elif not isinstance(failure, msgspec.ValidationError) and not _is_utf8(body):
@@ -232,7 +219,7 @@ def parse_response(
         error = _undecodable(status, headers, body, target, exc)
     else:
         if envelope.code != 0:
-            raise _from_envelope(envelope, status, headers, target)
+            raise error_for(status, headers, target, envelope)
         wire = None if envelope.data is None else envelope.data.data
         if wire is None:
             return _EMPTY_REEL

@@ -72,29 +72,39 @@ def _env_proxies() -> dict[str, URL]:
 class AiohttpTransport:
     """Sends :class:`Request` objects over one pooled aiohttp session, owned or borrowed.
 
-    An owned session (:meth:`create`) is closed by :meth:`aclose`, a borrowed one
-    left open. ``proxy`` goes with every request; without it, ``trust_env`` picks
-    one from the environment (off by default for a borrowed session).
+    Without ``session`` it opens its own, of up to ``pool_size`` connections
+    trusting ``ssl_context`` (``None``: the system's certificates), and
+    :meth:`aclose` closes it; a borrowed session is left open. ``proxy`` goes
+    with every request; without it, ``trust_env`` (default: only for an owned
+    session) picks one from the environment.
     """
 
     __slots__ = ("_env", "_owns", "_proxy", "_proxy_by_origin", "_session", "_timeout")
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None = None,
         *,
         timeout: float,
         connect_timeout: float,
-        owns_session: bool,
         proxy: str | None = None,
-        trust_env: bool = False,
+        trust_env: bool | None = None,
+        pool_size: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._proxy = None if proxy is None else URL(validate_proxy_url(proxy))
+        self._owns = session is None
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=pool_size, ssl=ssl_context or True)
+            # No cookies: the API needs none, and a jar would grow across a batch.
+            session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
+            )
         self._session = session
-        self._owns = owns_session
         # One timeout object for every request: built per call it shows on the hot path.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
-        self._proxy = None if proxy is None else URL(validate_proxy_url(proxy))
-        self._env = _env_proxies() if proxy is None and trust_env else {}
+        env = self._owns if trust_env is None else trust_env
+        self._env = _env_proxies() if proxy is None and env else {}
         self._proxy_by_origin: dict[str, URL | None] = {}
         # Private aiohttp state (3.9 to 3.14 at least); tests/test_transport.py
         # fails if it disappears, and so does this warning.
@@ -106,40 +116,6 @@ class AiohttpTransport:
                 "after a connection reset without keyapi_async counting it",
                 aiohttp.__version__,
             )
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        pool_size: int,
-        timeout: float,
-        connect_timeout: float,
-        proxy: str | None = None,
-        trust_env: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> AiohttpTransport:
-        """Open an owned session whose pool holds up to ``pool_size`` connections.
-
-        ``proxy``: explicit proxy URL, or ``None`` to follow the environment
-        when ``trust_env`` is true. ``ssl_context``: certificates to trust for
-        https (``None``: the system's).
-        """
-        connector = aiohttp.TCPConnector(
-            limit=pool_size,
-            ssl=True if ssl_context is None else ssl_context,
-        )
-        # No cookies: the API needs none, and a jar would grow across a batch.
-        session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
-        )
-        return cls(
-            session,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            owns_session=True,
-            proxy=proxy,
-            trust_env=trust_env,
-        )
 
     def _proxy_for(self, url: str) -> URL | None:
         # Cached per origin: the environment is read once, not per request.

@@ -42,10 +42,6 @@ class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     request_id: str | None = msgspec.field(default=None, name="requestId")
 
     @property
-    def ok(self) -> bool:
-        return self.code == 0
-
-    @property
     def reel(self) -> WireReel | None:
         return None if self.data is None else self.data.data
 

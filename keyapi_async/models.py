@@ -139,24 +139,9 @@ class Hashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     name: str = ""
 
 
-class StoryHashtag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A hashtag sticker placed on a story; geometry is relative to the media (0..1)."""
-
-    id: str | None = None
-    x: float = 0.0
-    y: float = 0.0
-    z: int | None = None
-    width: float = 0.0
-    height: float = 0.0
-    rotation: float = 0.0
-    start_time_ms: float | None = None  # floats: Instagram sends both 0 and 0.0
-    end_time_ms: float | None = None
-    hashtag: Hashtag = msgspec.field(default_factory=Hashtag)
-
-
-class ReelMention(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """An @-mention sticker placed on a story."""
-
+class _Sticker(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    # Geometry is relative to the media (0..1); times are floats, as Instagram
+    # sends both 0 and 0.0.
     id: str | None = None
     x: float = 0.0
     y: float = 0.0
@@ -166,6 +151,17 @@ class ReelMention(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rotation: float = 0.0
     start_time_ms: float | None = None
     end_time_ms: float | None = None
+
+
+class StoryHashtag(_Sticker, frozen=True, kw_only=True, gc=False):
+    """A hashtag sticker placed on a story; geometry is relative to the media (0..1)."""
+
+    hashtag: Hashtag = msgspec.field(default_factory=Hashtag)
+
+
+class ReelMention(_Sticker, frozen=True, kw_only=True, gc=False):
+    """An @-mention sticker placed on a story; geometry is relative to the media (0..1)."""
+
     display_type: str | None = None
     user: User | None = None
 

@@ -91,15 +91,6 @@ def test_wait_for_ignores_attempt_budget() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("max_attempts", 0), ("backoff_base", -1.0), ("backoff_cap", -0.1), ("retry_after_cap", -5)],
-)
-def test_policy_validates_and_names_the_field(field: str, value: float) -> None:
-    with pytest.raises(ValueError, match=field):
-        RetryPolicy(**{field: value})  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
     "error",
     [
         ServerError("unavailable", status=503, code=503, retry_after=2.0),

@@ -34,6 +34,7 @@ from keyapi_async._sansio import (
     parse_response,
     parse_retry_after,
 )
+from keyapi_async._wire import ErrorEnvelope
 
 SEED_BODY = (Path(__file__).parent / "data" / "seed_example.json").read_bytes()
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -372,13 +373,16 @@ def test_json_of_the_wrong_shape_is_a_decode_error(body: bytes) -> None:
 
 
 def test_error_for_follows_the_code_inside_a_2xx_and_the_status_otherwise() -> None:
-    args: dict[str, Any] = {"message": "m", "request_id": None, "target": None, "headers": {}}
-    assert type(error_for(status=200, code=402, **args)) is InsufficientCreditsError
-    assert type(error_for(status=503, code=402, **args)) is ServerError
-    assert type(error_for(status=200, code=None, **args)) is APIStatusError
-    limited = error_for(status=200, code=429, **{**args, "headers": {"retry-after-ms": "1500"}})
+    def body(code: int) -> ErrorEnvelope:
+        return ErrorEnvelope(code=code, message="m")
+
+    assert type(error_for(200, {}, None, body(402))) is InsufficientCreditsError
+    assert type(error_for(503, {}, None, body(402))) is ServerError
+    assert type(error_for(200, {}, None, None, "m")) is APIStatusError
+    limited = error_for(200, {"retry-after-ms": "1500"}, None, body(429))
     assert isinstance(limited, RateLimitError)
     assert limited.retry_after == 1.5
+    assert (limited.message, limited.code, limited.status) == ("m", 429, 200)
 
 
 # -- Retry-After ----------------------------------------------------------------

@@ -63,7 +63,7 @@ def build(base_url: str, api_key: str, username: str = "javan") -> Request:
 def owned(**options: Any) -> AiohttpTransport:
     settings: dict[str, Any] = {"pool_size": 4, "timeout": 5.0, "connect_timeout": 2.0}
     settings.update(options)
-    return AiohttpTransport.create(**settings)
+    return AiohttpTransport(**settings)
 
 
 def assert_clean(error: BaseException, *secrets_: str) -> None:
@@ -178,9 +178,7 @@ async def transport_for(kind: str, **options: Any) -> AsyncIterator[AiohttpTrans
             await transport.aclose()
         return
     async with aiohttp.ClientSession() as session:
-        transport = AiohttpTransport(
-            session, timeout=5.0, connect_timeout=2.0, owns_session=False, **options
-        )
+        transport = AiohttpTransport(session, timeout=5.0, connect_timeout=2.0, **options)
         yield transport
         await transport.aclose()
         assert not session.closed
@@ -222,7 +220,7 @@ def test_aiohttp_still_has_the_resend_switch() -> None:
                 "aiohttp.ClientSession._retry_connection is gone or changed: "
                 "the silent GET re-send can no longer be switched off this way"
             )
-            AiohttpTransport(session, timeout=1.0, connect_timeout=1.0, owns_session=False)
+            AiohttpTransport(session, timeout=1.0, connect_timeout=1.0)
             assert session._retry_connection is False
 
     asyncio.run(probe())
@@ -365,7 +363,6 @@ def test_a_transport_rejects_a_bad_proxy() -> None:
                     session,
                     timeout=1.0,
                     connect_timeout=1.0,
-                    owns_session=False,
                     proxy="ftp://alice:hunter2@127.0.0.1:21",
                 )
 
@@ -423,9 +420,7 @@ async def tls_api(ca: trustme.CA, client_context: ssl.SSLContext) -> AsyncIterat
 @contextlib.asynccontextmanager
 async def borrowed_tls(context: ssl.SSLContext, **options: Any) -> AsyncIterator[AiohttpTransport]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-        yield AiohttpTransport(
-            session, timeout=5.0, connect_timeout=2.0, owns_session=False, **options
-        )
+        yield AiohttpTransport(session, timeout=5.0, connect_timeout=2.0, **options)
 
 
 def assert_tunnel_hid_the_request(proxy: ConnectProxy, api: TLSApi, api_key: str) -> None:
