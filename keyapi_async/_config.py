@@ -226,29 +226,34 @@ def _resolve_key(api_key: object) -> Secret:
     return Secret(key)
 
 
-def shown_url(url: str) -> str:
-    """``url`` without its password, query and fragment (they may hold secrets), for messages."""
-    head = re.split(r"[?#]", url, maxsplit=1)[0]
-    return re.sub(r"//[^/@]*@", "//***@", head)
-
-
-def mask_proxy_url(url: str) -> str:
-    """Return ``scheme://host:port`` of a (proxy) URL, credentials shown as ``***@``.
-
-    Path, query and fragment are dropped. Everything before the last ``@`` is
-    taken for credentials, even where a parser would see a host, a port or a
-    fragment (``user:pa#ss@host``): an unencoded password must not leak.
-    """
+def _unauthenticated(url: str) -> tuple[str, str]:
+    # ``scheme://`` (plus ``***@`` where credentials were) and the rest. All
+    # before the last ``@`` counts as credentials, even where a parser would
+    # see a host, a port or a fragment (``user:pa#ss@host``): an unencoded
+    # password must not leak.
     scheme, sep, rest = url.strip().partition("://")
     if not sep:
         scheme, rest = "", scheme
     _, at, rest = rest.rpartition("@")
+    return f"{scheme}{sep}{'***@' if at else ''}", rest
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its credentials, query and fragment (they may hold secrets), for messages."""
+    head, rest = _unauthenticated(url)
+    return head + re.split(r"[?#]", rest, maxsplit=1)[0]
+
+
+def mask_proxy_url(url: str) -> str:
+    """``scheme://host:port`` of a (proxy) URL, credentials shown as ``***@``, no path."""
+    head, rest = _unauthenticated(url)
     hostport = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    scheme = head.partition("://")[0]
     with contextlib.suppress(ValueError):
         parts = urlsplit(f"//{hostport}")
         if parts.port is None and parts.hostname and scheme in _HTTP:
             hostport += ":443" if scheme == "https" else ":80"
-    return f"{scheme}{sep}{'***@' if at else ''}{hostport}"
+    return head + hostport
 
 
 def _parse_url(

@@ -241,3 +241,15 @@ def test_redis_url_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch
     assert ClientConfig.create("k").redis_url == "redis://127.0.0.1:6390/0"
     monkeypatch.delenv("KEYAPI_REDIS_URL")
     assert ClientConfig.create("k").redis_url is None
+
+
+@pytest.mark.parametrize("option", ["base_url", "redis_url"])
+def test_a_password_with_a_hash_never_shows_in_a_url_error(option: str) -> None:
+    # An unencoded '#' or '?' in the password: a parser takes the rest for a fragment.
+    scheme = "https" if option == "base_url" else "redis"
+    for url in (f"{scheme}://alice:pa#hunter2@host:bad", f"{scheme}://alice:hun?ter2@host:bad"):
+        with pytest.raises(ConfigurationError) as caught:
+            ClientConfig.create("k", **{option: url})
+        text = f"{caught.value} {caught.value!r}"
+        assert "alice" not in text
+        assert f"got '{scheme}://***@host:bad'" in text
