@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sized
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
@@ -181,12 +180,7 @@ class StoryBatch:
         group.start_soon(engine.run, name="keyapi-batch")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         group, self._group = self._group, None
         try:
             self._engine.scope.cancel()
@@ -203,7 +197,7 @@ class StoryBatch:
         if self._group is None and engine.started:  # else the group's exit waits for it
             engine.scope.cancel()
             await engine.finished.wait()
-        await self.__aexit__(None, None, None)
+        await self.__aexit__()
 
     def stop(self, reason: str = "batch stopped") -> None:
         """Send no new requests; in-flight ones finish, the rest yield NotAttemptedError."""

@@ -10,7 +10,6 @@ contract in Redis for several processes.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Protocol
 
 import anyio
@@ -89,17 +88,12 @@ class Hold:
             self.granted = await self._budget.reserve(self._credits)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         if self._budget is None or not self.granted:
             return
         # Shielded: a cancelled batch must still give its reservation back,
         # and a shared budget needs a round trip to do so.
-        with anyio.CancelScope(shield=exc_type is not None):
+        with anyio.CancelScope(shield=exc_info[0] is not None):
             await self._budget.settle(self._credits, self._charged)
 
 
