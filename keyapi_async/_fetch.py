@@ -130,6 +130,7 @@ class Fetcher:
     budget: Budget
     builder: RequestBuilder
     policy: RetryPolicy
+    # The live tallies; ``client.stats`` copies them and fills in the gate's rate fields.
     counters: ClientStats = field(default_factory=ClientStats)
 
     async def fetch(self, target: Target, stop: Stop | None = None, key: str = "") -> Outcome:
