@@ -10,6 +10,7 @@ contract in Redis for several processes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -41,25 +42,21 @@ class Budget(Protocol):
         ...
 
 
+@dataclass(slots=True)
 class LocalBudget:
     """A budget kept in this process (no locking needed: one event loop)."""
 
-    __slots__ = ("limit", "reserved", "spent")
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.reserved = 0
-        self.spent = 0
+    limit: int | None
+    reserved: int = 0
+    spent: int = 0
 
     async def reserve(self, credits: int) -> bool:
-        """Reserve ``credits`` unless spent + reserved + credits would pass the limit."""
         if self.limit is not None and self.spent + self.reserved + credits > self.limit:
             return False
         self.reserved += credits
         return True
 
     async def settle(self, reserved: int, spent: int) -> None:
-        """Charge ``spent`` of a reservation of ``reserved`` and free the rest."""
         self.reserved -= reserved
         self.spent += spent
 

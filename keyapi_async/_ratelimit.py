@@ -221,7 +221,6 @@ class RateGate:
         return self._bucket is None and self.throttles == 0
 
     async def acquire(self) -> Ticket:
-        """Wait for an in-flight place, the end of any cooldown, and a token."""
         places = self._inflight
         try:
             places.acquire_nowait()  # the hot path: no coroutine, no cancellation check
@@ -276,7 +275,6 @@ class RateGate:
         cooldown: float = 0.0,
         server_said: bool = False,
     ) -> None:
-        """Free the in-flight place; on ``THROTTLED`` pause everyone and slow down."""
         self._inflight.release()
         if verdict is Verdict.ACCEPTED:
             self._accepted.append(ticket.sent_at)
@@ -311,7 +309,6 @@ class RateGate:
                 self._bucket.retune(rate)  # the requests already queued slow down too
 
     def snapshot(self) -> GateSnapshot:
-        """The current rate, cooldown and throttle count."""
         now = self._clock()
         return GateSnapshot(
             current_qps=self._adaptive.current(now),

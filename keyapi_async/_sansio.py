@@ -4,6 +4,9 @@ The transport sends what :class:`RequestBuilder` builds and hands
 ``(status, headers, body)`` to :func:`parse_response`, which returns the typed
 reel or raises a :class:`~keyapi_async.KeyAPIError` subclass, whatever the
 bytes. How answers map to errors: docs/errors.md#how-an-answer-is-judged.
+
+The wire envelopes are private (users get :mod:`.models` types); their decoders
+are built once, at import.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ import msgspec
 
 from ._errors import STATUS_ERRORS, APIStatusError, KeyAPIError, ResponseDecodeError, ServerError
 from ._targets import Target
-from ._wire import ErrorEnvelope, StoriesEnvelope, decode_envelope, decode_error_envelope
-from .models import Reel
+from .models import Reel, ReelInfo, StoryItem
 
 ENDPOINT_PATH = "/v1/instagram/fetch_user_stories"
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
@@ -30,6 +32,53 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 # is UnicodeDecodeError), and RecursionError for absurd nesting.
 _DECODE_FAILURES = (ValueError, RecursionError)
 _EMPTY_REEL = Reel()  # frozen, so one shared instance is safe
+
+
+class WireReel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The reel as sent: a missing ``items`` stays UNSET, so that malformed is not empty."""
+
+    additional_data: ReelInfo | None = None
+    count: int = 0
+    items: tuple[StoryItem, ...] | msgspec.UnsetType = msgspec.UNSET
+
+    def to_reel(self) -> Reel:
+        """The public reel; a missing ``items`` becomes ``()`` (check before calling)."""
+        items = () if self.items is msgspec.UNSET else self.items
+        return Reel(additional_data=self.additional_data, count=self.count, items=items)
+
+
+class StoriesData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The envelope's ``data`` object, which wraps the reel in another ``data``."""
+
+    data: WireReel | None = None
+
+
+class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The full keyapi response for ``fetch_user_stories``."""
+
+    code: int
+    message: str | None = ""
+    data: StoriesData | None = None
+    request_id: str | None = msgspec.field(default=None, name="requestId")
+
+    @property
+    def reel(self) -> WireReel | None:
+        return None if self.data is None else self.data.data
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A keyapi error body; ``data`` is ignored (whatever its shape), a null message kept."""
+
+    code: int
+    message: str | None = ""
+    request_id: str | None = msgspec.field(default=None, name="requestId")
+
+
+#: Decode a ``fetch_user_stories`` body; raises msgspec.DecodeError (or its
+#: ValidationError), another ValueError, or RecursionError for absurd nesting.
+decode_envelope = msgspec.json.Decoder(StoriesEnvelope).decode
+#: Decode a keyapi error body (bytes or str), raising like ``decode_envelope``.
+decode_error_envelope = msgspec.json.Decoder(ErrorEnvelope).decode
 
 
 class Request(msgspec.Struct, frozen=True, gc=False):

@@ -137,7 +137,6 @@ class AiohttpTransport:
         return proxy
 
     async def send(self, request: Request, *, target: str | None = None) -> RawResponse:
-        """Send ``request`` and read the whole body, or raise a TransportError."""
         proxy = self._proxy_for(request.url) if self._proxy is not None or self._env else None
         try:
             async with self._session.request(

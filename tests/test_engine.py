@@ -267,7 +267,7 @@ async def test_debug_log_per_request_and_info_per_stop_never_the_key(
 
 # Bottom to top: a module may import only from its own layer or below.
 LAYERS = [
-    {"__about__", "_errors", "models", "_wire", "_targets"},
+    {"__about__", "_errors", "models", "_targets"},
     {"_sansio", "_retry"},
     {"_config"},
     {"_transport"},

@@ -28,13 +28,13 @@ from keyapi_async import (
 )
 from keyapi_async._sansio import (
     ENDPOINT_PATH,
+    ErrorEnvelope,
     Request,
     RequestBuilder,
     error_for,
     parse_response,
     parse_retry_after,
 )
-from keyapi_async._wire import ErrorEnvelope
 
 SEED_BODY = (Path(__file__).parent / "data" / "seed_example.json").read_bytes()
 JSON_HEADERS = {"Content-Type": "application/json"}
