@@ -82,7 +82,6 @@ def _seed_item(seed_dict: dict[str, Any], index: int) -> dict[str, Any]:
 
 def test_seed_envelope_header(envelope: StoriesEnvelope) -> None:
     assert envelope.code == 0
-    assert envelope.code == 0
     assert envelope.message == "success"
     assert envelope.request_id == "e9ddf3f9-1bf1-4c64-be2f-aa8c056fd2a8"
     assert isinstance(envelope.data, StoriesData)
