@@ -22,7 +22,7 @@ from ._batch import StoryBatch
 from ._budget import Budget, LocalBudget
 from ._config import ClientConfig, ClientOptions, shown_url
 from ._fetch import ClientStats, Fetcher
-from ._ratelimit import Gate, RateGate
+from ._ratelimit import Gate, RateGate, paced_rate
 from ._sansio import RequestBuilder
 from ._targets import TargetLike, from_arguments
 from ._transport import AiohttpTransport, Transport
@@ -173,8 +173,7 @@ class KeyAPIClient:
         """A snapshot of request, retry, 429 and credit counters, and the current rate."""
         fetcher = self._fetcher
         if fetcher is None:  # not open yet: zeros, and the rate the gate will pace at
-            qps, margin = self._config.qps, self._config.rate_margin
-            return ClientStats(current_qps=None if qps is None else qps * (1 - margin))
+            return ClientStats(current_qps=paced_rate(self._config.qps, self._config.rate_margin))
         snapshot = fetcher.gate.snapshot()
         return dataclasses.replace(
             fetcher.counters,

@@ -24,12 +24,17 @@ import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AdaptiveRate", "Gate", "GateSnapshot", "RateGate", "Ticket", "Verdict"]
+__all__ = ["AdaptiveRate", "Gate", "GateSnapshot", "RateGate", "Ticket", "Verdict", "paced_rate"]
 
 #: The window in which the API counts requests, in seconds.
 WINDOW = 1.0
 
 _log = logging.getLogger("keyapi_async")
+
+
+def paced_rate(qps: float | None, margin: float) -> float | None:
+    """The rate a gate paces at: ``qps`` less the margin (``None``: no cap)."""
+    return None if qps is None else qps * (1 - margin)
 
 
 class Verdict(enum.Enum):
@@ -203,7 +208,7 @@ class RateGate:
         # Seconds of lag the bucket makes up: half of what the margin leaves.
         self._slack = margin / (2 * (1 - margin))
         self._inflight = anyio.Semaphore(concurrency, fast_acquire=True)
-        paced = None if qps is None else qps * (1 - margin)
+        paced = paced_rate(qps, margin)
         self._adaptive = AdaptiveRate(paced, margin=margin)
         self._bucket = None if paced is None else _Bucket(paced, self._slack)
         self._cooldown_until = -math.inf
@@ -227,9 +232,9 @@ class RateGate:
         except anyio.WouldBlock:
             await places.acquire()
         try:
-            if self._bucket is None and self.throttles == 0:
-                # No cap and no 429 ever: nothing to wait for (the hot path
-                # of qps=None batches, kept free of further awaits).
+            if self.idle:
+                # Nothing to wait for: the hot path of qps=None batches, kept
+                # free of further awaits.
                 now = self._clock()
             else:
                 now = await self._wait_turn()

@@ -50,7 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ._errors import ConfigurationError, GateUnavailableError
-from ._ratelimit import WINDOW, GateSnapshot, Ticket, Verdict
+from ._ratelimit import WINDOW, GateSnapshot, Ticket, Verdict, paced_rate
 
 __all__ = [
     "KEY_PREFIX",
@@ -352,7 +352,7 @@ class RedisGate:
     ) -> None:
         self._state = state
         # 0 stands for "no cap" in the scripts.
-        self._ceiling = 0.0 if qps is None else qps * (1 - margin)
+        self._ceiling = paced_rate(qps, margin) or 0.0
         self._margin = margin
         # Lateness the schedule absorbs (see ACQUIRE_LUA): consecutive grants
         # may then be as close as interval - slack, so qps + 1 grants span at
