@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks._common import median, say, seed_bytes, table
-from keyapi_async._sansio import decode_envelope
+from keyapi_async.engine.sansio import decode_envelope
 from keyapi_async.testing._data import build_reel
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ string, so both contenders get exactly the same bodies.
   ``async with client.fetch_many(names) as batch: async for result in batch``;
 * ``bare``: 64 workers on one aiohttp session (``TCPConnector(limit=64)``),
   each ``GET`` read whole and decoded with the client's own envelope decoder
-  (``keyapi_async._sansio.decode_envelope``) into the same public
+  (``keyapi_async.engine.sansio.decode_envelope``) into the same public
   :class:`~keyapi_async.models.Reel` (``envelope.reel.to_reel()``): the floor
   for this stack, the client with no features.
 
@@ -50,7 +50,7 @@ import aiohttp
 from benchmarks._common import ENDPOINT, fake_key, median, say, server_process, table
 from benchmarks._static_server import realistic_bodies
 from keyapi_async import KeyAPIClient
-from keyapi_async._sansio import decode_envelope
+from keyapi_async.engine.sansio import decode_envelope
 from keyapi_async.models import Reel
 
 if TYPE_CHECKING:

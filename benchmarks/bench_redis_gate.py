@@ -24,8 +24,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from keyapi_async._ratelimit import Verdict
-from keyapi_async._redis import SharedState, connect_shared, fingerprint
+from keyapi_async.engine.gate import Verdict
+from keyapi_async.engine.redis_gate import SharedState, connect_shared, fingerprint
 
 MARGIN = 0.05
 

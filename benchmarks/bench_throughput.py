@@ -8,7 +8,7 @@ rotating order, in this one process:
 * ``KeyAPIClient.fetch_many``: the full client (qps=None, concurrency=64):
   target normalisation and dedupe, the rate gate, retries, typed results;
 * ``aiohttp + msgspec (bare)``: 64 workers on one aiohttp session decoding the
-  envelope with the same ``keyapi_async._sansio.decode_envelope``: the floor
+  envelope with the same ``keyapi_async.engine.sansio.decode_envelope``: the floor
   for this stack, what the client would cost with no features at all;
 * ``aiohttp + json.loads``: the same loop with the naive decode;
 * ``httpx + json``: ``httpx.AsyncClient`` (64 connections) and ``json.loads``.
@@ -41,7 +41,7 @@ import httpx
 from benchmarks._common import ENDPOINT, cpu_seconds, fake_key, median, say, table
 from benchmarks._common import server_process as _server_process
 from keyapi_async import KeyAPIClient
-from keyapi_async._sansio import decode_envelope
+from keyapi_async.engine.sansio import decode_envelope
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

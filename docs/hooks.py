@@ -120,7 +120,7 @@ def cli_help(subcommand: str | None = None) -> str:
     import io
     import os
 
-    from keyapi_async._cli import main
+    from keyapi_async.cli import main
 
     argv = [subcommand, "--help"] if subcommand else ["--help"]
     out = io.StringIO()

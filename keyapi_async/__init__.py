@@ -16,9 +16,7 @@ The local emulator of the API for offline tests lives in :mod:`keyapi_async.test
 """
 
 from .__about__ import __version__
-from ._batch import BatchCounts, StoryBatch, StoryResult, estimate_credits
 from ._client import KeyAPIClient
-from ._config import ClientConfig
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -38,8 +36,10 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._fetch import ClientStats
-from ._targets import Target, TargetLike, parse_target
+from .engine.batch import BatchCounts, StoryBatch, StoryResult, estimate_credits
+from .engine.config import ClientConfig
+from .engine.fetch import ClientStats
+from .engine.targets import Target, TargetLike, parse_target
 from .models import Reel, StoryItem, User
 
 __all__ = [

@@ -18,14 +18,14 @@ import anyio
 import anyio.abc
 
 from . import __about__
-from ._batch import StoryBatch
-from ._budget import Budget, LocalBudget
-from ._config import ClientConfig, ClientOptions, shown_url
-from ._fetch import ClientStats, Fetcher
-from ._ratelimit import Gate, RateGate, paced_rate
-from ._sansio import RequestBuilder
-from ._targets import TargetLike, from_arguments
-from ._transport import AiohttpTransport, Transport
+from .engine.batch import StoryBatch
+from .engine.budget import Budget, LocalBudget
+from .engine.config import ClientConfig, ClientOptions, shown_url
+from .engine.fetch import ClientStats, Fetcher
+from .engine.gate import Gate, RateGate, paced_rate
+from .engine.sansio import RequestBuilder
+from .engine.targets import TargetLike, from_arguments
+from .engine.transport import AiohttpTransport, Transport
 from .models import Reel
 
 
@@ -132,12 +132,12 @@ class KeyAPIClient:
             # Made here, not in __init__: the limiter binds to the running loop.
             gate = RateGate(qps=config.qps, concurrency=config.workers, margin=config.rate_margin)
             return gate, LocalBudget(config.max_credits)
-        from . import _redis
+        from .engine import redis_gate
 
-        shared = await _redis.connect_shared(
+        shared = await redis_gate.connect_shared(
             url=config.redis_url,
             namespace=config.redis_namespace,
-            key_fingerprint=_redis.fingerprint(config.api_key.reveal()),
+            key_fingerprint=redis_gate.fingerprint(config.api_key.reveal()),
             qps=config.qps,
             margin=config.rate_margin,
             concurrency=config.workers,

@@ -13,7 +13,6 @@ import msgspec
 import pytest
 
 from keyapi_async import KeyAPIError
-from keyapi_async._cli._ledger import LedgerError, LedgerLine, LedgerWriter
 from keyapi_async.archive import (
     SCHEMA_VERSION,
     ArchiveError,
@@ -21,6 +20,7 @@ from keyapi_async.archive import (
     StoryArchive,
     import_ledger,
 )
+from keyapi_async.cli.ledger import LedgerError, LedgerLine, LedgerWriter
 from keyapi_async.models import Reel, decode_reel
 from keyapi_async.testing._data import build_reel
 

@@ -31,7 +31,7 @@ import aiohttp
 import pytest
 
 from keyapi_async import parse_target
-from keyapi_async._cli import main
+from keyapi_async.cli import main
 from keyapi_async.testing import DEFAULT_TEST_KEY, Emulator, EmulatorConfig, run_emulator
 
 CLI = (sys.executable, "-m", "keyapi_async")
@@ -169,7 +169,7 @@ def write_targets(path: Path, names: Iterable[str]) -> Path:
 
 def test_entry_point_is_installed() -> None:
     (entry,) = importlib.metadata.entry_points(group="console_scripts", name="keyapi-stories")
-    assert entry.value == "keyapi_async._cli:main"
+    assert entry.value == "keyapi_async.cli:main"
     assert entry.load() is main
     assert shutil.which("keyapi-stories", path=os.path.dirname(sys.executable)) is not None
 
@@ -501,7 +501,7 @@ async def test_without_rich_plain_progress_and_summary(tmp_path: Path, api_key: 
     write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(30)])
     no_rich = (
         "import sys; sys.modules['rich'] = None; "
-        "from keyapi_async._cli import main; sys.exit(main())"
+        "from keyapi_async.cli import main; sys.exit(main())"
     )
     async with serve(api_key, latency=0.02) as emu:
         proc = await asyncio.create_subprocess_exec(

@@ -34,7 +34,7 @@ from keyapi_async import (
     ServerError,
     TransportError,
 )
-from keyapi_async._sansio import parse_response
+from keyapi_async.engine.sansio import parse_response
 from keyapi_async.testing import Emulator, EmulatorConfig, Fault, run_emulator
 
 ENDPOINT = "/v1/instagram/fetch_user_stories"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from keyapi_async import ConfigurationError, KeyAPIClient
-from keyapi_async._config import DEFAULT_BASE_URL, ClientConfig, Secret
+from keyapi_async.engine.config import DEFAULT_BASE_URL, ClientConfig, Secret
 
 
 @pytest.fixture(autouse=True)

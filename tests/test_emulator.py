@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from keyapi_async import Target, TransportError
-from keyapi_async._sansio import Request, RequestBuilder
+from keyapi_async.engine.sansio import Request, RequestBuilder
 from keyapi_async.testing import (
     BILLED_FAULTS,
     DEFAULT_TEST_KEY,

@@ -6,14 +6,12 @@ before v2 (checked against the previous main in a separate worktree).
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import gc
 import logging
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import anyio
 import pytest
@@ -261,54 +259,3 @@ async def test_debug_log_per_request_and_info_per_stop_never_the_key(
     assert any("user0" in line and "attempt=1" in line and "latency=" in line for line in debug)
     assert any("credits exhausted" in line for line in info)
     assert all(api_key not in r.getMessage() for r in caplog.records)
-
-
-# -- layering -----------------------------------------------------------------------------
-
-# Bottom to top: a module may import only from its own layer or below.
-LAYERS = [
-    {"__about__", "_errors", "models", "_targets"},
-    {"_sansio", "_retry"},
-    {"_config"},
-    {"_transport"},
-    {"_ratelimit", "_budget", "_redis"},
-    {"_fetch"},
-    {"_batch"},
-    {"_client", "__init__"},
-    {"archive", "media", "export"},
-    {"watch"},
-    {"_cli", "__main__"},
-]
-
-
-def _layer(module: str) -> int:
-    top = module.split(".")[0]
-    for family in ("media", "archive", "export", "watch"):
-        # Private helpers of a capture module share its layer.
-        if top.startswith(f"_{family}_"):
-            top = family
-    for number, layer in enumerate(LAYERS):
-        if top in layer:
-            return number
-    raise AssertionError(f"module {module!r} has no layer: add it to LAYERS")
-
-
-def test_imports_run_strictly_downward() -> None:
-    package = Path(keyapi_async.__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        parts = path.relative_to(package).with_suffix("").parts
-        top = parts[0]
-        if top == "testing":
-            continue  # beside the stack, imported by the CLI only
-        level = _layer(top)
-        nested = len(parts) > 1
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.ImportFrom) or node.level == 0 or not node.module:
-                continue
-            if nested and node.level == 1:
-                continue  # within its own sub-package
-            target = node.module.split(".")[0]
-            if target == "testing":
-                assert top == "_cli", f"{path.name} imports testing"
-                continue
-            assert _layer(target) <= level, f"{'/'.join(parts)} imports {node.module} (upward)"

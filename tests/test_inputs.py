@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from keyapi_async._cli._exit import CLIError
-from keyapi_async._cli._inputs import parse_lines, read_input
+from keyapi_async.cli.exit import CLIError
+from keyapi_async.cli.inputs import parse_lines, read_input
 
 
 def test_accepted_spellings_normalise_and_dedupe() -> None:

@@ -19,11 +19,11 @@ from keyapi_async import (
     ServerError,
     StoryResult,
 )
-from keyapi_async._cli._apikey import Redactor
-from keyapi_async._cli._exit import CLIError
-from keyapi_async._cli._fetch import resume_command
-from keyapi_async._cli._inputs import InvalidLine
-from keyapi_async._cli._ledger import (
+from keyapi_async.cli.apikey import Redactor
+from keyapi_async.cli.exit import CLIError
+from keyapi_async.cli.fetch import resume_command
+from keyapi_async.cli.inputs import InvalidLine
+from keyapi_async.cli.ledger import (
     LedgerWriter,
     invalid_line,
     not_attempted_line,

@@ -20,19 +20,19 @@ import pytest
 
 from keyapi_async import media as media_mod
 from keyapi_async._errors import ConfigurationError
-from keyapi_async._media_paths import (
-    HostAllowlist,
-    NameTemplate,
-    media_hosts_from_env,
-    parse_host_entry,
-    sanitize_component,
-)
 from keyapi_async.media import (
     MediaDiskFullError,
     MediaDownloader,
     MediaOutcome,
     MediaStatus,
     SavedMedia,
+)
+from keyapi_async.media.paths import (
+    HostAllowlist,
+    NameTemplate,
+    media_hosts_from_env,
+    parse_host_entry,
+    sanitize_component,
 )
 from keyapi_async.models import Reel, decode_reel
 from keyapi_async.testing import (

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from keyapi_async._sansio import (
+from keyapi_async.engine.sansio import (
     ErrorEnvelope,
     StoriesData,
     StoriesEnvelope,

@@ -17,7 +17,7 @@ import itertools
 import pytest
 
 from keyapi_async import KeyAPIClient
-from keyapi_async._ratelimit import AdaptiveRate, RateGate, Verdict
+from keyapi_async.engine.gate import AdaptiveRate, RateGate, Verdict
 from keyapi_async.testing import Emulator, EmulatorConfig, EmulatorTransport
 
 from .virtual_clock import VirtualClockLoop, run_virtual

@@ -1,4 +1,4 @@
-"""The shared gate and budget of ``keyapi_async._redis``, against a real ``redis-server``.
+"""The shared gate and budget of ``engine.redis_gate``, against a real ``redis-server``.
 
 Every guarantee is checked on a real server started by the fixtures
 (``tests/redis_server.py``) on a free loopback port: the rate cap across
@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from keyapi_async._budget import hold
 from keyapi_async._errors import ConfigurationError, GateUnavailableError
-from keyapi_async._ratelimit import Verdict
-from keyapi_async._redis import (
+from keyapi_async.engine.budget import hold
+from keyapi_async.engine.gate import Verdict
+from keyapi_async.engine.redis_gate import (
     FLOOR,
     SharedState,
     connect_shared,

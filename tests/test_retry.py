@@ -19,7 +19,7 @@ from keyapi_async import (
     TransportError,
 )
 from keyapi_async._errors import InvalidTargetError, KeyAPIError
-from keyapi_async._retry import RetryPolicy, backoff_delay
+from keyapi_async.engine.retry import RetryPolicy, backoff_delay
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:

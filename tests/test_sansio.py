@@ -26,7 +26,7 @@ from keyapi_async import (
     ServerError,
     Target,
 )
-from keyapi_async._sansio import (
+from keyapi_async.engine.sansio import (
     ENDPOINT_PATH,
     ErrorEnvelope,
     Request,

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from keyapi_async import KeyAPIClient, Target
-from keyapi_async._sansio import RequestBuilder
+from keyapi_async.engine.sansio import RequestBuilder
 from keyapi_async.testing import Emulator, Fault
 
 ENDPOINT = "/v1/instagram/fetch_user_stories"

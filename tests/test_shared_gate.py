@@ -33,7 +33,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from keyapi_async import ConfigurationError, KeyAPIClient
-from keyapi_async._redis import KEY_PREFIX, fingerprint
+from keyapi_async.engine.redis_gate import KEY_PREFIX, fingerprint
 from keyapi_async.testing import Emulator, EmulatorConfig, Fault, RequestRecord, run_emulator
 from tests.redis_server import RedisServer, free_port, redis_binary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keyapi_async import InvalidTargetError, KeyAPIError, Target, parse_target
-from keyapi_async._targets import as_target, from_arguments
+from keyapi_async.engine.targets import as_target, from_arguments
 
 BAD_NAME = "username must be 1-30 letters, digits, '.' or '_'"
 

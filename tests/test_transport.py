@@ -24,16 +24,16 @@ import pytest
 import trustme
 from aiohttp import web
 
-from keyapi_async._config import mask_proxy_url, validate_proxy_url
 from keyapi_async._errors import (
     ConfigurationError,
     ConnectError,
     RequestTimeoutError,
     TransportError,
 )
-from keyapi_async._sansio import ENDPOINT_PATH, Request, RequestBuilder
-from keyapi_async._targets import Target
-from keyapi_async._transport import AiohttpTransport
+from keyapi_async.engine.config import mask_proxy_url, validate_proxy_url
+from keyapi_async.engine.sansio import ENDPOINT_PATH, Request, RequestBuilder
+from keyapi_async.engine.targets import Target
+from keyapi_async.engine.transport import AiohttpTransport
 
 from ._proxy import ConnectProxy
 

@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .._errors import TransportError
-from .._sansio import Request
-from .._transport import RawResponse
+from ..engine.sansio import Request
+from ..engine.transport import RawResponse
 from ._app import ENDPOINT, Emulator
 from ._config import Fault
 
@@ -22,7 +22,7 @@ _NOT_ALLOWED: Final = (405, "text/plain; charset=utf-8", b"405: Method Not Allow
 
 
 class EmulatorTransport:
-    """A :class:`~keyapi_async._transport.Transport` served by an emulator in memory.
+    """A :class:`~keyapi_async.engine.transport.Transport` served by an emulator in memory.
 
     Pass it to ``KeyAPIClient(transport=EmulatorTransport(emulator))``: each
     request is decided by :meth:`Emulator.decide` (the code path the HTTP

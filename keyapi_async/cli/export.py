@@ -11,7 +11,7 @@ from typing import cast
 
 from ..archive import ArchiveError, LedgerImport, StoryArchive, import_ledger
 from ..export import ExportFormat, write_export
-from ._exit import CLIError, ExitCode
+from .exit import CLIError, ExitCode
 
 __all__ = ["run_export", "run_import_ledger"]
 

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     ConfigurationError,
     InsufficientCreditsError,
@@ -66,13 +66,13 @@ from ._errors import (
     PermissionDeniedError,
     ResponseDecodeError,
 )
-from ._targets import parse_target
-from .archive import SchemaExtension, StoryArchive
-from .models import StoryItem, User
+from ..archive import SchemaExtension, StoryArchive
+from ..engine.targets import parse_target
+from ..models import StoryItem, User
 
 if TYPE_CHECKING:
-    from ._client import KeyAPIClient
-    from .media import MediaDownloader, MediaOutcome
+    from .._client import KeyAPIClient
+    from ..media import MediaDownloader, MediaOutcome
 
 __all__ = [
     "CREDITS_PER_POLL",
@@ -665,7 +665,7 @@ class Watcher:
         downloader = self._downloader
         if downloader is None:
             return None
-        from .media import MediaStatus
+        from ..media import MediaStatus
 
         outcome = await downloader.download_item(item, target=target, owner=owner)
         status = outcome.status

@@ -226,6 +226,7 @@ class RateGate:
         return self._bucket is None and self.throttles == 0
 
     async def acquire(self) -> Ticket:
+        """Wait for an in-flight place, the cooldown and the bucket; the ticket of one send."""
         places = self._inflight
         try:
             places.acquire_nowait()  # the hot path: no coroutine, no cancellation check
@@ -280,6 +281,7 @@ class RateGate:
         cooldown: float = 0.0,
         server_said: bool = False,
     ) -> None:
+        """Give the place back and learn from ``verdict`` (a 429 pauses and slows the gate)."""
         self._inflight.release()
         if verdict is Verdict.ACCEPTED:
             self._accepted.append(ticket.sent_at)
@@ -314,6 +316,7 @@ class RateGate:
                 self._bucket.retune(rate)  # the requests already queued slow down too
 
     def snapshot(self) -> GateSnapshot:
+        """The gate's state now, for ``client.stats`` and logs."""
         now = self._clock()
         return GateSnapshot(
             current_qps=self._adaptive.current(now),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..testing.__main__ import run_from_args
-from ._invocation import PROG
+from .invocation import PROG
 
 __all__ = ["run_emulator_command"]
 

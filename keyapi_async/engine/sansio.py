@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from ._errors import STATUS_ERRORS, APIStatusError, KeyAPIError, ResponseDecodeError, ServerError
-from ._targets import Target
-from .models import Reel, ReelInfo, StoryItem
+from .._errors import STATUS_ERRORS, APIStatusError, KeyAPIError, ResponseDecodeError, ServerError
+from ..models import Reel, ReelInfo, StoryItem
+from .targets import Target
 
 ENDPOINT_PATH = "/v1/instagram/fetch_user_stories"
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
@@ -63,6 +63,7 @@ class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     @property
     def reel(self) -> WireReel | None:
+        """The reel inside ``data.data``, or None when the envelope has none."""
         return None if self.data is None else self.data.data
 
 
@@ -108,6 +109,7 @@ class RequestBuilder:
         )
 
     def build(self, target: Target) -> Request:
+        """The GET request for ``target``: URL with its one query parameter, and headers."""
         kind, value = target.query
         # Validated targets need no quoting: one regex check is cheaper than
         # quote(), which stays for a Target built without validation.

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import APIStatusError, KeyAPIError, ResponseDecodeError
+from .._errors import APIStatusError, KeyAPIError, ResponseDecodeError
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float]) -> float:

@@ -21,11 +21,11 @@ import anyio.abc
 import anyio.lowlevel
 import msgspec
 
-from ._budget import CREDITS_PER_REQUEST
-from ._errors import InvalidTargetError, KeyAPIError, NotAttemptedError
-from ._fetch import Fetcher, Stop
-from ._targets import Target, TargetLike, as_target
-from .models import Reel
+from .._errors import InvalidTargetError, KeyAPIError, NotAttemptedError
+from ..models import Reel
+from .budget import CREDITS_PER_REQUEST
+from .fetch import Fetcher, Stop
+from .targets import Target, TargetLike, as_target
 
 __all__ = ["BatchCounts", "StoryBatch", "StoryResult", "estimate_credits"]
 

@@ -49,8 +49,8 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._errors import ConfigurationError, GateUnavailableError
-from ._ratelimit import WINDOW, GateSnapshot, Ticket, Verdict, paced_rate
+from .._errors import ConfigurationError, GateUnavailableError
+from .gate import WINDOW, GateSnapshot, Ticket, Verdict, paced_rate
 
 __all__ = [
     "KEY_PREFIX",
@@ -329,7 +329,7 @@ def _f(value: Any) -> float:
 
 
 class RedisGate:
-    """The :class:`~keyapi_async._ratelimit.Gate` of every process on one key, kept in Redis.
+    """The :class:`~keyapi_async.engine.gate.Gate` of every process on one key, kept in Redis.
 
     :meth:`acquire` takes a local in-flight place first (so that a task
     waiting for its turn holds no shared slot), then asks Redis for a turn, one
@@ -500,7 +500,7 @@ def _fmt(value: float) -> str:
 
 
 class RedisBudget:
-    """The :class:`~keyapi_async._budget.Budget` of every process on one key, kept in Redis.
+    """The :class:`~keyapi_async.engine.budget.Budget` of every process on one key, kept in Redis.
 
     ``limit`` is this process's ``max_credits``, checked against the shared
     counter: spent plus reserved by every process. Each reservation is a

@@ -30,7 +30,7 @@ from .._errors import (
     InsufficientCreditsError,
     PermissionDeniedError,
 )
-from ._exit import CLIError, ExitCode
+from .exit import CLIError, ExitCode
 
 __all__ = ["parse_duration", "run_status", "run_watch"]
 
@@ -97,7 +97,7 @@ def _logging(level: int, redact: Callable[[str], str]) -> Iterator[None]:
 
 
 def _accounts_reader(path: str, user_ids: bool) -> Callable[[], list[str]]:
-    from ._inputs import read_input
+    from .inputs import read_input
 
     def read() -> list[str]:
         plan = read_input(path, user_ids=user_ids)
@@ -138,7 +138,7 @@ async def _run_hook(argv: list[str], payload: bytes, limit: float, story_id: str
 
 def run_watch(args: argparse.Namespace) -> int:
     """Run ``keyapi-stories watch``; return the exit status."""
-    from ._apikey import Redactor, resolve_api_key
+    from .apikey import Redactor, resolve_api_key
 
     every: float = args.every
     if every >= 86_400 and not args.force:
@@ -211,7 +211,7 @@ async def _watch(
     from ..archive import ArchiveError
     from ..media import MediaDownloader, media_hosts_from_env
     from ..watch import Watcher, open_watch_archive
-    from ._signals import Interrupts
+    from .signals import Interrupts
 
     archive_path = args.archive or os.path.join(args.download, "archive.sqlite3")
     options: dict[str, object] = {

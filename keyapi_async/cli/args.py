@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 
 from .. import __version__
-from .._config import (
+from ..engine.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -15,10 +15,10 @@ from .._config import (
     DEFAULT_TIMEOUT,
     REDIS_URL_ENV,
 )
-from .._media_paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
+from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
-from ._exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
-from ._invocation import PROG
+from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
+from .invocation import PROG
 
 __all__ = [
     "DEMO_OUTPUT",
@@ -419,7 +419,7 @@ def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from ._watch import parse_duration
+    from .watch import parse_duration
 
     watch = commands.add_parser(
         "watch",

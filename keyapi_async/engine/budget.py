@@ -51,12 +51,14 @@ class LocalBudget:
     spent: int = 0
 
     async def reserve(self, credits: int) -> bool:
+        """Hold ``credits`` if the limit allows them; False when it does not."""
         if self.limit is not None and self.spent + self.reserved + credits > self.limit:
             return False
         self.reserved += credits
         return True
 
     async def settle(self, reserved: int, spent: int) -> None:
+        """Give back a reservation of ``reserved`` and count ``spent`` as spent."""
         self.reserved -= reserved
         self.spent += spent
 

@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .._batch import estimate_credits
 from .._client import KeyAPIClient
-from .._config import ClientOptions
 from .._errors import (
     AuthenticationError,
     ConfigurationError,
@@ -27,14 +25,16 @@ from .._errors import (
     NotAttemptedError,
     PermissionDeniedError,
 )
-from .._targets import parse_target
 from ..archive import ArchiveError
+from ..engine.batch import estimate_credits
+from ..engine.config import ClientOptions
+from ..engine.targets import parse_target
 from ..models import Reel
-from ._capture import Capture, CaptureSettings, open_capture
-from ._exit import CLIError, ExitCode
-from ._inputs import InputPlan, InvalidLine
-from ._invocation import PROG, shell_command
-from ._ledger import (
+from .capture import Capture, CaptureSettings, open_capture
+from .exit import CLIError, ExitCode
+from .inputs import InputPlan, InvalidLine
+from .invocation import PROG, shell_command
+from .ledger import (
     LedgerState,
     LedgerWriter,
     invalid_line,
@@ -42,9 +42,9 @@ from ._ledger import (
     result_line,
     scan_ledger,
 )
-from ._logs import library_logs
-from ._progress import Reporter, Snapshot, Summary, Tally, make_reporter, render_summary
-from ._signals import Interrupts
+from .logs import library_logs
+from .progress import Reporter, Snapshot, Summary, Tally, make_reporter, render_summary
+from .signals import Interrupts
 
 __all__ = [
     "FetchSettings",

@@ -81,8 +81,8 @@ from typing import IO, Any, Final, Literal, Self, TypeVar, cast
 
 import msgspec
 
-from ._errors import KeyAPIError
-from .models import Reel, StoryItem, User, encode
+from .._errors import KeyAPIError
+from ..models import Reel, StoryItem, User, encode
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -1461,7 +1461,7 @@ class StoryArchive:
 
 
 class _LedgerLine(msgspec.Struct):
-    # The CLI ledger's line (keyapi_async/_cli/_ledger.py), decoded here on
+    # The CLI ledger's line (keyapi_async/cli/ledger.py), decoded here on
     # its own: the archive sits below the CLI and must not import it.
     target: str
     status: str

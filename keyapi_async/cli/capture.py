@@ -43,8 +43,8 @@ from ..media import (
     media_hosts_from_env,
 )
 from ..models import ImageCandidate, ImageVersions, Reel, StoryItem, User, VideoVersion
-from ._exit import CLIError
-from ._progress import MediaCounts
+from .exit import CLIError
+from .progress import MediaCounts
 
 __all__ = [
     "ARCHIVE_NAME",

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._exit import CLIError, ExitCode
+from .exit import CLIError, ExitCode
 
 __all__ = ["ExitCode", "main"]
 
@@ -33,17 +33,17 @@ def _same_file(first: str, second: str) -> bool:
 
 
 def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ._apikey import Redactor, resolve_api_key
-    from ._capture import capture_settings
-    from ._fetch import (
+    from .apikey import Redactor, resolve_api_key
+    from .capture import capture_settings
+    from .fetch import (
         dry_run_report,
         make_client,
         resume_command,
         run_job,
         settings_from_args,
     )
-    from ._inputs import read_input
-    from ._ledger import scan_ledger
+    from .inputs import read_input
+    from .ledger import scan_ledger
 
     if not args.dry_run and not args.output:
         raise CLIError("-o/--output OUT is required (or use --dry-run)")
@@ -99,7 +99,7 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``keyapi-stories`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    from ._args import build_parser
+    from .args import build_parser
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -111,27 +111,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fetch":
             return _run_fetch(args, arguments)
         if args.command == "demo":
-            from ._demo import run_demo
+            from .demo import run_demo
 
             return run_demo(args)
         if args.command == "watch":
-            from ._watch import run_watch
+            from .watch import run_watch
 
             return run_watch(args)
         if args.command == "status":
-            from ._watch import run_status
+            from .watch import run_status
 
             return run_status(args)
         if args.command == "emulator":
-            from ._emulator import run_emulator_command
+            from .emulator import run_emulator_command
 
             return run_emulator_command(args)
         if args.command == "export":
-            from ._export import run_export
+            from .export import run_export
 
             return run_export(args)
         if args.command == "import-ledger":
-            from ._export import run_import_ledger
+            from .export import run_import_ledger
 
             return run_import_ledger(args)
         parser.print_help(sys.stderr)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import msgspec
 
-from ._errors import InvalidTargetError
+from .._errors import InvalidTargetError
 
 # 1-30 of letters, digits, '.' and '_', applied after lowercasing (handles are case-insensitive).
 _USERNAME = re.compile(r"[a-z0-9._]{1,30}")

@@ -23,9 +23,9 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from ._config import mask_proxy_url, validate_proxy_url
-from ._errors import ConfigurationError, ConnectError, RequestTimeoutError, TransportError
-from ._sansio import Request
+from .._errors import ConfigurationError, ConnectError, RequestTimeoutError, TransportError
+from .config import mask_proxy_url, validate_proxy_url
+from .sansio import Request
 
 _log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class AiohttpTransport:
         return proxy
 
     async def send(self, request: Request, *, target: str | None = None) -> RawResponse:
+        """Send ``request`` once: its status, headers and body, or a ``TransportError``."""
         proxy = self._proxy_for(request.url) if self._proxy is not None or self._env else None
         try:
             async with self._session.request(

@@ -18,8 +18,8 @@ from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 from urllib.parse import SplitResult, urlsplit
 
-from ._errors import ConfigurationError
-from ._retry import RetryPolicy
+from .._errors import ConfigurationError
+from .retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://api.keyapi.ai"
 DEFAULT_QPS = 10.0

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .._errors import InvalidTargetError
-from .._targets import Target, parse_target
-from ._exit import CLIError
+from ..engine.targets import Target, parse_target
+from .exit import CLIError
 
 __all__ = ["InputPlan", "InvalidLine", "parse_lines", "read_input"]
 

@@ -50,8 +50,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiohttp import hdrs
 
-from ._errors import ConfigurationError, KeyAPIError
-from ._media_paths import (
+from .._errors import ConfigurationError, KeyAPIError
+from ..models import Reel, StoryItem, User
+from .paths import (
     DEFAULT_MEDIA_HOSTS,
     DEFAULT_NAME_TEMPLATE,
     MEDIA_HOSTS_ENV,
@@ -63,7 +64,6 @@ from ._media_paths import (
     sanitize_component,
     template_fields,
 )
-from .models import Reel, StoryItem, User
 
 __all__ = [
     "DEFAULT_MEDIA_HOSTS",

@@ -21,12 +21,12 @@ import sys
 import tempfile
 
 from ..testing import DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, MediaFault, run_emulator
-from ._apikey import Redactor
-from ._args import DEMO_OUTPUT
-from ._capture import capture_settings, open_capture
-from ._fetch import FetchSettings, execute, make_client, prepare_job
-from ._inputs import InputPlan, parse_lines
-from ._invocation import shell_command
+from .apikey import Redactor
+from .args import DEMO_OUTPUT
+from .capture import capture_settings, open_capture
+from .fetch import FetchSettings, execute, make_client, prepare_job
+from .inputs import InputPlan, parse_lines
+from .invocation import shell_command
 
 __all__ = ["DEMO_FAULTS", "DEMO_MEDIA_FAULTS", "run_demo"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .._config import API_KEY_ENV
-from ._exit import CLIError
+from ..engine.config import API_KEY_ENV
+from .exit import CLIError
 
 __all__ = ["API_KEY_ENV", "Redactor", "resolve_api_key"]
 

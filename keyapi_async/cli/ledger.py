@@ -29,11 +29,11 @@ from typing import Literal
 
 import msgspec
 
-from .._batch import StoryResult
 from .._errors import KeyAPIError
+from ..engine.batch import StoryResult
 from ..models import Reel
-from ._exit import CLIError
-from ._inputs import InvalidLine
+from .exit import CLIError
+from .inputs import InvalidLine
 
 __all__ = [
     "DONE_STATUSES",

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ._budget import CREDITS_PER_REQUEST, Budget, hold
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     ConnectError,
     GateUnavailableError,
@@ -30,12 +29,13 @@ from ._errors import (
     RateLimitError,
     ResponseDecodeError,
 )
-from ._ratelimit import Gate, Ticket, Verdict
-from ._retry import RetryPolicy
-from ._sansio import RequestBuilder, parse_response
-from ._targets import Target
-from ._transport import Transport
-from .models import Reel
+from ..models import Reel
+from .budget import CREDITS_PER_REQUEST, Budget, hold
+from .gate import Gate, Ticket, Verdict
+from .retry import RetryPolicy
+from .sansio import RequestBuilder, parse_response
+from .targets import Target
+from .transport import Transport
 
 __all__ = ["BREAKER_THRESHOLD", "ClientStats", "Fetcher", "Outcome", "Stop"]
 

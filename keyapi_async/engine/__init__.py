@@ -1,0 +1,1 @@
+"""The engine: one request and one batch, from target to typed result."""
