@@ -19,6 +19,7 @@ from .__about__ import __version__
 from ._client import KeyAPIClient
 from ._errors import (
     APIStatusError,
+    ArchiveError,
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
@@ -44,6 +45,7 @@ from .models import Reel, StoryItem, User
 
 __all__ = [
     "APIStatusError",
+    "ArchiveError",
     "AuthenticationError",
     "BadRequestError",
     "BatchCounts",

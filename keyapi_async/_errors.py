@@ -18,6 +18,7 @@ Every error raised on purpose derives from :class:`KeyAPIError`::
     │   ├── RateLimitError                    429
     │   └── ServerError                       5xx
     ├── GateUnavailableError                  the shared rate gate is unreachable
+    ├── ArchiveError                          the story archive cannot be used (locked, closed)
     └── NotAttemptedError                     a batch target never sent, with the reason
 """
 
@@ -27,6 +28,7 @@ from typing import ClassVar
 
 __all__ = [
     "APIStatusError",
+    "ArchiveError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
@@ -247,3 +249,18 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     404: NotFoundError,
     429: RateLimitError,
 }
+
+
+class ArchiveError(KeyAPIError):
+    """The archive cannot be used.
+
+    It is locked by another writer, not writable, not an archive, from a
+    newer version of the library, the disk is full, or it is closed.
+    ``path`` is the archive file. Raised before anything is sent when opening
+    fails, so a command line can exit early; the SQLite error, if any, is
+    chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

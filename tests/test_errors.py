@@ -9,6 +9,7 @@ import pytest
 import keyapi_async
 from keyapi_async import (
     APIStatusError,
+    ArchiveError,
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
@@ -45,6 +46,7 @@ TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (RateLimitError, (APIStatusError,)),
     (ServerError, (APIStatusError,)),
     (GateUnavailableError, (KeyAPIError,)),
+    (ArchiveError, (KeyAPIError,)),
     (NotAttemptedError, (KeyAPIError,)),
 ]
 

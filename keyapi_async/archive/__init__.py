@@ -81,7 +81,7 @@ from typing import IO, Any, Final, Literal, Self, TypeVar, cast
 
 import msgspec
 
-from .._errors import KeyAPIError
+from .._errors import ArchiveError
 from ..models import Reel, StoryItem, User, encode
 
 __all__ = [
@@ -191,21 +191,6 @@ _CORE_MIGRATIONS: Final[tuple[str, ...]] = (
 
 SCHEMA_VERSION: Final = len(_CORE_MIGRATIONS)
 """The core schema version this library writes (``PRAGMA user_version``)."""
-
-
-class ArchiveError(KeyAPIError):
-    """The archive cannot be used.
-
-    It is locked by another writer, not writable, not an archive, from a
-    newer version of the library, the disk is full, or it is closed.
-    ``path`` is the archive file. Raised before anything is sent when opening
-    fails, so a command line can exit early; the SQLite error, if any, is
-    chained as ``__cause__``.
-    """
-
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ Subcommands: ``fetch`` (targets → resumable JSONL ledger, and with
 (the same engine against the embedded emulator), ``emulator`` (serve the
 emulator), ``export`` and ``import-ledger`` (the archive).
 Module map: ``_args`` (argparse), ``_inputs`` (target lines), ``_ledger``
-(JSONL write/read/resume), ``_apikey`` (key sources, redaction), ``_fetch``
+(JSONL write/read/resume), ``_apikey`` (key sources, redaction), ``engine.fetch``
 (the run), ``_capture`` (archive and downloads of a run), ``_export``
 (``export``, ``import-ledger``), ``_progress`` (bar, lines, summary), ``_signals`` (Ctrl-C),
 ``_logs`` (``-v``), ``_invocation`` (how to print commands that run as pasted),

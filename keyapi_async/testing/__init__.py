@@ -30,8 +30,7 @@ From the shell, ``python -m keyapi_async.testing --qps 10`` prints
 
 from ._app import Answer, Emulator, RequestRecord
 from ._churn import ChurnConfig
-from ._config import BILLED_FAULTS, DEFAULT_TEST_KEY, EmulatorConfig, Fault
-from ._media import MediaConfig, MediaFault
+from ._config import BILLED_FAULTS, DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, MediaFault
 from ._runner import run_emulator
 from ._transport import EmulatorTransport
 

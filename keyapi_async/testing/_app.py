@@ -17,13 +17,12 @@ import msgspec
 from aiohttp import hdrs, web
 
 from ._churn import churn_reel
-from ._config import BILLED_FAULTS, EmulatorConfig, Fault
+from ._config import BILLED_FAULTS, ENDPOINT, EmulatorConfig, Fault
 from ._data import build_reel, encoded_reel, split_target_key, target_key
 from ._media import install_media
 
 __all__ = ["ENDPOINT", "Answer", "Emulator", "RequestRecord"]
 
-ENDPOINT: Final = "/v1/instagram/fetch_user_stories"
 """The only path the emulator serves (``GET``)."""
 
 CREDITS_PER_SUCCESS: Final = 2

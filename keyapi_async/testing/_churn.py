@@ -31,6 +31,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from ..engine.validate import check_number
 from ._data import build_reel
 
 __all__ = [
@@ -62,11 +63,7 @@ class ChurnConfig:
     def __post_init__(self) -> None:
         """Validate the fields."""
         for name in ("every", "lifetime"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"churn.{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"churn.{name} must be a finite number > 0, got {value!r}")
+            check_number(getattr(self, name), f"churn.{name}", positive=True)
         if self.epoch is not None and (
             isinstance(self.epoch, bool)
             or not isinstance(self.epoch, int | float)

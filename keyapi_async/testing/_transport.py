@@ -11,8 +11,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .._errors import TransportError
 from ..engine.sansio import Request
 from ..engine.transport import RawResponse
-from ._app import ENDPOINT, Emulator
-from ._config import Fault
+from ._app import Emulator
+from ._config import ENDPOINT, Fault
 
 __all__ = ["EmulatorTransport"]
 
