@@ -288,12 +288,23 @@ class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return None if best is None else best.url
 
     @property
-    def best_media_url(self) -> str | None:
-        """URL of the story's own media: the best video for videos, else the best image.
+    def best_rendition(self) -> VideoVersion | ImageCandidate | None:
+        """The story's own media: the largest video for a video, else the largest image.
 
-        A video without video renditions yields None, never its poster image.
+        The one rule for "which file is this story" (the archive, the media
+        downloader and :attr:`best_media_url` all ask here): most pixels, the
+        first of equals, only renditions with a URL. A video without video
+        renditions yields None, never its poster image.
         """
-        return self.best_video_url if self.is_video_media else self.best_image_url
+        if self.is_video_media:
+            return max((v for v in self.video_versions if v.url), key=_pixels, default=None)
+        return None if self.image_versions is None else self.image_versions.best
+
+    @property
+    def best_media_url(self) -> str | None:
+        """URL of :attr:`best_rendition` (the story's own media), or None."""
+        best = self.best_rendition
+        return None if best is None else best.url
 
     @property
     def taken_at_datetime(self) -> datetime | None:
