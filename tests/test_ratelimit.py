@@ -12,12 +12,20 @@ without measuring wall-clock speed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 
 import pytest
 
 from keyapi_async import KeyAPIClient
-from keyapi_async.engine.gate import AdaptiveRate, RateGate, Verdict
+from keyapi_async.engine.gate import (
+    COLD_AFTER,
+    COLD_START,
+    AdaptiveRate,
+    RateGate,
+    Verdict,
+    is_cold,
+)
 from keyapi_async.testing import Emulator, EmulatorConfig, EmulatorTransport
 
 from .virtual_clock import VirtualClockLoop, run_virtual
@@ -99,7 +107,54 @@ def test_gate_spaces_sends_evenly_with_no_initial_burst() -> None:
 
     times = run_virtual(main)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps == pytest.approx([0.05] * 20, abs=1e-4)
+    # The first turn is cold: the second waits COLD_START more (issue 21).
+    assert gaps == pytest.approx([0.05 + COLD_START] + [0.05] * 19, abs=1e-4)
+
+
+def _max_in_window(times: list[float]) -> int:
+    ordered = sorted(times)
+    return max(bisect.bisect_left(ordered, t + 1.0) - i for i, t in enumerate(ordered))
+
+
+@pytest.mark.parametrize("late", [0.0, 0.03, 0.06, 0.1])
+def test_a_cold_first_send_written_late_never_crowds_the_next_second(late: float) -> None:
+    # Issue 21: the first request pays for a new connection and a busy start,
+    # the ones after it go out at once. Arrivals = grant + that lateness: no
+    # one-second window may hold qps + 1 of them. With no margin, so that the
+    # cold start's room is all there is (the margin is spent on other jitter).
+    async def main() -> list[float]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.0)
+        grants = []
+        for _ in range(60):
+            ticket = await gate.acquire()
+            grants.append(ticket.sent_at)
+            await gate.release(ticket, Verdict.ACCEPTED)
+        return grants
+
+    grants = run_virtual(main)
+    arrivals = [grants[0] + late, *grants[1:]]
+    assert _max_in_window(arrivals) <= 20
+
+
+def test_a_gate_idle_for_longer_than_cold_after_starts_cold_again() -> None:
+    async def main() -> list[float]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.0)
+        times = []
+        for pause in (0.0, 0.0, COLD_AFTER + 1.0, 0.0):
+            await asyncio.sleep(pause)
+            ticket = await gate.acquire()
+            times.append(ticket.sent_at)
+            await gate.release(ticket, Verdict.ACCEPTED)
+        return times
+
+    times = run_virtual(main)
+    assert times[1] - times[0] == pytest.approx(0.05 + COLD_START, abs=1e-4)
+    assert times[3] - times[2] == pytest.approx(0.05 + COLD_START, abs=1e-4)
+    assert [is_cold(None, 0.0), is_cold(0.0, COLD_AFTER), is_cold(0.0, COLD_AFTER + 0.1)] == [
+        True,
+        False,
+        True,
+    ]
 
 
 def test_from_idle_the_slack_is_no_head_start() -> None:

@@ -24,10 +24,40 @@ import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AdaptiveRate", "Gate", "GateSnapshot", "RateGate", "Ticket", "Verdict", "paced_rate"]
+__all__ = [
+    "COLD_AFTER",
+    "COLD_START",
+    "AdaptiveRate",
+    "Gate",
+    "GateSnapshot",
+    "RateGate",
+    "Ticket",
+    "Verdict",
+    "is_cold",
+    "paced_rate",
+]
 
 #: The window in which the API counts requests, in seconds.
 WINDOW = 1.0
+
+#: Seconds the turn after a cold grant is held back, on top of the interval.
+#: A process's first request (and its first after a long pause) is written
+#: late: a new connection, first-use code paths, a loop busy starting its
+#: workers (5-25 ms measured on a loaded 2-core machine, more under heavier
+#: load), while the turns after it go out at once. Without room after it, the
+#: late one lands in the next second's window beside its full share: qps + 1
+#: arrivals (issue 21). docs/multi-process.md, "The first second".
+COLD_START = 0.1
+
+#: A gate that granted nothing for this long grants cold again (aiohttp drops
+#: idle keep-alive connections after 15 s, so the next send connects anew).
+COLD_AFTER = 15.0
+
+
+def is_cold(last_grant: float | None, now: float) -> bool:
+    """Whether a grant at ``now`` is cold: the gate's first, or its first after ``COLD_AFTER``."""
+    return last_grant is None or now - last_grant > COLD_AFTER
+
 
 _log = logging.getLogger("keyapi_async")
 
@@ -183,6 +213,12 @@ class _Bucket(AsyncLimiter):
             self._level = max(self._level, self.max_rate - 1.0)
         await super().acquire(amount)
 
+    def hold_back(self, seconds: float) -> None:
+        """Delay the next turn by ``seconds`` more than the interval (after a cold grant)."""
+        self._leak()
+        self._level += seconds * self.rate
+        self._wake_next()
+
     def retune(self, rate: float) -> None:
         if rate == self.rate:
             return
@@ -213,6 +249,7 @@ class RateGate:
         self._bucket = None if paced is None else _Bucket(paced, self._slack)
         self._cooldown_until = -math.inf
         self._last_cut = -math.inf
+        self._last_grant: float | None = None
         # Send times of all requests, and of those the server accepted: what
         # we sent and what it let through in the window before a 429 is how
         # the rate is learned.
@@ -271,6 +308,9 @@ class RateGate:
                 bucket.retune(current)
             if now < self._cooldown_until:
                 continue  # a 429 arrived while we waited: that turn is forfeit
+            if is_cold(self._last_grant, now):
+                bucket.hold_back(COLD_START)
+            self._last_grant = now
             return now
 
     async def release(
