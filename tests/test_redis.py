@@ -11,6 +11,7 @@ key). No stand-in Redis, no mocks.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import random
 import secrets
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 
 from keyapi_async._errors import ConfigurationError, GateUnavailableError
 from keyapi_async.engine.budget import hold
-from keyapi_async.engine.gate import Verdict
+from keyapi_async.engine.gate import COLD_START, Verdict
 from keyapi_async.engine.redis_gate import (
     FLOOR,
     SharedState,
@@ -585,5 +586,63 @@ async def test_acquire_overhead_is_one_round_trip(redis_server: RedisServer, fp:
         assert state.gate.script_calls - calls == 200
         # Loopback: well under a millisecond; generous for a loaded CI box.
         assert per_acquire < 0.02
+    finally:
+        await state.aclose()
+
+
+# -- the first second (issue 21) ------------------------------------------------------
+
+
+async def test_a_fresh_schedule_gives_no_head_start_and_a_cold_grant_leaves_room(
+    redis_server: RedisServer, fp: str
+) -> None:
+    # Two processes on one key: each one's first grant is cold (its request
+    # opens a connection), the second process's second is not.
+    first, second = [await connect(redis_server.url, fp) for _ in range(2)]
+    try:
+        times = []
+        for state in (first, second, second):
+            ticket = await state.gate.acquire()
+            times.append(ticket.sent_at)
+            await state.gate.release(ticket, Verdict.ACCEPTED)
+        interval = 1 / (QPS * (1 - MARGIN))
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # A whole interval plus COLD_START after each cold grant: the slack is
+        # no head start from a fresh schedule (it was 13 ms), and is absorbed
+        # only from a grant itself late by up to the slack (the second one).
+        slack = 0.25 * MARGIN / (1 - MARGIN)
+        assert gaps[0] >= interval + COLD_START - 1e-4, gaps
+        assert gaps[1] >= interval + COLD_START - slack - 1e-4, gaps
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_grant_that_reaches_its_task_late_is_forfeit_and_asked_again_cold(
+    redis_server: RedisServer, fp: str
+) -> None:
+    state = await connect(redis_server.url, fp)
+    gate = state.gate
+    try:
+        warm = await gate.acquire()  # the cold first grant
+        await gate.release(warm, Verdict.ACCEPTED)
+        script = state.acquire_script
+        stalls = [0.05]  # the next reply reaches the task 50 ms late (a busy loop)
+
+        async def stalled(**kwargs: Any) -> Any:
+            reply = await script(**kwargs)
+            if stalls and int(reply[0]):  # a grant, not "wait"
+                time.sleep(stalls.pop())  # blocks the loop, as a busy start does
+            return reply
+
+        state.acquire_script = stalled  # type: ignore[assignment]
+        late = await gate.acquire()
+        await gate.release(late, Verdict.ACCEPTED)
+        after = await gate.acquire()
+        await gate.release(after, Verdict.ACCEPTED)
+        assert gate.stale_grants == 1 and gate.grants == 3
+        # The re-asked grant was cold: the one after it waited COLD_START more.
+        interval, slack = 1 / (QPS * (1 - MARGIN)), 0.25 * MARGIN / (1 - MARGIN)
+        assert after.sent_at - late.sent_at >= interval + COLD_START - slack - 1e-4
     finally:
         await state.aclose()

@@ -50,7 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._errors import ConfigurationError, GateUnavailableError
-from .gate import WINDOW, GateSnapshot, Ticket, Verdict, paced_rate
+from .gate import COLD_START, WINDOW, GateSnapshot, Ticket, Verdict, is_cold, paced_rate
 
 __all__ = [
     "KEY_PREFIX",
@@ -138,7 +138,8 @@ end
 """
 
 # KEYS: rate hash, cooldown string.
-# ARGV: ceiling (paced rate; 0 = no cap), slack (lateness absorbed), recovery, hold.
+# ARGV: ceiling (paced rate; 0 = no cap), slack (lateness absorbed), recovery, hold,
+#       cold (seconds the next slot is held back after this grant; 0 = none).
 # Returns {1, sent_at, rate, cooldown_until, now} on a grant,
 #         {0, wait_seconds, rate, cooldown_until, now} otherwise.
 ACQUIRE_LUA = (
@@ -156,9 +157,18 @@ if tat > now then return {0, fmt(tat - now), fmt(rate), fmt(cd), fmt(now)} end
 local interval = 1 / rate
 -- A grant is late by the waiter's sleep and round trip (about a millisecond);
 -- restarting the schedule from `now` would lose that much per slot (a third
--- of the rate at 500/s). Up to `slack` of lateness is absorbed instead.
+-- of the rate at 500/s). Up to `slack` of lateness is absorbed instead. From
+-- an idle schedule (or one late by more) it restarts at `now`: the slack is
+-- no head start, or the second grant of a fresh schedule would follow the
+-- first by interval - slack, just when the first is the likeliest to be
+-- written late (issue 21).
 local slack = math.min(interval, tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now - slack) + interval))
+local base = tat
+if now - tat > slack then base = now end
+-- A cold grant (a process's first): its request pays for a new connection
+-- and a busy start, so the next slot waits `cold` more, and the late send
+-- cannot share a window with a full second of others.
+redis.call('HSET', KEYS[1], 'tat', fmt(base + interval + tonumber(ARGV[5])))
 -- Keep the state while it matters: the next slot, or a recovery in progress
 -- (which can take a while at low rates), plus a few seconds.
 local keep = interval + 5
@@ -360,6 +370,14 @@ class RedisGate:
         # that above one second with three quarters of the margin left for
         # the network; with no margin the GCRA is strict.
         self._slack = 0.25 * margin / (1 - margin) if 0 < margin < 1 else 0.0
+        # A grant that reaches its task later than this after it was asked
+        # for (a loop busy at start-up, a stalled process) would be written
+        # later than the schedule absorbs: it is forfeit and asked for again,
+        # cold (see _wait_turn).
+        self._stale_after = max(self._slack, 0.005)
+        self._last_grant: float | None = None  # local clock
+        #: Grants forfeit because they reached their task too late.
+        self.stale_grants = 0
         self._retry_after_cap = retry_after_cap
         self._inflight = asyncio.Semaphore(concurrency)
         self._turn = asyncio.Lock()
@@ -400,7 +418,7 @@ class RedisGate:
     async def _wait_turn(self) -> Ticket:
         state = self._state
         clock = self._clock
-        args: list[str | float] = [_fmt(self._ceiling), _fmt(self._slack), RECOVERY, HOLD]
+        cold = is_cold(self._last_grant, clock())
         while True:
             now = clock()
             if now < self._cooldown_until:
@@ -412,15 +430,33 @@ class RedisGate:
                 remaining = max(0.0, local_until - clock())
                 await state.call(partial(self._throttle, remaining, sent_at, 0.0))
                 self._pending_throttle = None
+            args: list[str | float] = [
+                _fmt(self._ceiling),
+                _fmt(self._slack),
+                RECOVERY,
+                HOLD,
+                _fmt(COLD_START if cold else 0.0),
+            ]
             asked = clock()
             self.script_calls += 1
             reply = await state.call(lambda: state.acquire_script(keys=self._keys, args=args))
             granted, value = int(reply[0]), _f(reply[1])
+            now = clock()
             self._learn(asked, _f(reply[2]), _f(reply[3]), _f(reply[4]))
-            if granted:
-                self.grants += 1
-                return Ticket(sent_at=value)
-            await asyncio.sleep(value)
+            if not granted:
+                await asyncio.sleep(value)
+                continue
+            if now - asked > self._stale_after and not cold:
+                # Granted on Redis's clock up to `now - asked` ago: its send
+                # would crowd the grants after it. The slot is left unused
+                # and the next one asked for cold, which keeps room after it
+                # for a send that is late again.
+                self.stale_grants += 1
+                cold = True
+                continue
+            self.grants += 1
+            self._last_grant = now
+            return Ticket(sent_at=value)
 
     def _learn(self, asked: float, rate: float, cooldown_until: float, now: float) -> None:
         """Keep the shared rate and cooldown of a reply for snapshot() and local waits."""
