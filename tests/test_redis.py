@@ -632,7 +632,7 @@ async def test_a_grant_that_reaches_its_task_late_is_forfeit_and_asked_again_col
         async def stalled(**kwargs: Any) -> Any:
             reply = await script(**kwargs)
             if stalls and int(reply[0]):  # a grant, not "wait"
-                time.sleep(stalls.pop())  # blocks the loop, as a busy start does
+                time.sleep(stalls.pop())  # noqa: ASYNC251 - blocks the loop, as a busy start does
             return reply
 
         state.acquire_script = stalled  # type: ignore[assignment]

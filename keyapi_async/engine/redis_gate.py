@@ -439,7 +439,7 @@ class RedisGate:
             ]
             asked = clock()
             self.script_calls += 1
-            reply = await state.call(lambda: state.acquire_script(keys=self._keys, args=args))
+            reply = await state.call(partial(state.acquire_script, keys=self._keys, args=args))
             granted, value = int(reply[0]), _f(reply[1])
             now = clock()
             self._learn(asked, _f(reply[2]), _f(reply[3]), _f(reply[4]))
