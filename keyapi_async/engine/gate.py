@@ -25,16 +25,22 @@ import msgspec
 from aiolimiter import AsyncLimiter
 
 __all__ = [
+    "BETA",
     "COLD_AFTER",
     "COLD_START",
+    "FLOOR",
+    "HOLD",
+    "RECOVERY",
     "AdaptiveRate",
     "Gate",
     "GateSnapshot",
     "RateGate",
     "Ticket",
     "Verdict",
+    "cut_rate",
     "is_cold",
     "paced_rate",
+    "recovered_rate",
 ]
 
 #: The window in which the API counts requests, in seconds.
@@ -52,6 +58,49 @@ COLD_START = 0.1
 #: A gate that granted nothing for this long grants cold again (aiohttp drops
 #: idle keep-alive connections after 15 s, so the next send connects anew).
 COLD_AFTER = 15.0
+
+
+# -- the recovery rule after a 429: one rule for the local and the Redis gate ---------
+#
+# A 429 cuts the rate to BETA of what it was (never below FLOOR per second,
+# never above what the server just accepted, less the margin); it then climbs
+# back to the level of the cut in RECOVERY seconds along a concave cubic (most
+# of the rate is back within a few seconds, flat near the level that was
+# throttled), holds there HOLD seconds, and probes up to the ceiling along a
+# convex cubic, reaching it RECOVERY seconds later. Fixed in seconds rather
+# than a fixed curvature: with a curvature a cut at 200/s would take 6 s to
+# recover and one at 5/s under 2 s. engine/redis_gate.py's Lua is a line by
+# line transcription of recovered_rate, fed these constants
+# (tests/test_ratelimit.py and tests/test_redis.py hold both to it).
+BETA = 0.7
+FLOOR = 0.5
+RECOVERY = 5.0
+HOLD = 5.0
+
+
+def cut_rate(rate: float, learned: float | None) -> tuple[float, float]:
+    """The rate after a 429 at ``rate`` and the level it recovers to: ``(cut_to, w_max)``.
+
+    ``learned``: what the server just accepted, less the margin (``None``:
+    not known, as in the Redis gate).
+    """
+    top = rate if learned is None else min(rate, learned)
+    w_max = max(FLOOR, top)
+    return max(FLOOR, min(rate * BETA, w_max)), w_max
+
+
+def recovered_rate(elapsed: float, cut_to: float, w_max: float, ceiling: float | None) -> float:
+    """The rate ``elapsed`` seconds after a cut to ``cut_to`` from ``w_max`` (the one rule).
+
+    ``ceiling=None`` (no cap configured): the probe above ``w_max`` climbs
+    by the depth of the cut every ``RECOVERY`` seconds, unbounded.
+    """
+    if elapsed < RECOVERY:
+        return w_max - (w_max - cut_to) * ((RECOVERY - elapsed) / RECOVERY) ** 3
+    if elapsed < RECOVERY + HOLD:
+        return w_max
+    gain = (w_max - cut_to) if ceiling is None else (ceiling - w_max)
+    return w_max + gain * ((elapsed - RECOVERY - HOLD) / RECOVERY) ** 3
 
 
 def is_cold(last_grant: float | None, now: float) -> bool:
@@ -129,36 +178,25 @@ class Gate(Protocol):
 
 @dataclass(slots=True)
 class AdaptiveRate:
-    """The send rate, cut on 429s and recovered along botocore's CUBIC curve (pure).
+    """The send rate of the local gate, cut on 429s and recovered by the one rule (pure).
 
-    A 429 cuts the rate by ``beta``, never leaving it above what the server
-    just accepted (less the margin); it then climbs back, holds for ``hold``
-    seconds at the level of the cut, and probes up to ``ceiling``
-    (docs/rate-limits.md, "The adaptive rate"). ``ceiling=None``: unlimited
-    until a 429 teaches a rate. All times are seconds from one clock.
+    :func:`cut_rate` and :func:`recovered_rate` (docs/rate-limits.md, "The
+    adaptive rate"), with the cut capped by what the server just accepted.
+    ``ceiling=None``: unlimited until a 429 teaches a rate. All times are
+    seconds from one clock.
     """
 
     ceiling: float | None
     margin: float = 0.05
-    beta: float = 0.7
-    scale: float = 0.4
-    hold: float = 5.0
-    floor: float = 0.5
     _t0: float | None = field(default=None, init=False)  # when the last cut was made
     _w_max: float = field(default=0.0, init=False)
-    _k: float = field(default=0.0, init=False)
+    _cut_to: float = field(default=0.0, init=False)
 
     def current(self, now: float) -> float | None:
         """The rate (requests per second) to pace at, at time ``now``; ``None`` is unlimited."""
         if self._t0 is None:
             return self.ceiling
-        elapsed = now - self._t0
-        if elapsed < self._k:
-            rate = self._w_max - self.scale * (self._k - elapsed) ** 3
-        elif elapsed < self._k + self.hold:
-            rate = self._w_max
-        else:
-            rate = self._w_max + self.scale * (elapsed - self._k - self.hold) ** 3
+        rate = recovered_rate(now - self._t0, self._cut_to, self._w_max, self.ceiling)
         if self.ceiling is not None and rate >= self.ceiling:
             # Fully recovered: back to plain pacing at the ceiling.
             self._t0 = None
@@ -178,13 +216,10 @@ class AdaptiveRate:
             return current
         # Unlimited so far: what we actually sent is the rate that tripped it.
         rate = float(sent_in_window) if current is None else current
-        learned = accepted_in_window * (1 - self.margin) if accepted_in_window > 0 else math.inf
-        w_max = max(self.floor, min(rate, learned))
-        new = max(self.floor, min(rate * self.beta, w_max))
-        self._w_max = max(new, w_max)
-        self._k = ((self._w_max - new) / self.scale) ** (1 / 3)
+        learned = accepted_in_window * (1 - self.margin) if accepted_in_window > 0 else None
+        self._cut_to, self._w_max = cut_rate(rate, learned)
         self._t0 = now
-        return new
+        return self._cut_to
 
 
 class _Bucket(AsyncLimiter):

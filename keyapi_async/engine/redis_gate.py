@@ -11,8 +11,10 @@ same key and the same Redis shares them:
   processes, hence never more than ``qps`` grants in any one-second window,
   the first second included;
 * **the 429 cooldown and the adaptive rate**: a 429 seen by one process pauses
-  all of them, and the lowered rate (multiplicative decrease, CUBIC-like
-  recovery computed in the script from the time of the cut) is shared;
+  all of them, and the lowered rate is shared: the script computes it from
+  the time of the cut by the local gate's rule
+  (:func:`~keyapi_async.engine.gate.recovered_rate`, transcribed to Lua and
+  fed the same constants);
 * **the credit budget**: reservations are taken atomically against one
   counter; every reservation carries a random token so that a script retried
   after a lost reply is applied once.
@@ -50,7 +52,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._errors import ConfigurationError, GateUnavailableError
-from .gate import COLD_START, WINDOW, GateSnapshot, Ticket, Verdict, is_cold, paced_rate
+from .gate import (
+    BETA,
+    COLD_START,
+    FLOOR,
+    HOLD,
+    RECOVERY,
+    WINDOW,
+    GateSnapshot,
+    Ticket,
+    Verdict,
+    is_cold,
+    paced_rate,
+)
 
 __all__ = [
     "KEY_PREFIX",
@@ -81,20 +95,6 @@ HOLD_LEASE = 3_600
 #: How often (seconds) the reserve script looks for abandoned reservations.
 REAP_EVERY = 60
 
-#: Adaptive rate after a 429: multiplicative decrease (``BETA``, never below
-#: ``FLOOR`` per second), then a CUBIC curve (botocore's shape, as the local
-#: gate's AdaptiveRate) back to the rate before the cut in ``RECOVERY``
-#: seconds: concave, so most of the rate is back within a few seconds, and
-#: flat near the rate that was throttled. Below the ceiling it then holds for
-#: ``HOLD`` seconds before probing upward. Fixed in seconds rather than a
-#: fixed curvature: with a curvature a cut at 200/s would take 6 s to recover
-#: and one at 5/s under 2 s, and processes re-tripping the limit every 2 s
-#: waste a round trip each time.
-BETA = 0.7
-FLOOR = 0.5
-RECOVERY = 10.0
-HOLD = 5.0
-
 #: Redis failures that mean "the shared state cannot be reached right now".
 #: Any RedisError counts (a READONLY replica after a failover, a script error):
 #: without a verdict from Redis nothing may be sent.
@@ -117,21 +117,20 @@ local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
--- The current pacing rate: the ceiling, or the CUBIC recovery after a cut.
--- cut_at: time of the cut; w_max: rate before it; k: seconds to climb back;
--- scale: the curvature that gets there in k. Probing above w_max (after the
--- hold) climbs to the ceiling in k seconds too.
+-- The current pacing rate: the ceiling, or the recovery after a cut. A line
+-- by line copy of engine/gate.py's recovered_rate, with its constants:
+-- ARGV[3] = RECOVERY, ARGV[4] = HOLD. cut_at: time of the cut; w_max: the
+-- level it recovers to; cut_to: the rate it cut to.
 local function current_rate(rate_key, ceiling, now)
-  local st = redis.call('HMGET', rate_key, 'cut_at', 'w_max', 'k', 'scale')
-  local cut_at = tonumber(st[1])
-  if cut_at == nil or ceiling <= 0 then return ceiling, false end
-  local w_max, k, scale = tonumber(st[2]), tonumber(st[3]), tonumber(st[4])
-  local hold = tonumber(ARGV[4])
+  local st = redis.call('HMGET', rate_key, 'cut_at', 'w_max', 'cut_to')
+  local cut_at, w_max, cut_to = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
+  if cut_at == nil or cut_to == nil or ceiling <= 0 then return ceiling, cut_at ~= nil end
+  local k, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
   local e = now - cut_at
   local rate
-  if e < k then rate = w_max - scale * (k - e) ^ 3
+  if e < k then rate = w_max - (w_max - cut_to) * ((k - e) / k) ^ 3
   elseif e < k + hold then rate = w_max
-  else rate = w_max + (ceiling - w_max) / k ^ 3 * (e - k - hold) ^ 3 end
+  else rate = w_max + (ceiling - w_max) * ((e - k - hold) / k) ^ 3 end
   if rate >= ceiling then return ceiling, true end
   return rate, false
 end
@@ -151,7 +150,7 @@ local cd = tonumber(redis.call('GET', KEYS[2]) or '0')
 local rate, recovered = current_rate(KEYS[1], ceiling, now)
 if now < cd then return {0, fmt(cd - now), fmt(rate), fmt(cd), fmt(now)} end
 if ceiling <= 0 then return {1, fmt(now), '0', fmt(cd), fmt(now)} end
-if recovered then redis.call('HDEL', KEYS[1], 'cut_at', 'w_max', 'k', 'scale') end
+if recovered then redis.call('HDEL', KEYS[1], 'cut_at', 'w_max', 'cut_to', 'k', 'scale') end
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat > now then return {0, fmt(tat - now), fmt(rate), fmt(cd), fmt(now)} end
 local interval = 1 / rate
@@ -201,12 +200,11 @@ if ceiling <= 0 then return {'0', fmt(cd), fmt(now)} end
 local last_cut = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 local sent_at = tonumber(ARGV[7])
 if sent_at > last_cut then
-  local beta, floor_, k = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[3])
-  local new = math.max(floor_, rate * beta)
-  local w_max = math.max(rate, new)
-  local scale = math.max((w_max - new) / k ^ 3, 1e-6)
-  redis.call('HSET', KEYS[1], 'cut_at', fmt(now), 'w_max', fmt(w_max), 'k', fmt(k),
-    'scale', fmt(scale))
+  -- engine/gate.py's cut_rate with nothing learned: ARGV[5] = BETA, ARGV[6] = FLOOR.
+  local beta, floor_ = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local w_max = math.max(floor_, rate)
+  local new = math.max(floor_, math.min(rate * beta, w_max))
+  redis.call('HSET', KEYS[1], 'cut_at', fmt(now), 'w_max', fmt(w_max), 'cut_to', fmt(new))
   rate = new
 end
 local ttl = math.max(redis.call('PTTL', KEYS[1]), 0)
