@@ -124,8 +124,9 @@ class ResponseDecodeError(KeyAPIError):
     """An HTTP answer arrived but its body is not the API's JSON (never "no stories").
 
     ``status`` is the HTTP status and ``snippet`` the first bytes of the body.
-    ``billed`` is true when the body still said ``code: 0``: the API charged
-    for it, so the retry policy retries such an answer at most once.
+    ``billed`` is true when the body was complete JSON that still said
+    ``code: 0``: the API charged for it, so the answer is final and the retry
+    policy never buys it again (an unbilled one, empty or cut off, is retried).
     """
 
     retryable = True
