@@ -104,16 +104,20 @@ class MediaDownloader:
         skip_existing: Also skip an item whose final file already exists
             (files at final names are only ever complete ones); its hash is
             recomputed for the outcome.
-        timeout: Seconds without receiving a byte before an attempt fails.
-        connect_timeout: Seconds to open a connection.
-        backoff_base: First retry waits up to this long (full jitter, doubling).
-        backoff_cap: Longest wait between attempts.
+        timeout: Seconds without receiving a byte before an attempt fails
+            (finite, > 0).
+        connect_timeout: Seconds to open a connection (finite, > 0).
+        backoff_base: First retry waits up to this long (the engine's full
+            jitter, doubling); finite, >= 0.
+        backoff_cap: Longest wait between attempts, a server's ``Retry-After``
+            included; finite, >= 0.
         fsync: Flush files (and their directory) to stable storage before renaming.
         trust_env: Let the session honour ``HTTP(S)_PROXY``/``NO_PROXY``.
         user_agent: ``User-Agent`` sent to the CDN.
 
     Raises:
-        ConfigurationError: An invalid argument (also a ValueError).
+        ConfigurationError: An invalid argument (also a ValueError), named in
+            the message; numbers are checked by ``engine.validate``.
 
     """
 
