@@ -19,12 +19,14 @@ Every error raised on purpose derives from :class:`KeyAPIError`::
     │   └── ServerError                       5xx
     ├── GateUnavailableError                  the shared rate gate is unreachable
     ├── ArchiveError                          the story archive cannot be used (locked, closed)
+    ├── MediaDiskFullError                    the disk filled up while saving media
     └── NotAttemptedError                     a batch target never sent, with the reason
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 __all__ = [
     "APIStatusError",
@@ -37,6 +39,7 @@ __all__ = [
     "InsufficientCreditsError",
     "InvalidTargetError",
     "KeyAPIError",
+    "MediaDiskFullError",
     "NotAttemptedError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -265,3 +268,55 @@ class ArchiveError(KeyAPIError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class _FinishedItem(Protocol):
+    """An item that finished before the disk filled up, as the error tree sees it.
+
+    The items are :class:`keyapi_async.media.MediaOutcome` objects. The tree
+    sits below the media downloader and may not import it, so it names the
+    part of an outcome a handler needs; the downloader's own assignment of its
+    outcomes to :attr:`MediaDiskFullError.outcomes` is what mypy checks
+    against this protocol.
+    """
+
+    @property
+    def story_id(self) -> str:
+        """The story item's id."""
+        ...
+
+    @property
+    def status(self) -> str:
+        """The outcome's status (a ``MediaStatus``, which is a ``str``)."""
+        ...
+
+    @property
+    def path(self) -> Path | None:
+        """Where the file is, when it is on disk."""
+        ...
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file is on disk."""
+        ...
+
+
+class MediaDiskFullError(KeyAPIError):
+    """The disk (or quota) filled up while saving media (``ENOSPC``/``EDQUOT``).
+
+    Raised by :class:`keyapi_async.media.MediaDownloader` instead of per-item
+    outcomes because every later file would fail too: stop sending, keep
+    what is complete (final-name files always are), and run again once there
+    is space. The item being written lost its ``.part`` (to give the space
+    back); others keep theirs for resuming.
+    """
+
+    def __init__(
+        self, message: str, *, story_id: str | None, outcomes: list[_FinishedItem]
+    ) -> None:
+        super().__init__(message)
+        self.story_id = story_id
+        """The item whose write failed."""
+        self.outcomes = outcomes
+        """The :class:`~keyapi_async.media.MediaOutcome` of each item that finished before
+        it (filled by ``download_reel``; empty otherwise)."""

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"engine.fetch"},
     {"engine.batch"},
     {"engine", "_client", ""},
-    {"media.paths", "media.plan"},
+    {"media.paths", "media.outcome", "media.plan"},
     {"archive", "media", "export"},
     {"capture"},
     {"watch"},
