@@ -291,7 +291,8 @@ class MediaDownloader:
         in flight are cancelled and keep their ``.part`` files.
 
         Raises:
-            MediaDiskFullError: The disk filled up (everything in flight is cancelled).
+            MediaDiskFullError: The disk filled up: nothing new starts, the downloads in
+                flight end by themselves and their outcomes come first.
 
         """
         async with contextlib.aclosing(

@@ -4,8 +4,9 @@ The downloader's concurrency limit sits in each item's download; these
 helpers only start the items and hand their outcomes over:
 
 - :func:`gather_reel` runs one reel's items and returns the outcomes in item
-  order; a :class:`~keyapi_async.MediaDiskFullError` cancels the rest and
-  carries the outcomes of the items that finished first;
+  order; a :class:`~keyapi_async.MediaDiskFullError` lets the others end by
+  themselves (never cancelled mid-rename) and carries the outcomes of every
+  item that finished;
 - :func:`stream` reads ``(target, reel)`` pairs lazily (at most ``window``
   items started and not yet handed over) and yields outcomes as they finish;
 - :class:`PathLocks` makes two items with one file name (a story listed
@@ -49,6 +50,11 @@ async def gather_reel(download: DownloadOne, target: str | None, reel: Reel) -> 
         errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
         error = next((e for e in errors if e is not None), None)
         if error is not None:
+            if isinstance(error, MediaDiskFullError):
+                # The others end by themselves (each writes until it too finds
+                # the disk full, or finishes): one cancelled just after its
+                # rename would leave a file at its final name with no outcome.
+                await asyncio.wait(tasks)
             await _cancel(tasks)
             if isinstance(error, MediaDiskFullError):
                 error.outcomes = [
@@ -98,6 +104,17 @@ async def stream(
     producer = asyncio.ensure_future(produce())
     try:
         while (result := await results.get()) is not None:
+            if isinstance(result, MediaDiskFullError):
+                # Start nothing more, but let what is in flight end by itself
+                # and hand its outcomes over first: a download cancelled just
+                # after its rename would leave a file with no outcome.
+                await _cancel([producer])
+                if running:
+                    await asyncio.wait(set(running))
+                while not results.empty():
+                    late = results.get_nowait()
+                    if late is not None and not isinstance(late, BaseException):
+                        yield late
             if isinstance(result, BaseException):
                 raise result
             yield result
