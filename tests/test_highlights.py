@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from keyapi_async import (
     STORIES,
     USER_HIGHLIGHTS,
     ConfigurationError,
+    Highlight,
     HighlightStories,
     HighlightTray,
     InvalidTargetError,
@@ -24,6 +28,8 @@ from keyapi_async import (
     Target,
     estimate_credits,
 )
+from keyapi_async.archive import StoryArchive
+from keyapi_async.archive.highlights import HIGHLIGHTS_SCHEMA, changed_highlights, save_highlights
 from keyapi_async.engine.endpoints import MAX_TITLE_LENGTH
 from keyapi_async.engine.sansio import RequestBuilder, parse_response
 from keyapi_async.testing import (
@@ -353,3 +359,76 @@ async def test_media_urls_of_highlights_point_at_the_emulator(
         got = await client.fetch_highlight_stories(tray.items[0].id)
         assert all((i.best_media_url or "").startswith(emu.base_url) for i in got.items)
     assert TRAY_PATH.endswith("fetch_user_highlights")
+
+
+# -- the archive: only what changed -------------------------------------------------
+
+
+async def test_a_second_run_fetches_trays_only_and_a_change_fetches_one_highlight(
+    api_key: str, make_client: Factory, tmp_path: Path
+) -> None:
+    accounts = [f"user{n}" for n in range(200)]
+    path = tmp_path / "archive.sqlite"
+    highlights = HighlightConfig(max_highlights=3, max_items=2)
+    emu_config = config(api_key, highlights=highlights)
+    async with (
+        run_emulator(emu_config) as emu,
+        make_client(emu) as client,
+        StoryArchive.open(path, extensions=[HIGHLIGHTS_SCHEMA]) as archive,
+    ):
+        first = await save_highlights(client, archive, accounts)
+        expected = {
+            hid: name
+            for name in accounts
+            for hid in highlight_ids(f"username:{name}", 0, highlights)
+        }
+        assert first.errors == {}
+        assert (first.trays, first.highlights_fetched) == (200, len(expected))
+        assert len(first.new_stories) == len(set(first.new_stories)) > 0
+
+        def rows(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            return conn.execute(
+                "SELECT h.id, h.account, COUNT(i.story_id) FROM highlights h "
+                "LEFT JOIN highlight_items i ON i.highlight_id = h.id GROUP BY h.id"
+            ).fetchall()
+
+        saved = archive.read(rows)
+        assert {hid: account for hid, account, _ in saved} == expected
+        assert all(count >= 1 for _, _, count in saved)
+
+        sent = emu.requests_total
+        second = await save_highlights(client, archive, accounts)
+        assert emu.requests_total - sent == 200  # one tray each, no highlight stories
+        assert (second.highlights_fetched, second.unchanged) == (0, len(expected))
+
+        grown = next(iter(expected))
+        emu.config = dataclasses.replace(
+            emu_config, highlights=dataclasses.replace(highlights, added={grown: 1})
+        )
+        sent = emu.requests_total
+        third = await save_highlights(client, archive, accounts)
+        assert emu.requests_total - sent == 201
+        assert third.highlights_fetched == 1 and len(third.new_stories) == 1
+        assert [r.target for r in emu.log[-201:] if r.path != TRAY_PATH] == [f"highlight:{grown}"]
+
+    # An archive written before highlights existed opens and gains the tables.
+    old = tmp_path / "old.sqlite"
+    async with StoryArchive.open(old) as archive:
+        await archive.record_reel("javan", None)
+    async with StoryArchive.open(old, extensions=[HIGHLIGHTS_SCHEMA]) as archive:
+        assert (
+            archive.read(lambda c: c.execute("SELECT COUNT(*) FROM highlights").fetchone())[0] == 0
+        )
+
+
+def test_changed_highlights_compares_both_counts() -> None:
+    tray = HighlightTray(
+        items=(
+            Highlight(id="1", latest_reel_media=10, media_count=2),
+            Highlight(id="2", latest_reel_media=10, media_count=2),
+            Highlight(id="3", latest_reel_media=11, media_count=2),
+            Highlight(id="4"),
+        )
+    )
+    fetched = {"1": (10, 2), "2": (10, 1), "3": (10, 2), "4": (None, None)}
+    assert [h.id for h in changed_highlights(tray, fetched)] == ["2", "3", "4"]
