@@ -32,6 +32,7 @@ from keyapi_async.archive import StoryArchive
 from keyapi_async.archive.highlights import HIGHLIGHTS_SCHEMA, changed_highlights, save_highlights
 from keyapi_async.engine.endpoints import MAX_TITLE_LENGTH
 from keyapi_async.engine.sansio import RequestBuilder, parse_response
+from keyapi_async.media.paths import HIGHLIGHT_NAME_TEMPLATE, NameTemplate, inside, template_fields
 from keyapi_async.testing import (
     EmulatorConfig,
     Fault,
@@ -432,3 +433,32 @@ def test_changed_highlights_compares_both_counts() -> None:
     )
     fetched = {"1": (10, 2), "2": (10, 1), "3": (10, 2), "4": (None, None)}
     assert [h.id for h in changed_highlights(tray, fetched)] == ["2", "3", "4"]
+
+
+# -- media names --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("title", "folder"),
+    [
+        ("Travel ✈️", "Travel ✈️"),
+        ("a/b", "a_b"),
+        ("..", "_"),
+        ("CON", "_CON"),
+        ("nul\x00byte", "nul_byte"),
+        ("", "17912345678901234"),
+        (None, "17912345678901234"),
+    ],
+)
+def test_highlight_items_are_filed_under_their_sanitised_title(
+    title: str | None, folder: str, tmp_path: Path
+) -> None:
+    fields = template_fields(
+        story_id="3", username="javan", user_id="1", code="", taken_at=0, ext="jpg",
+        media_type="image", width=1, height=1, target="javan",
+        highlight_id="17912345678901234", highlight_title=title,
+    )  # fmt: skip
+    parts = NameTemplate(HIGHLIGHT_NAME_TEMPLATE).render(fields)
+    assert parts == ("javan", "highlights", folder, "19700101_000000_3.jpg")
+    root = tmp_path.resolve()
+    assert root in inside(root, parts).parents
