@@ -462,3 +462,40 @@ def test_highlight_items_are_filed_under_their_sanitised_title(
     assert parts == ("javan", "highlights", folder, "19700101_000000_3.jpg")
     root = tmp_path.resolve()
     assert root in inside(root, parts).parents
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+async def test_fetch_highlights_only_then_again_sends_trays_only(
+    api_key: str, tmp_path: Path
+) -> None:
+    from tests.test_cli import base_env, run_cli, write_targets
+
+    names = [f"cli{n}" for n in range(30)]
+    targets = write_targets(tmp_path / "targets.txt", names)
+    db = tmp_path / "archive.sqlite3"
+    highlights = HighlightConfig(max_highlights=2, max_items=2)
+    async with run_emulator(config(api_key, highlights=highlights)) as emu:
+        env = base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
+        args = ("fetch", str(targets), "--highlights-only", "--archive", str(db), "--qps", "0")
+        dry = await run_cli(
+            "fetch", str(targets), "--highlights", "--dry-run", env=env, cwd=tmp_path
+        )
+        assert dry.code == 0, dry.stderr
+        assert "highlight trays: 30 requests, at most 60 credits" in dry.stdout
+        assert "depends on what changed" in dry.stdout
+        assert emu.requests_total == 0
+        first = await run_cli(*args, env=env, cwd=tmp_path)
+        assert first.code == 0, first.stderr
+        expected = sum(len(highlight_ids(f"username:{n}", 0, highlights)) for n in names)
+        assert f"30 trays, {expected} highlights fetched" in first.stdout
+        paths = [r.path for r in emu.log]
+        assert paths.count(TRAY_PATH) == 30 and len(paths) == 30 + expected
+        second = await run_cli(*args, env=env, cwd=tmp_path)
+        assert second.code == 0, second.stderr
+        assert "30 trays, 0 highlights fetched" in second.stdout
+        assert len(emu.log) == 60 + expected
+        assert api_key not in first.stdout + first.stderr + second.stdout + second.stderr
+        missing = await run_cli("fetch", str(targets), "--highlights-only", env=env, cwd=tmp_path)
+        assert missing.code == 2 and "--highlights-only needs --archive" in missing.stderr
