@@ -10,7 +10,8 @@ Usage::
 
 Columns, in this order (:data:`EXPORT_COLUMNS`): ``story_id, username,
 user_id, taken_at, expiring_at, media_type, media_url, width, height,
-duration, file, bytes, sha256, fetched_at, media_status``.
+duration, file, bytes, sha256, fetched_at, media_status, highlight_id,
+highlight_title, highlight_position``.
 
 Design choices:
 
@@ -25,6 +26,9 @@ Design choices:
 * **CSV is RFC 4180**: the stdlib writer, CRLF line ends, a header row,
   fields quoted when they hold a comma, quote or line break, UTF-8 without a
   byte-order mark, empty fields for missing values.
+* **Highlights**: a story in a highlight (``archive.highlights``) names it in
+  the ``highlight_*`` columns, the first highlight when it is in several:
+  still one row per story. Empty for a story in none.
 * ``file``, ``bytes`` and ``sha256`` describe the saved file, so they are
   empty unless ``media_status`` is ``saved``.
 * Writing to a path goes to a temporary file renamed into place at the end:
@@ -49,6 +53,7 @@ from typing import IO, Any, Final, Literal, NamedTuple, TextIO, cast
 import msgspec
 
 from .archive import StoryArchive, StoryRecord
+from .archive.highlights import memberships
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -90,6 +95,9 @@ class ExportRow(NamedTuple):
     sha256: str | None
     fetched_at: str | None
     media_status: str
+    highlight_id: str | None = None
+    highlight_title: str | None = None
+    highlight_position: int | None = None
 
 
 EXPORT_COLUMNS: Final[tuple[str, ...]] = ExportRow._fields
@@ -107,8 +115,13 @@ def _iso(ts: int | None) -> str | None:
         return None
 
 
-def _row(story: StoryRecord) -> ExportRow:
+#: Story id -> (highlight id, title, position), as :func:`memberships` reads it.
+_Members = dict[str, tuple[str, str | None, int]]
+
+
+def _row(story: StoryRecord, members: _Members | None = None) -> ExportRow:
     media = story.media
+    member = None if members is None else members.get(story.story_id)
     saved = media is not None and media.status == "saved"
     return ExportRow(
         story_id=story.story_id,
@@ -126,13 +139,17 @@ def _row(story: StoryRecord) -> ExportRow:
         sha256=media.sha256 if saved and media is not None else None,
         fetched_at=_iso(story.fetched_at),
         media_status=story.media_status,
+        highlight_id=None if member is None else member[0],
+        highlight_title=None if member is None else member[1],
+        highlight_position=None if member is None else member[2],
     )
 
 
 def export_rows(archive: StoryArchive) -> Iterator[ExportRow]:
     """Every story item of ``archive`` as an :class:`ExportRow`, by ``taken_at``, streaming."""
+    members = archive.read(memberships)
     for story in archive.iter_stories():
-        yield _row(story)
+        yield _row(story, members)
 
 
 def _write_csv(archive: StoryArchive, text: TextIO) -> int:
@@ -189,6 +206,9 @@ def _write_parquet(archive: StoryArchive, out: Any) -> int:
         "sha256": pa.string(),
         "fetched_at": timestamp,
         "media_status": pa.string(),
+        "highlight_id": pa.string(),
+        "highlight_title": pa.string(),
+        "highlight_position": pa.int64(),
     }
     schema = pa.schema([(name, types[name]) for name in EXPORT_COLUMNS])
     columns: dict[str, list[Any]] = {name: [] for name in EXPORT_COLUMNS}
@@ -199,12 +219,13 @@ def _write_parquet(archive: StoryArchive, out: Any) -> int:
         for values in columns.values():
             values.clear()
 
+    members = archive.read(memberships)
     writer = pq.ParquetWriter(out, schema)
     try:
         for story in archive.iter_stories():
             # Typed timestamps (seconds since the epoch) rather than the ISO
             # strings of ExportRow: Parquet readers load them as UTC datetimes.
-            row = _row(story)._asdict()
+            row = _row(story, members)._asdict()
             row.update(
                 taken_at=_millis(story.taken_at),
                 expiring_at=_millis(story.expiring_at),

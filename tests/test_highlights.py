@@ -23,6 +23,7 @@ from keyapi_async import (
     KeyAPIClient,
     NotAttemptedError,
     RateLimitError,
+    Reel,
     ResponseDecodeError,
     StoryItem,
     Target,
@@ -499,3 +500,29 @@ async def test_fetch_highlights_only_then_again_sends_trays_only(
         assert api_key not in first.stdout + first.stderr + second.stdout + second.stderr
         missing = await run_cli("fetch", str(targets), "--highlights-only", env=env, cwd=tmp_path)
         assert missing.code == 2 and "--highlights-only needs --archive" in missing.stderr
+
+
+async def test_export_names_the_highlight_of_a_story_one_row_each(tmp_path: Path) -> None:
+    from keyapi_async.archive.highlights import record_highlight_stories, record_tray
+    from keyapi_async.export import export_rows
+
+    first = Highlight(id="11", title="Trips", latest_reel_media=5, media_count=2)
+    second = Highlight(id="12", title="Again", latest_reel_media=5, media_count=1)
+    items = tuple(StoryItem(id=i, taken_at=1_700_000_000) for i in ("a", "b"))
+    async with StoryArchive.open(tmp_path / "a.sqlite3", extensions=[HIGHLIGHTS_SCHEMA]) as db:
+        await db.record_reel("javan", Reel(count=1, items=(StoryItem(id="z"),)))
+        tray = HighlightTray(items=(first, second))
+        assert await record_tray(db, "javan", tray, 100) == [first, second]
+        await record_highlight_stories(db, "javan", first, HighlightStories(items=items), 100)
+        # "b" is in both highlights: still one row, naming the first.
+        await record_highlight_stories(db, "javan", second, HighlightStories(items=items[1:]), 100)
+        assert await record_tray(db, "javan", tray, 200) == []
+        rows = {r.story_id: r for r in export_rows(db)}
+    assert sorted(rows) == ["a", "b", "z"]
+    assert (rows["a"].highlight_id, rows["a"].highlight_title, rows["a"].highlight_position) == (
+        "11",
+        "Trips",
+        0,
+    )
+    assert (rows["b"].highlight_id, rows["b"].highlight_position) == ("11", 1)
+    assert (rows["z"].highlight_id, rows["z"].highlight_title) == (None, None)

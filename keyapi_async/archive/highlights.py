@@ -38,6 +38,7 @@ __all__ = [
     "HIGHLIGHTS_SCHEMA",
     "HighlightsRun",
     "changed_highlights",
+    "memberships",
     "record_highlight_stories",
     "record_tray",
     "save_highlights",
@@ -123,6 +124,27 @@ def _fetched_counts(
             chunk,
         )
         found.update({row[0]: (row[1], row[2]) for row in rows})
+    return found
+
+
+def memberships(conn: sqlite3.Connection) -> dict[str, tuple[str, str | None, int]]:
+    """Story id -> ``(highlight id, title, position)``: the first highlight holding each story.
+
+    Empty for an archive without the highlights tables (never opened with
+    :data:`HIGHLIGHTS_SCHEMA`). Held in memory: one entry per highlighted story.
+    """
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'highlight_items'"
+    ).fetchone()
+    if exists is None:
+        return {}
+    found: dict[str, tuple[str, str | None, int]] = {}
+    rows = conn.execute(
+        "SELECT i.story_id, i.highlight_id, h.title, i.position FROM highlight_items i "
+        "LEFT JOIN highlights h ON h.id = i.highlight_id ORDER BY i.highlight_id, i.position"
+    )
+    for story_id, highlight_id, title, position in rows:
+        found.setdefault(story_id, (highlight_id, title, position))
     return found
 
 
