@@ -40,11 +40,23 @@ from ._errors import (
 )
 from .engine.batch import BatchCounts, StoryBatch, StoryResult, estimate_credits
 from .engine.config import ClientConfig
+from .engine.endpoints import HIGHLIGHT_STORIES, STORIES, USER_HIGHLIGHTS, Endpoint
 from .engine.fetch import ClientStats
 from .engine.targets import Target, TargetLike, parse_target
-from .models import Reel, StoryItem, User
+from .models import (
+    Highlight,
+    HighlightCover,
+    HighlightStories,
+    HighlightTray,
+    Reel,
+    StoryItem,
+    User,
+)
 
 __all__ = [
+    "HIGHLIGHT_STORIES",
+    "STORIES",
+    "USER_HIGHLIGHTS",
     "APIStatusError",
     "ArchiveError",
     "AuthenticationError",
@@ -54,7 +66,12 @@ __all__ = [
     "ClientStats",
     "ConfigurationError",
     "ConnectError",
+    "Endpoint",
     "GateUnavailableError",
+    "Highlight",
+    "HighlightCover",
+    "HighlightStories",
+    "HighlightTray",
     "InsufficientCreditsError",
     "InvalidTargetError",
     "KeyAPIClient",

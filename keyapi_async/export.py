@@ -10,7 +10,8 @@ Usage::
 
 Columns, in this order (:data:`EXPORT_COLUMNS`): ``story_id, username,
 user_id, taken_at, expiring_at, media_type, media_url, width, height,
-duration, file, bytes, sha256, fetched_at, media_status``.
+duration, file, bytes, sha256, fetched_at, media_status, highlight_id,
+highlight_title, highlight_position``.
 
 Design choices:
 
@@ -27,6 +28,9 @@ Design choices:
 * **CSV is RFC 4180**: the stdlib writer, CRLF line ends, a header row,
   fields quoted when they hold a comma, quote or line break, UTF-8 without a
   byte-order mark, empty fields for missing values.
+* **Highlights**: a story in a highlight (``archive.highlights``) names it in
+  the ``highlight_*`` columns, the first highlight when it is in several:
+  still one row per story. Empty for a story in none.
 * ``file``, ``bytes`` and ``sha256`` describe the saved file, so they are
   empty unless ``media_status`` is ``saved``.
 * Writing to a path goes to a temporary file renamed into place at the end:
@@ -95,6 +99,9 @@ class ExportRow(NamedTuple):
     sha256: str | None
     fetched_at: str | None
     media_status: str
+    highlight_id: str | None = None
+    highlight_title: str | None = None
+    highlight_position: int | None = None
 
 
 EXPORT_COLUMNS: Final[tuple[str, ...]] = ExportRow._fields
@@ -129,30 +136,49 @@ def _sql_millis(column: str) -> str:
     return f"{column} * 1000"
 
 
-def _select(timestamp: Callable[[str], str]) -> str:
+# The first highlight holding each story (the lowest highlight id); one index
+# look-up per story (highlight_items_story).
+_FIRST_HIGHLIGHT: Final = (
+    "LEFT JOIN (SELECT i.story_id, i.highlight_id, h.title, i.position "
+    "FROM highlight_items AS i LEFT JOIN highlights AS h ON h.id = i.highlight_id "
+    "WHERE i.highlight_id = (SELECT min(j.highlight_id) FROM highlight_items AS j "
+    "WHERE j.story_id = i.story_id)) AS hl ON hl.story_id = s.story_id "
+)
+
+
+def _select(timestamp: Callable[[str], str], *, highlights: bool) -> str:
     # The rows are built by SQLite, column for column as ExportRow reads
     # them: no Python object per row beyond the cursor's tuple.
     saved = "m.status = 'saved'"
+    members = "hl.highlight_id, hl.title, hl.position" if highlights else "NULL, NULL, NULL"
     return (
         "SELECT s.story_id, s.username, s.user_id, "
         f"{timestamp('s.taken_at')}, {timestamp('s.expiring_at')}, s.media_type, s.media_url, "
         f"s.width, s.height, s.duration, CASE WHEN {saved} THEN coalesce(m.path, '') ELSE '' END, "
         f"CASE WHEN {saved} THEN m.bytes END, CASE WHEN {saved} THEN m.sha256 END, "
-        f"{timestamp('s.fetched_at')}, coalesce(m.status, 'not_requested') "
+        f"{timestamp('s.fetched_at')}, coalesce(m.status, 'not_requested'), {members} "
         "FROM stories AS s LEFT JOIN media AS m ON m.story_id = s.story_id "
+        f"{_FIRST_HIGHLIGHT if highlights else ''}"
         "ORDER BY s.taken_at, s.story_id"
     )
 
 
-_TEXT_SELECT: Final = _select(_sql_iso)
-_PARQUET_SELECT: Final = _select(_sql_millis)
+_SELECTS: Final = {
+    (kind, highlights): _select(timestamp, highlights=highlights)
+    for kind, timestamp in (("text", _sql_iso), ("parquet", _sql_millis))
+    for highlights in (False, True)
+}
 
 
 @contextlib.contextmanager
-def _rows(archive: StoryArchive, sql: str) -> Iterator[sqlite3.Cursor]:
+def _rows(archive: StoryArchive, kind: str) -> Iterator[sqlite3.Cursor]:
     with archive.snapshot() as conn:
         conn.create_function("keyapi_iso", 1, _iso, deterministic=True)
-        cursor = conn.execute(sql)
+        # An archive never opened with the highlights extension has no such tables.
+        highlights = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'highlight_items'"
+        ).fetchone()
+        cursor = conn.execute(_SELECTS[kind, highlights is not None])
         try:
             yield cursor
         finally:
@@ -161,7 +187,7 @@ def _rows(archive: StoryArchive, sql: str) -> Iterator[sqlite3.Cursor]:
 
 def export_rows(archive: StoryArchive) -> Iterator[ExportRow]:
     """Every story item of ``archive`` as an :class:`ExportRow`, by ``taken_at``, streaming."""
-    with _rows(archive, _TEXT_SELECT) as cursor:
+    with _rows(archive, "text") as cursor:
         while batch := cursor.fetchmany(_BATCH):
             yield from map(ExportRow._make, batch)
 
@@ -170,7 +196,7 @@ def _write_csv(archive: StoryArchive, text: TextIO) -> int:
     writer = csv.writer(text, dialect="excel", lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
     count = 0
-    with _rows(archive, _TEXT_SELECT) as cursor:
+    with _rows(archive, "text") as cursor:
         while batch := cursor.fetchmany(_BATCH):
             writer.writerows(batch)
             count += len(batch)
@@ -180,7 +206,7 @@ def _write_csv(archive: StoryArchive, text: TextIO) -> int:
 def _write_jsonl(archive: StoryArchive, text: TextIO) -> int:
     encoder = msgspec.json.Encoder()
     count = 0
-    with _rows(archive, _TEXT_SELECT) as cursor:
+    with _rows(archive, "text") as cursor:
         while batch := cursor.fetchmany(_BATCH):
             lines = [encoder.encode(dict(zip(EXPORT_COLUMNS, row, strict=True))) for row in batch]
             text.write(b"\n".join(lines).decode() + "\n")
@@ -204,6 +230,7 @@ def _parquet_schema(pa: Any) -> Any:
     types = dict.fromkeys(EXPORT_COLUMNS, pa.string())
     types.update(taken_at=timestamp, expiring_at=timestamp, fetched_at=timestamp)
     types.update(width=pa.int64(), height=pa.int64(), bytes=pa.int64(), duration=pa.float64())
+    types.update(highlight_position=pa.int64())
     return pa.schema([(name, types[name]) for name in EXPORT_COLUMNS])
 
 
@@ -213,7 +240,7 @@ def _write_parquet(archive: StoryArchive, out: Any) -> int:
     count = 0
     writer = pq.ParquetWriter(out, schema)
     try:
-        with _rows(archive, _PARQUET_SELECT) as cursor:
+        with _rows(archive, "parquet") as cursor:
             # One row group per batch, built column by column: the cursor's
             # tuples are transposed in C and each column converted at once.
             while batch := cursor.fetchmany(_PARQUET_ROWS):

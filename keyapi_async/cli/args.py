@@ -18,6 +18,7 @@ from ..engine.config import (
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
+from .highlights import add_highlight_options
 from .invocation import PROG
 
 __all__ = [
@@ -286,6 +287,7 @@ def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_options(fetch.add_argument_group("request settings"))
     add_capture_options(fetch)
+    add_highlight_options(fetch)
     run = fetch.add_argument_group("run control")
     _progress_options(run)
     run.add_argument(

@@ -15,10 +15,12 @@ from typing import Protocol
 
 import anyio
 
+from .endpoints import CREDITS_PER_ANSWER
+
 __all__ = ["CREDITS_PER_REQUEST", "Budget", "Hold", "LocalBudget", "hold"]
 
-#: Credits the API charges for one billed ``fetch_user_stories`` answer.
-CREDITS_PER_REQUEST = 2
+#: Credits the API charges for one billed answer (each endpoint's own: ``Endpoint.credits``).
+CREDITS_PER_REQUEST = CREDITS_PER_ANSWER
 
 
 class Budget(Protocol):

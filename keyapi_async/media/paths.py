@@ -28,6 +28,7 @@ from .._errors import ConfigurationError
 __all__ = [
     "DEFAULT_MEDIA_HOSTS",
     "DEFAULT_NAME_TEMPLATE",
+    "HIGHLIGHT_NAME_TEMPLATE",
     "MEDIA_HOSTS_ENV",
     "TEMPLATE_FIELDS",
     "HostAllowlist",
@@ -48,6 +49,11 @@ MEDIA_HOSTS_ENV: Final = "KEYAPI_MEDIA_HOSTS"
 DEFAULT_NAME_TEMPLATE: Final = "{username}/{taken_at:%Y%m%d_%H%M%S}_{story_id}.{ext}"
 """The default layout: ``DIR/<username>/<YYYYMMDD_HHMMSS>_<story_id>.<ext>`` (UTC)."""
 
+HIGHLIGHT_NAME_TEMPLATE: Final = (
+    "{username}/highlights/{highlight_title}/{taken_at:%Y%m%d_%H%M%S}_{story_id}.{ext}"
+)
+"""The default layout of a highlight's items: one folder per (sanitised) highlight title."""
+
 TEMPLATE_FIELDS: Final = frozenset(
     {
         "username",
@@ -63,6 +69,8 @@ TEMPLATE_FIELDS: Final = frozenset(
         "width",
         "height",
         "target",
+        "highlight_id",
+        "highlight_title",
     }
 )
 """Names a ``name_template`` may use (see docs/media.md)."""
@@ -310,8 +318,14 @@ def template_fields(
     width: int,
     height: int,
     target: str,
+    highlight_id: str = "",
+    highlight_title: str | None = None,
 ) -> dict[str, object]:
-    """Build the field mapping :meth:`NameTemplate.render` takes for one item."""
+    """Build the field mapping :meth:`NameTemplate.render` takes for one item.
+
+    A highlight without a title is filed under its id; the title is made
+    safe like every other field (emoji kept; ``/``, ``..``, NUL, device names not).
+    """
     when = datetime.fromtimestamp(taken_at or 0, tz=UTC)
     return {
         "story_id": story_id,
@@ -327,6 +341,8 @@ def template_fields(
         "width": width,
         "height": height,
         "target": target,
+        "highlight_id": highlight_id,
+        "highlight_title": highlight_title or highlight_id,
     }
 
 

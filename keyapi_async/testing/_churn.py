@@ -32,7 +32,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from ..engine.validate import check_number
-from ._data import build_reel
+from ._data import build_reel, make_item
 
 __all__ = [
     "ChurnConfig",
@@ -139,8 +139,6 @@ def churn_now(churn: ChurnConfig) -> float:
 
 def churn_reel(churn: ChurnConfig, seed: int, key: str, now: float | None = None) -> bytes:
     """The encoded ``data`` field (``{"data": reel}``) for ``key`` at ``now`` under churn."""
-    from ._data import _make_item  # private helper shared within the emulator
-
     at = churn_now(churn) if now is None else now
     base: dict[str, Any] = build_reel(key, seed, empty_ratio=0.0)
     reel = base["data"]
@@ -148,7 +146,7 @@ def churn_reel(churn: ChurnConfig, seed: int, key: str, now: float | None = None
     items = []
     for story in active_stories(churn, seed, key, at):
         rng = random.Random(f"churn-item:{seed}:{story.story_id}")
-        item = _make_item(rng, story.taken_at, owner)
+        item = make_item(rng, story.taken_at, owner)
         item["id"] = story.story_id
         item["expiring_at"] = math.floor(story.taken_at + churn.lifetime)
         items.append(item)

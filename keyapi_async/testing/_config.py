@@ -12,11 +12,13 @@ from urllib.parse import urlsplit
 from ..engine.validate import check_count, check_number
 from ._checks import fault_rates, fault_script
 from ._churn import ChurnConfig
+from ._highlights import HIGHLIGHT_STORIES_PATH, TRAY_PATH, HighlightConfig
 
 __all__ = [
     "BILLED_FAULTS",
     "DEFAULT_TEST_KEY",
     "ENDPOINT",
+    "ENDPOINTS",
     "EmulatorConfig",
     "Fault",
     "MediaConfig",
@@ -24,7 +26,9 @@ __all__ = [
 ]
 
 ENDPOINT: Final = "/v1/instagram/fetch_user_stories"
-"""The one API path the emulator answers."""
+"""The stories path the emulator answers."""
+ENDPOINTS: Final = frozenset({ENDPOINT, TRAY_PATH, HIGHLIGHT_STORIES_PATH})
+"""Every API path the emulator answers: stories, highlight trays, highlight stories."""
 
 _MIN_OVERRIDE_SIZE: Final = 1024  # smaller media overrides could not hold a JPEG/MP4 header
 
@@ -216,9 +220,10 @@ BILLED_FAULTS: frozenset[Fault] = frozenset(
 
 def _check_target_key(target: object, field_name: str) -> str:
     kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
-    if not sep or not value or kind not in ("username", "user_id"):
+    if not sep or not value or kind not in ("username", "user_id", "highlight"):
         raise ValueError(
-            f"{field_name} keys must look like 'username:NAME' or 'user_id:DIGITS', got {target!r}"
+            f"{field_name} keys must look like 'username:NAME', 'user_id:DIGITS' or "
+            f"'highlight:DIGITS', got {target!r}"
         )
     return f"{kind}:{value}"
 
@@ -306,6 +311,9 @@ class EmulatorConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     """The media CDN: signed ``/media`` URLs in answers, their expiry, sizes and faults."""
 
+    highlights: HighlightConfig = field(default_factory=HighlightConfig)
+    """The highlight endpoints: trays per account, items per highlight, growth, hostile trays."""
+
     churn: ChurnConfig | None = None
     """Story churn (watch mode tests): new stories appear and old ones expire over time.
 
@@ -316,6 +324,10 @@ class EmulatorConfig:
         """Validate every field and normalise the containers."""
         if not isinstance(self.media, MediaConfig):
             raise ValueError(f"media must be a MediaConfig, got {type(self.media).__name__}")
+        if not isinstance(self.highlights, HighlightConfig):
+            raise ValueError(
+                f"highlights must be a HighlightConfig, got {type(self.highlights).__name__}"
+            )
         if self.churn is not None and not isinstance(self.churn, ChurnConfig):
             raise ValueError(
                 f"churn must be a ChurnConfig or None, got {type(self.churn).__name__}"

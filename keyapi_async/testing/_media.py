@@ -36,8 +36,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import msgspec
 from aiohttp import hdrs, web
 
-from ._config import ENDPOINT, EmulatorConfig, MediaConfig, MediaFault
+from ._config import ENDPOINT, ENDPOINTS, EmulatorConfig, MediaConfig, MediaFault
 from ._data import localize_media
+from ._highlights import TRAY_PATH
 
 __all__ = [
     "MEDIA_ROUTE",
@@ -380,18 +381,47 @@ class MediaCDN:
 
     # -- the API answer's URLs ----------------------------------------------------------
 
-    def localize_body(self, body: bytes) -> bytes:
-        """Rewrite a success envelope so its items' media URLs point at this CDN."""
+    def localize_body(self, body: bytes, path: str = ENDPOINT) -> bytes:
+        """Rewrite a success envelope of ``path`` so its media URLs point at this CDN.
+
+        Stories and highlight stories: every item's renditions (in
+        ``data.data.items`` or each of ``data.data.reels``); a highlight
+        tray: each cover (served as the JPEG of story id ``cover-<id>``).
+        """
         try:
             envelope = msgspec.json.decode(body)
             reel = envelope["data"]["data"]
         # msgspec.DecodeError and bad UTF-8 (UnicodeDecodeError) are both ValueErrors.
         except (ValueError, KeyError, TypeError):
             return body
-        if not isinstance(reel, dict) or not reel.get("items"):
+        if not isinstance(reel, dict):
             return body
-        localize_media(reel, self.url_for)
-        return msgspec.json.encode(envelope)
+        if path == TRAY_PATH:
+            changed = self._localize_covers(reel.get("items"))
+        else:
+            reels = reel.get("reels")
+            found = [reel] + (list(reels.values()) if isinstance(reels, dict) else [])
+            found = [r for r in found if isinstance(r, dict) and r.get("items")]
+            for each in found:
+                localize_media(each, self.url_for)
+            changed = bool(found)
+        return msgspec.json.encode(envelope) if changed else body
+
+    def _localize_covers(self, entries: object) -> bool:
+        if not isinstance(entries, list):
+            return False
+        changed = False
+        for entry in entries:
+            cover = entry.get("cover_media") if isinstance(entry, dict) else None
+            image = cover.get("cropped_image_version") if isinstance(cover, dict) else None
+            hid = entry.get("id") if isinstance(entry, dict) else None
+            if isinstance(image, dict) and isinstance(hid, str) and hid:
+                width, height = image.get("width"), image.get("height")
+                if isinstance(width, int) and isinstance(height, int):
+                    name = "cover-" + hid.removeprefix("highlight:")
+                    image["url"] = self.url_for(name, "jpg", width, height)
+                    changed = True
+        return changed
 
     # -- serving ------------------------------------------------------------------------
 
@@ -575,13 +605,13 @@ def install_media(app: web.Application, emulator: Emulator) -> None:
         if (
             emulator.config.media.enabled
             and emulator.base_url
-            and request.path == ENDPOINT
+            and request.path in ENDPOINTS
             and response.status == 200
             and isinstance(response, web.Response)
             and not response.prepared
             and isinstance(response.body, bytes)
         ):
-            response.body = cdn.localize_body(response.body)
+            response.body = cdn.localize_body(response.body, request.path)
         return response
 
     app.middlewares.append(localize)
