@@ -24,7 +24,7 @@ from .engine.config import ClientConfig, ClientOptions, shown_url
 from .engine.fetch import ClientStats, Fetcher
 from .engine.gate import Gate, RateGate, paced_rate
 from .engine.sansio import RequestBuilder
-from .engine.targets import TargetLike, from_arguments
+from .engine.targets import TargetLike, as_target, from_arguments
 from .engine.transport import AiohttpTransport, Transport
 from .models import Reel
 
@@ -191,8 +191,15 @@ class KeyAPIClient:
         before sending anything for bad input, or the error the API (or the
         network) ended with once retries are used up.
         """
-        target = from_arguments(username, user_id)
-        reel, error, _ = await self._require_open().fetch(target)
+        return await self.fetch_target(from_arguments(username, user_id))
+
+    async def fetch_target(self, target: TargetLike) -> Reel:
+        """Fetch one target given as input text (``javan``, ``id:18527``) or a :class:`Target`.
+
+        The same as :meth:`fetch_user_stories` with the keyword the target's
+        kind names (one rule, shared by watch and the CLI's re-fetches).
+        """
+        reel, error, _ = await self._require_open().fetch(as_target(target))
         if error is not None:
             raise error
         assert reel is not None

@@ -67,6 +67,7 @@ from .._errors import (
     ResponseDecodeError,
 )
 from ..archive import SchemaExtension, StoryArchive
+from ..engine.fetch import STOP_ERRORS
 from ..engine.targets import parse_target
 from ..models import StoryItem, User
 
@@ -600,13 +601,8 @@ class Watcher:
         new_events: list[StoryEvent] = []
         try:
             try:
-                parsed = parse_target(target)
-                kind, value = parsed.query
-                if kind == "username":
-                    reel = await self.client.fetch_user_stories(username=value)
-                else:
-                    reel = await self.client.fetch_user_stories(user_id=value)
-            except (AuthenticationError, InsufficientCreditsError, PermissionDeniedError) as exc:
+                reel = await self.client.fetch_target(target)
+            except STOP_ERRORS as exc:
                 status, error_text = "fatal", str(exc)
                 self._fail(exc)
             except KeyAPIError as exc:
