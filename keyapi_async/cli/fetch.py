@@ -441,9 +441,8 @@ def _to_stderr(text: str) -> None:
 
 async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None) -> OSError | None:
     """Run the batch to completion (or, after Ctrl-C, until nothing sent is unanswered)."""
-    return await _BatchLoop(
-        run, settings, resume_hint, run.client.fetch_many(run.job.pending)
-    ).run()
+    batch = run.client.fetch_many(run.job.pending)
+    return await _BatchLoop(run, settings, resume_hint, batch).go()
 
 
 @dataclass(slots=True)

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import shlex
 import sqlite3
@@ -23,8 +22,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from .._errors import AuthenticationError, InsufficientCreditsError
+from .._errors import AuthenticationError, ConfigurationError, InsufficientCreditsError
 from ..engine.fetch import STOP_ERRORS
+from ..engine.validate import check_number
 from .exit import CLIError, ExitCode
 from .signals import Interrupts
 
@@ -50,9 +50,10 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 12h)")
     seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"the duration must be > 0, got {text!r}")
-    return seconds
+    try:
+        return check_number(seconds, f"the duration {text.strip()!r}", positive=True)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _human(seconds: float) -> str:

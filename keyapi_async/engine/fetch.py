@@ -236,7 +236,7 @@ class Fetcher:
                     stop.connect_failed(error)
                 elif verdict is not Verdict.NO_ANSWER:
                     stop.answered()
-                why = STOPS_A_BATCH.get(type(error))
+                why = STOPS_A_BATCH.get(type(error)) if isinstance(error, STOP_ERRORS) else None
                 if why is not None:
                     stop.cancel(why, cause=error)
             delay = self.policy.delay_for(attempt, error)
