@@ -25,7 +25,7 @@ from .engine.endpoints import HIGHLIGHT_STORIES, STORIES, USER_HIGHLIGHTS, Endpo
 from .engine.fetch import ClientStats, Fetcher, Result
 from .engine.gate import Gate, RateGate, paced_rate
 from .engine.sansio import RequestBuilder
-from .engine.targets import Target, TargetLike, from_arguments
+from .engine.targets import Target, TargetLike, as_target, from_arguments
 from .engine.transport import AiohttpTransport, Transport
 from .models import HighlightStories, HighlightTray, Reel
 
@@ -215,7 +215,15 @@ class KeyAPIClient:
         before sending anything for bad input, or the error the API (or the
         network) ended with once retries are used up.
         """
-        return await self._fetch_one(STORIES, from_arguments(username, user_id))
+        return await self.fetch_target(from_arguments(username, user_id))
+
+    async def fetch_target(self, target: TargetLike) -> Reel:
+        """Fetch one target given as input text (``javan``, ``id:18527``) or a :class:`Target`.
+
+        The same as :meth:`fetch_user_stories` with the keyword the target's
+        kind names (one rule, shared by watch and the CLI's re-fetches).
+        """
+        return await self._fetch_one(STORIES, as_target(target))
 
     async def fetch_user_highlights(
         self, *, username: str | None = None, user_id: str | int | None = None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
 from .. import __version__
+from .._errors import ConfigurationError
 from ..engine.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -15,6 +15,7 @@ from ..engine.config import (
     DEFAULT_TIMEOUT,
     REDIS_URL_ENV,
 )
+from ..engine.validate import check_count, check_number
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
@@ -61,28 +62,35 @@ writes everything and prints the command to resume; a second Ctrl-C exits at onc
 def _checked(
     kind: Callable[[str], float], name: str, *, minimum: float, strict: bool = False
 ) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` checked by the one number validator (engine/validate.py)."""
+    if minimum != 0:
+        raise ValueError("the number validator knows the bounds >= 0 and > 0 only")
+
     def convert(text: str) -> float:
         try:
-            value = kind(text)
+            value: object = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
-        return value
+            value = text  # not a number: the validator says so, naming the option
+        try:
+            return check_number(value, name, positive=strict)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
 
 
 def _count(name: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer checked by the one count validator (engine/validate.py)."""
+
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            value: object = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text!r}")
-        return value
+            value = text
+        try:
+            return check_count(value, name, minimum=minimum)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
 

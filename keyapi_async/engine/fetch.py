@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Generic, Protocol, TypeVar
 
 import anyio
 
 from .._errors import (
+    APIStatusError,
     AuthenticationError,
     ConnectError,
     GateUnavailableError,
@@ -38,19 +41,34 @@ from .sansio import RequestBuilder, parse_response
 from .targets import Target
 from .transport import Transport
 
-__all__ = ["BREAKER_THRESHOLD", "ClientStats", "Fetcher", "Outcome", "Result", "Stop"]
+__all__ = [
+    "BREAKER_THRESHOLD",
+    "STOPS_A_BATCH",
+    "STOP_ERRORS",
+    "ClientStats",
+    "Fetcher",
+    "Outcome",
+    "Result",
+    "Stop",
+]
 
 _log = logging.getLogger("keyapi_async")
 
 #: Failed connections, with no answer ever, after which a batch stops.
 BREAKER_THRESHOLD = 5
 
-#: The errors that stop a batch, and the reason its unsent targets give.
-_STOPS_A_BATCH: dict[type[KeyAPIError], str] = {
-    InsufficientCreditsError: "credits exhausted",
-    PermissionDeniedError: "permission denied",
-    AuthenticationError: "authentication failed",
-}
+#: The errors that stop a batch (and a watch), and the reason its unsent
+#: targets give: nothing sent after a 401, 403 or 402 could succeed with this
+#: key or account. The one home of that rule; the CLI and watch read it.
+STOPS_A_BATCH: Mapping[type[APIStatusError], str] = MappingProxyType(
+    {
+        InsufficientCreditsError: "credits exhausted",
+        PermissionDeniedError: "permission denied",
+        AuthenticationError: "authentication failed",
+    }
+)
+#: :data:`STOPS_A_BATCH`'s errors as a tuple, for ``except`` and ``isinstance``.
+STOP_ERRORS: tuple[type[APIStatusError], ...] = tuple(STOPS_A_BATCH)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -253,7 +271,7 @@ class Fetcher(Generic[R]):
                     stop.connect_failed(error)
                 elif verdict is not Verdict.NO_ANSWER:
                     stop.answered()
-                why = _STOPS_A_BATCH.get(type(error))
+                why = STOPS_A_BATCH.get(type(error)) if isinstance(error, STOP_ERRORS) else None
                 if why is not None:
                     stop.cancel(why, cause=error)
             delay = self.policy.delay_for(attempt, error)
