@@ -83,21 +83,17 @@ def test_story_urls_are_targets_and_foreign_urls_are_not() -> None:
 def test_number_options_use_the_one_validator() -> None:
     import argparse
 
-    import pytest as _pytest
-
     from keyapi_async.cli.args import _checked, _count
     from keyapi_async.cli.watch import parse_duration
 
     # The validator's own wording (engine/validate.py), naming the option.
-    with _pytest.raises(argparse.ArgumentTypeError, match=r"--qps must be a finite number >= 0"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--qps must be a finite number >= 0"):
         _checked(float, "--qps", minimum=0)("nan")
-    with _pytest.raises(argparse.ArgumentTypeError, match=r"--timeout must be a finite number > 0"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--timeout must be a finite number > 0"):
         _checked(float, "--timeout", minimum=0, strict=True)("0")
-    with _pytest.raises(
-        argparse.ArgumentTypeError, match=r"--retries must be an int >= 0, got 'x'"
-    ):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--retries must be an int >= 0, got 'x'"):
         _count("--retries", 0)("x")
-    with _pytest.raises(argparse.ArgumentTypeError, match=r"'0s' must be a finite number > 0"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'0s' must be a finite number > 0"):
         parse_duration("0s")
     assert _checked(float, "--qps", minimum=0)("2.5") == 2.5
     assert _count("--retries", 0)("3") == 3
