@@ -471,6 +471,14 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="rolling 24-hour credit cap kept in the archive; polls wait when it is reached",
     )
     watch.add_argument(
+        "--highlights-every",
+        type=parse_duration,
+        default=None,
+        metavar="PERIOD",
+        help="also poll each account's highlight tray once per PERIOD (e.g. 24h; default: "
+        "off) and fetch the highlights that changed, inside the same daily budget",
+    )
+    watch.add_argument(
         "--on-new",
         metavar="CMD",
         default=None,

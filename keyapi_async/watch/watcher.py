@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .._errors import ConfigurationError, KeyAPIError
@@ -35,8 +36,23 @@ __all__ = ["Watcher"]
 
 logger = logging.getLogger("keyapi_async.watch")
 
+_MOST_HIGHLIGHTS: Final = 50  # changed highlights one tray poll may fetch (and reserve for)
+
 _PRUNE_AFTER: Final = 2 * DAY  # credit rows older than this can never matter again
 _EVENT_QUEUE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A poll about to start: which schedule, which account, when, and what it holds."""
+
+    lane: Schedule
+    account: Account
+    now: float
+    reserve: int
+    """Credits held for it until it settles."""
+    most_highlights: int | None
+    """For a tray poll: how many changed highlights it may fetch (None: no cap)."""
 
 
 class Watcher:
@@ -65,6 +81,11 @@ class Watcher:
             ``min(every, 60)``).
         max_in_flight: Polls running at once (the client's gate paces them anyway).
         run_kind: The archive run's kind.
+        highlights_every: Poll each account's highlight tray once per this many
+            seconds, on a schedule of its own inside the same daily budget, and
+            fetch its changed highlights (``None``: no highlights). The archive
+            needs the highlights tables too
+            (:data:`~keyapi_async.archive.highlights.HIGHLIGHTS_SCHEMA`).
 
     """
 
@@ -81,8 +102,11 @@ class Watcher:
         reload_every: float | None = None,
         max_in_flight: int = 64,
         run_kind: str = "watch",
+        highlights_every: float | None = None,
     ) -> None:
         check_number(every, "every", positive=True)
+        if highlights_every is not None:
+            check_number(highlights_every, "highlights_every", positive=True)
         if max_credits_per_day is not None:
             check_count(max_credits_per_day, "max_credits_per_day", minimum=CREDITS_PER_POLL)
         check_count(max_in_flight, "max_in_flight", minimum=1)
@@ -100,6 +124,7 @@ class Watcher:
         self._max_in_flight = max_in_flight
         self._run_kind = run_kind
         self._schedule = Schedule(self.every)
+        self._trays = None if highlights_every is None else Schedule(float(highlights_every))
         self._budget = DailyBudget(max_credits_per_day)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -170,6 +195,8 @@ class Watcher:
                 "extensions=[WATCH_SCHEMA] (or open_watch_archive)"
             )
         self._schedule.load(state.accounts)
+        if self._trays is not None:
+            self._trays.load((target, True, due) for target, due in state.trays.items())
         self._budget.load(state.spends)
         self._run_id = await self.archive.start_run(kind=self._run_kind, started_at=now)
         self._poller.run_id = self._run_id
@@ -187,6 +214,8 @@ class Watcher:
             return
         now = self._clock()
         changes = self._schedule.update(wanted, now, first=first)
+        if self._trays is not None:
+            self._trays.update(wanted, now, first=first)
         if not changes and not first:
             return
         await self.archive.transact(lambda conn: store.save_account_changes(conn, changes, now))
@@ -211,14 +240,21 @@ class Watcher:
             async with asyncio.timeout(delay if math.isfinite(delay) else None):
                 await self._wake.wait()
 
-    async def _next_start(self, next_reload: float) -> tuple[Account, float] | None:
-        """The account to poll now (and now), or None after waiting for whatever comes first."""
+    def _lanes(self) -> list[Schedule]:
+        return [self._schedule] if self._trays is None else [self._schedule, self._trays]
+
+    async def _next_start(self, next_reload: float) -> _Start | None:
+        """The poll to start now, or None after waiting for whatever comes first."""
         now = self._clock()
-        account = self._schedule.next_due()
-        if account is None:
+        due = [
+            (lane.start_at(a), i, lane, a)
+            for i, lane in enumerate(self._lanes())
+            if (a := lane.next_due())
+        ]
+        if not due:
             await self._sleep_until(next_reload)
             return None
-        start = self._schedule.start_at(account)
+        start, _, lane, account = min(due, key=lambda d: d[:2])
         if start > now:
             await self._sleep_until(min(start, next_reload))
             return None
@@ -228,7 +264,14 @@ class Watcher:
             await self._sleep_until(min(ready, next_reload))
             return None
         self._waiting_logged = None
-        return account, now
+        if lane is self._schedule:
+            return _Start(lane, account, now, CREDITS_PER_POLL, None)
+        # A tray's changed highlights are paid from the room left now, reserved
+        # in full so no concurrent poll spends it too.
+        room = self._budget.room(now)
+        most = None if room is None else min(_MOST_HIGHLIGHTS, room // CREDITS_PER_POLL - 1)
+        reserve = CREDITS_PER_POLL * (1 + (most or 0))
+        return _Start(lane, account, now, reserve, most)
 
     async def _run(self, queue: asyncio.Queue[StoryEvent | None]) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -240,17 +283,16 @@ class Watcher:
                     await self._reload()
                     next_reload = self._clock() + self._reload_every
                     continue
-                due = await self._next_start(next_reload)
-                if due is None:
+                start = await self._next_start(next_reload)
+                if start is None:
                     continue
-                account, now = due
                 await room.acquire()
                 if self._stopping:
                     room.release()
                     break
-                self._schedule.begin(account, now)
-                self._budget.reserved += CREDITS_PER_POLL
-                task = asyncio.ensure_future(self._poll(account, now, queue))
+                start.lane.begin(start.account, start.now)
+                self._budget.reserved += start.reserve
+                task = asyncio.ensure_future(self._poll(start, queue))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _t: room.release())
@@ -288,38 +330,53 @@ class Watcher:
 
     # -- one poll -----------------------------------------------------------------
 
-    async def _poll(
-        self, account: Account, started: float, queue: asyncio.Queue[StoryEvent | None]
-    ) -> None:
+    async def _poll(self, start: _Start, queue: asyncio.Queue[StoryEvent | None]) -> None:
+        account, lane = start.account, start.lane
         self.stats.in_flight += 1
         try:
-            outcome = await self._poller.poll(account.target, account.next_at, started)
+            if lane is self._schedule:
+                outcome = await self._poller.poll(account.target, account.next_at, start.now)
+            else:
+                outcome = await self._poller.poll_tray(
+                    account.target,
+                    account.next_at,
+                    start.now,
+                    every=lane.every,
+                    max_highlights=start.most_highlights,
+                )
             if outcome.fatal is not None:
                 self._fail(outcome.fatal)
-            await self._settle(account, outcome.record)
+            await self._settle(start, outcome.record)
             for event in outcome.events:
                 await queue.put(event)
         except Exception as exc:  # the archive or the disk failed: nothing else will work
             self._fail(exc)
         finally:
-            self._budget.reserved -= CREDITS_PER_POLL
+            self._budget.reserved -= start.reserve
             self.stats.in_flight -= 1
             self._wake.set()
 
-    async def _settle(self, account: Account, poll: store.PollRecord) -> None:
-        prune = poll.started - _PRUNE_AFTER if self.stats.polls % 1000 == 0 else None
-        await self.archive.transact(lambda conn: store.record_poll(conn, poll, prune_before=prune))
-        self._budget.add(poll.started, poll.credits)
+    async def _settle(self, start: _Start, poll: store.PollRecord) -> None:
+        tray = start.lane is not self._schedule
         stats = self.stats
-        stats.polls += 1
+        prune = poll.started - _PRUNE_AFTER if stats.polls % 1000 == 0 else None
+        await self.archive.transact(
+            lambda conn: store.record_poll(conn, poll, prune_before=prune, tray=tray)
+        )
+        self._budget.add(poll.started, poll.credits)
+        if tray:
+            stats.tray_polls += 1
+        else:
+            stats.polls += 1
         stats.credits += poll.credits
         stats.new_stories += poll.new_stories
         if poll.status != "ok":
             stats.errors += 1
         if poll.new_stories:
-            new = poll.new_stories
-            logger.info("%s: %d new %s", poll.target, new, "story" if new == 1 else "stories")
-        self._schedule.finish(account, poll.next_at)
+            new, where = poll.new_stories, " in highlights" if tray else ""
+            noun = "story" if new == 1 else "stories"
+            logger.info("%s: %d new %s%s", poll.target, new, noun, where)
+        start.lane.finish(start.account, poll.next_at)
 
     async def _finish_run(self) -> None:
         if self._run_id is None or self.archive.closed:
