@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .._errors import ConfigurationError, KeyAPIError
@@ -23,9 +22,10 @@ from ..engine.validate import check_count, check_number
 from . import store
 from .accounts import AccountsSource, read_accounts
 from .budget import DailyBudget
-from .events import StoryEvent, WatchStats, iso_time
+from .dispatch import Dispatcher, Start
+from .events import StoryEvent, WatchStats
 from .poll import Poller
-from .schedule import Account, Schedule
+from .schedule import Schedule
 from .schema import CREDITS_PER_POLL, DAY
 
 if TYPE_CHECKING:
@@ -36,23 +36,9 @@ __all__ = ["Watcher"]
 
 logger = logging.getLogger("keyapi_async.watch")
 
-_MOST_HIGHLIGHTS: Final = 50  # changed highlights one tray poll may fetch (and reserve for)
 
 _PRUNE_AFTER: Final = 2 * DAY  # credit rows older than this can never matter again
 _EVENT_QUEUE: Final = 256
-
-
-@dataclass(frozen=True, slots=True)
-class _Start:
-    """A poll about to start: which schedule, which account, when, and what it holds."""
-
-    lane: Schedule
-    account: Account
-    now: float
-    reserve: int
-    """Credits held for it until it settles."""
-    most_highlights: int | None
-    """For a tray poll: how many changed highlights it may fetch (None: no cap)."""
 
 
 class Watcher:
@@ -131,7 +117,7 @@ class Watcher:
         self._fatal: BaseException | None = None
         self._started = False
         self._run_id: int | None = None
-        self._waiting_logged: float | None = None
+        self._dispatch = Dispatcher(self._schedule, self._trays, self._budget, self.stats)
 
     # -- public ------------------------------------------------------------------
 
@@ -240,38 +226,13 @@ class Watcher:
             async with asyncio.timeout(delay if math.isfinite(delay) else None):
                 await self._wake.wait()
 
-    def _lanes(self) -> list[Schedule]:
-        return [self._schedule] if self._trays is None else [self._schedule, self._trays]
-
-    async def _next_start(self, next_reload: float) -> _Start | None:
+    async def _next_start(self, next_reload: float) -> Start | None:
         """The poll to start now, or None after waiting for whatever comes first."""
-        now = self._clock()
-        due = [
-            (lane.start_at(a), i, lane, a)
-            for i, lane in enumerate(self._lanes())
-            if (a := lane.next_due())
-        ]
-        if not due:
-            await self._sleep_until(next_reload)
-            return None
-        start, _, lane, account = min(due, key=lambda d: d[:2])
-        if start > now:
-            await self._sleep_until(min(start, next_reload))
-            return None
-        ready = self._budget.available_at(now, CREDITS_PER_POLL)
-        if ready > now:
-            self._log_budget_wait(now, ready)
-            await self._sleep_until(min(ready, next_reload))
-            return None
-        self._waiting_logged = None
-        if lane is self._schedule:
-            return _Start(lane, account, now, CREDITS_PER_POLL, None)
-        # A tray's changed highlights are paid from the room left now, reserved
-        # in full so no concurrent poll spends it too.
-        room = self._budget.room(now)
-        most = None if room is None else min(_MOST_HIGHLIGHTS, room // CREDITS_PER_POLL - 1)
-        reserve = CREDITS_PER_POLL * (1 + (most or 0))
-        return _Start(lane, account, now, reserve, most)
+        decision = self._dispatch.next(self._clock())
+        if isinstance(decision, Start):
+            return decision
+        await self._sleep_until(min(decision, next_reload))
+        return None
 
     async def _run(self, queue: asyncio.Queue[StoryEvent | None]) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -313,24 +274,9 @@ class Watcher:
             logger.error("stopping: %s", exc)
         self.stop()
 
-    def _log_budget_wait(self, now: float, ready: float) -> None:
-        if self._waiting_logged == ready:
-            return
-        if self._waiting_logged is None:
-            self.stats.budget_waits += 1
-        self._waiting_logged = ready
-        budget = self._budget
-        until = "a poll in flight settles" if not math.isfinite(ready) else iso_time(ready)
-        logger.warning(
-            "daily credit budget reached (%d of %d credits in the last 24 h); polls wait until %s",
-            budget.spent + budget.reserved,
-            budget.limit or 0,
-            until,
-        )
-
     # -- one poll -----------------------------------------------------------------
 
-    async def _poll(self, start: _Start, queue: asyncio.Queue[StoryEvent | None]) -> None:
+    async def _poll(self, start: Start, queue: asyncio.Queue[StoryEvent | None]) -> None:
         account, lane = start.account, start.lane
         self.stats.in_flight += 1
         try:
@@ -356,7 +302,7 @@ class Watcher:
             self.stats.in_flight -= 1
             self._wake.set()
 
-    async def _settle(self, start: _Start, poll: store.PollRecord) -> None:
+    async def _settle(self, start: Start, poll: store.PollRecord) -> None:
         tray = start.lane is not self._schedule
         stats = self.stats
         prune = poll.started - _PRUNE_AFTER if stats.polls % 1000 == 0 else None
