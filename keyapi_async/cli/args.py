@@ -456,6 +456,30 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         allow_abbrev=False,
     )
     watch.add_argument("input", metavar="FILE", help="accounts, one per line (re-read every cycle)")
+    _add_watch_schedule(watch, parse_duration)
+    _add_watch_hooks(watch)
+    watch.add_argument(
+        "--force", action="store_true", help="accept a period of 24h or more (misses stories)"
+    )
+    watch.add_argument(
+        "--user-ids", action="store_true", help="treat bare lines as numeric user ids"
+    )
+    watch.add_argument(
+        "--grace",
+        type=_checked(float, "--grace", minimum=0),
+        default=2.5,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, wait this long for polls in flight (default: 2.5)",
+    )
+    add_connection_options(watch.add_argument_group("request settings"))
+    add_capture_options(watch)
+    _verbosity_options(watch)
+
+
+def _add_watch_schedule(
+    watch: argparse.ArgumentParser, parse_duration: Callable[[str], float]
+) -> None:
+    """When ``watch`` polls and what it may spend."""
     watch.add_argument(
         "--every",
         type=parse_duration,
@@ -478,6 +502,10 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also poll each account's highlight tray once per PERIOD (e.g. 24h; default: "
         "off) and fetch the highlights that changed, inside the same daily budget",
     )
+
+
+def _add_watch_hooks(watch: argparse.ArgumentParser) -> None:
+    """What ``watch`` runs for each new story."""
     watch.add_argument(
         "--on-new",
         metavar="CMD",
@@ -492,22 +520,6 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="kill an --on-new command after this long (default: 60)",
     )
-    watch.add_argument(
-        "--force", action="store_true", help="accept a period of 24h or more (misses stories)"
-    )
-    watch.add_argument(
-        "--user-ids", action="store_true", help="treat bare lines as numeric user ids"
-    )
-    watch.add_argument(
-        "--grace",
-        type=_checked(float, "--grace", minimum=0),
-        default=2.5,
-        metavar="SECONDS",
-        help="on SIGINT/SIGTERM, wait this long for polls in flight (default: 2.5)",
-    )
-    add_connection_options(watch.add_argument_group("request settings"))
-    add_capture_options(watch)
-    _verbosity_options(watch)
 
 
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
