@@ -211,6 +211,7 @@ async def _watch(
     from ..archive import ArchiveError
     from ..media import MediaDownloader, media_hosts_from_env
     from ..watch import Watcher, open_watch_archive
+    from .serve import serving_watch
     from .signals import Interrupts
 
     archive_path = args.archive or os.path.join(args.download, "archive.sqlite3")
@@ -279,6 +280,9 @@ async def _watch(
                 async with slots:
                     await _run_hook(hook, payload, args.on_new_timeout, story_id)
 
+            serving = serving_watch(args, archive_path, lambda: client.stats, lambda: watcher.stats)
+            async with serving, contextlib.AsyncExitStack():
+                pass
             with Interrupts(on_first, on_second):
                 try:
                     async for event in watcher.events():

@@ -1,0 +1,585 @@
+"""Read-only queries for the gallery, on connections that cannot write the archive.
+
+The gallery never goes through :class:`~keyapi_async.archive.StoryArchive`
+(whose opening takes the write lock to prove it can): it opens the file with
+SQLite's ``mode=ro`` URI, so it works while a ``fetch`` or ``watch`` is
+writing (WAL: readers and the writer never block each other) and cannot
+change a byte of the archive whatever a page asks.
+
+Design choices:
+
+* **A small pool of connections, closed on shutdown.** Queries run in worker
+  threads (``asyncio.to_thread``); each borrows a connection from the pool
+  and returns it, so no connection is shared by two threads at once and
+  every one is closed when the app stops.
+* **Keyset pagination.** A timeline page asks for the stories of one account
+  older than the last one shown, ``(taken_at, story_id) < (?, ?)``, through
+  the archive's ``stories (account, taken_at)`` index: page 500 costs what
+  page 1 does, which ``OFFSET`` would not.
+* **"New" is by insertion order.** Stories are appended to the table, so
+  its ``rowid`` grows with every story first recorded; the browser
+  remembers the highest one it has shown, and "new since my last visit"
+  is ``rowid > N``, a range of the table's own b-tree.
+* **Extension tables are optional.** The watch tables exist only in an
+  archive a watch wrote; every query of them checks first and answers with
+  nothing rather than failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+from ..archive import ArchiveError
+
+__all__ = [
+    "DAY",
+    "AccountRow",
+    "ArchiveReader",
+    "MediaKind",
+    "MediaTotals",
+    "PollRow",
+    "StatusReport",
+    "StoryDetails",
+    "StoryRow",
+    "TimelinePage",
+    "decode_cursor",
+    "encode_cursor",
+    "open_reader",
+]
+
+T = TypeVar("T")
+
+DAY: Final = 86_400
+"""Seconds in a day: the rolling credit window and a story's lifetime."""
+
+MediaKind = Literal["all", "image", "video"]
+"""Which stories a timeline shows."""
+
+_POOL_SIZE: Final = 4
+_STORY_COLUMNS: Final = (
+    "s.rowid, s.story_id, s.account, s.username, s.taken_at, s.media_type, s.width, s.height,"
+    " s.duration, m.status, m.path"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """One account on the accounts page."""
+
+    target: str
+    username: str | None
+    stories: int
+    latest_taken_at: int | None
+    last_seen_at: int
+    """When a fetch of this account last succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoryRow:
+    """One story in a list: enough for a thumbnail and a link."""
+
+    seq: int
+    """The story's insertion order in the archive (``rowid``)."""
+    story_id: str
+    account: str
+    username: str | None
+    taken_at: int | None
+    media_type: Literal["image", "video"]
+    width: int | None
+    height: int | None
+    duration: float | None
+    media_status: str
+    """``saved``, ``pending``, ``failed``, ``expired`` or ``not_requested``."""
+    path: str | None
+    """The recorded file, relative to the download directory (``None``: not saved)."""
+
+    @property
+    def saved(self) -> bool:
+        """Whether a local file is recorded for this story."""
+        return self.media_status == "saved" and self.path is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelinePage:
+    """One page of an account's timeline, newest first."""
+
+    stories: list[StoryRow]
+    next_cursor: str | None
+    """The cursor of the next (older) page, ``None`` on the last one."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoryDetails:
+    """One story for the player: the row, its neighbours and what the raw item says."""
+
+    story: StoryRow
+    previous_id: str | None
+    """The next newer story of the same account (left)."""
+    next_id: str | None
+    """The next older story of the same account (right)."""
+    caption: str | None = None
+    mentions: list[str] = field(default_factory=list)
+    hashtags: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    """Link sticker URLs as the API sent them (the template links only http(s) ones)."""
+    music: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollRow:
+    """One watched account on the status page."""
+
+    target: str
+    active: bool
+    last_poll_at: float | None
+    next_poll_at: float
+    polls: int
+    last_status: str | None
+    last_error: str | None
+
+    def lag(self, now: float) -> float:
+        """Seconds the next poll is overdue at ``now`` (0 when on time or removed)."""
+        return max(0.0, now - self.next_poll_at) if self.active else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTotals:
+    """Media records by outcome: file counts and bytes."""
+
+    files: dict[str, int]
+    """Per status (``saved``, ``pending``, ``failed``, ``expired``); every key present."""
+    saved_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What the status page and the metrics show."""
+
+    now: float
+    stories: int
+    accounts: int
+    media: MediaTotals
+    polls: list[PollRow]
+    """Empty when the archive has no watch tables."""
+    watched: bool
+    """Whether the archive has watch tables."""
+    credits_24h: int
+    daily_cap: int | None
+    every: float | None
+    recent_errors: list[PollRow]
+    media_problems: list[tuple[str, str, str | None, int]]
+    """Recent failed or expired media: ``(story_id, status, reason, updated_at)``."""
+    last_success: dict[str, int]
+    """Per account, when a fetch last succeeded (Unix seconds)."""
+
+    @property
+    def max_lag(self) -> float:
+        """The largest poll lag of any watched account, in seconds."""
+        return max((p.lag(self.now) for p in self.polls), default=0.0)
+
+
+def _story_row(row: Sequence[Any]) -> StoryRow:
+    return StoryRow(
+        seq=row[0],
+        story_id=row[1],
+        account=row[2],
+        username=row[3],
+        taken_at=row[4],
+        media_type=row[5],
+        width=row[6],
+        height=row[7],
+        duration=row[8],
+        media_status=row[9] or "not_requested",
+        path=row[10],
+    )
+
+
+def encode_cursor(story: StoryRow) -> str:
+    """The keyset cursor after ``story``: ``<taken_at>.<story_id>``."""
+    taken = -1 if story.taken_at is None else story.taken_at
+    return f"{taken}.{story.story_id}"
+
+
+def decode_cursor(text: str) -> tuple[int, str]:
+    """Parse a cursor from :func:`encode_cursor`; ``ValueError`` names a bad one."""
+    taken, sep, story_id = text.partition(".")
+    if not sep or not story_id:
+        raise ValueError(f"not a page cursor: {text!r}")
+    try:
+        return int(taken), story_id
+    except ValueError:
+        raise ValueError(f"not a page cursor: {text!r}") from None
+
+
+def _texts(items: object, *keys: str) -> list[str]:
+    # Walk a list of dicts along ``keys``, keeping the strings found at the end.
+    found: list[str] = []
+    if not isinstance(items, list):
+        return found
+    for item in items:
+        value: object = item
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            found.append(value)
+    return found
+
+
+def _details_from_raw(
+    story: StoryRow, prev: str | None, nxt: str | None, raw: str | None
+) -> StoryDetails:
+    item: object = None
+    if raw:
+        with contextlib.suppress(ValueError):
+            item = json.loads(raw)
+    if not isinstance(item, dict):
+        return StoryDetails(story, prev, nxt)
+    caption = item.get("caption")
+    caption_text = caption.get("text") if isinstance(caption, dict) else None
+    links = _texts(item.get("story_link_stickers"), "story_link", "url")
+    links += _texts(item.get("story_cta"), "links", "webUri")
+    music = None
+    asset = item.get("music_metadata")
+    for key in ("music_info", "music_asset_info"):
+        asset = asset.get(key) if isinstance(asset, dict) else None
+    if isinstance(asset, dict):
+        parts = [asset.get("display_artist"), asset.get("title")]
+        music = " - ".join(p for p in parts if isinstance(p, str) and p) or None
+    location = item.get("location")
+    place = location.get("name") if isinstance(location, dict) else None
+    return StoryDetails(
+        story,
+        prev,
+        nxt,
+        caption=caption_text if isinstance(caption_text, str) and caption_text else None,
+        mentions=_texts(item.get("reel_mentions"), "user", "username"),
+        hashtags=_texts(item.get("story_hashtags"), "hashtag", "name"),
+        links=links,
+        music=music,
+        location=place if isinstance(place, str) and place else None,
+    )
+
+
+class ArchiveReader:
+    """Read-only queries over the archive at ``path`` (blocking; call from a worker thread).
+
+    Opening checks that the file exists and is a story archive, so a wrong
+    path fails at start-up with :class:`~keyapi_async.archive.ArchiveError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(os.fspath(path))
+        self._timeout = busy_timeout
+        self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        if not self.path.is_file():
+            raise ArchiveError(f"no archive at {self.path}", path=str(self.path))
+        self.read(self._check)
+
+    @staticmethod
+    def _check(conn: sqlite3.Connection) -> None:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if not {"stories", "media", "accounts"} <= tables:
+            raise sqlite3.DatabaseError("not a story archive (no stories table)")
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in one read transaction (one snapshot of the archive)."""
+        if self._closed:
+            raise ArchiveError(f"archive {self.path} is closed", path=str(self.path))
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
+            try:
+                conn = self._connect()
+            except sqlite3.Error as exc:
+                raise ArchiveError(
+                    f"cannot open archive {self.path}: {exc}", path=str(self.path)
+                ) from exc
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise ArchiveError(
+                f"archive {self.path}: reading failed ({exc})", path=str(self.path)
+            ) from exc
+        finally:
+            if self._pool.qsize() < _POOL_SIZE and not self._closed:
+                self._pool.put(conn)
+            else:
+                self._discard(conn)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        """Close every connection (a query still running finishes first on its own)."""
+        self._closed = True
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+    # -- pages ------------------------------------------------------------------
+
+    def latest_seq(self) -> int:
+        """The highest story ``rowid`` (0 for an empty archive)."""
+        return self.read(
+            lambda c: int(c.execute("SELECT coalesce(max(rowid), 0) FROM stories").fetchone()[0])
+        )
+
+    def accounts(
+        self, *, search: str = "", sort: Literal["name", "stories", "latest", "polled"] = "name"
+    ) -> list[AccountRow]:
+        """Every account with its story count and latest story, filtered by username text."""
+        order = {
+            "name": "lower(coalesce(a.username, a.target)), a.target",
+            "stories": "coalesce(n.stories, 0) DESC, a.target",
+            "latest": "n.latest IS NULL, n.latest DESC, a.target",
+            "polled": "a.last_seen_at DESC, a.target",
+        }[sort]
+        where, params = "", []
+        if search:
+            # LIKE with the user's text as data: % and _ escaped, never interpolated.
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params = [f"%{escaped}%"] * 2
+            where = (
+                "WHERE coalesce(a.username, a.target) LIKE ? ESCAPE '\\'"
+                " OR a.target LIKE ? ESCAPE '\\'"
+            )
+        sql = f"""
+            SELECT a.target, a.username, coalesce(n.stories, 0), n.latest, a.last_seen_at
+            FROM accounts AS a
+            LEFT JOIN (SELECT account, count(*) AS stories, max(taken_at) AS latest
+                       FROM stories GROUP BY account) AS n ON n.account = a.target
+            {where} ORDER BY {order}
+        """
+
+        def fetch(conn: sqlite3.Connection) -> list[AccountRow]:
+            return [AccountRow(*row) for row in conn.execute(sql, params)]
+
+        return self.read(fetch)
+
+    def timeline(
+        self,
+        account: str,
+        *,
+        kind: MediaKind = "all",
+        since: int | None = None,
+        until: int | None = None,
+        cursor: str | None = None,
+        limit: int = 60,
+    ) -> TimelinePage:
+        """Stories of ``account`` newest first, ``limit`` per page, taken in ``[since, until)``."""
+        clauses: list[str] = ["s.account = ?"]
+        params: list[str | int] = [account]
+        if kind != "all":
+            clauses.append("s.media_type = ?")
+            params.append(kind)
+        if since is not None:
+            clauses.append("s.taken_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("s.taken_at < ?")
+            params.append(until)
+        if cursor is not None:
+            taken, story_id = decode_cursor(cursor)
+            clauses.append("(coalesce(s.taken_at, -1), s.story_id) < (?, ?)")
+            params += [taken, story_id]
+        sql = (
+            f"SELECT {_STORY_COLUMNS} FROM stories AS s LEFT JOIN media AS m USING (story_id)"
+            f" WHERE {' AND '.join(clauses)}"
+            " ORDER BY coalesce(s.taken_at, -1) DESC, s.story_id DESC LIMIT ?"
+        )
+
+        def fetch(conn: sqlite3.Connection) -> TimelinePage:
+            rows = [_story_row(r) for r in conn.execute(sql, (*params, limit + 1))]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return TimelinePage(rows, encode_cursor(rows[-1]) if more and rows else None)
+
+        return self.read(fetch)
+
+    def new_since(self, seq: int, *, limit: int = 200) -> list[StoryRow]:
+        """Stories first recorded after insertion number ``seq``, newest first."""
+        sql = (
+            f"SELECT {_STORY_COLUMNS} FROM stories AS s LEFT JOIN media AS m USING (story_id)"
+            " WHERE s.rowid > ? ORDER BY s.rowid DESC LIMIT ?"
+        )
+        return self.read(lambda c: [_story_row(r) for r in c.execute(sql, (seq, limit))])
+
+    def story(self, story_id: str) -> StoryDetails | None:
+        """One story with its neighbours in its account's timeline and its raw details."""
+
+        def fetch(conn: sqlite3.Connection) -> StoryDetails | None:
+            row = conn.execute(
+                f"SELECT {_STORY_COLUMNS}, s.raw FROM stories AS s"
+                " LEFT JOIN media AS m USING (story_id) WHERE s.story_id = ?",
+                (story_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            story = _story_row(row)
+            key = (-1 if story.taken_at is None else story.taken_at, story.story_id)
+            neighbour = (
+                "SELECT story_id FROM stories WHERE account = ?"
+                " AND (coalesce(taken_at, -1), story_id) {op} (?, ?)"
+                " ORDER BY coalesce(taken_at, -1) {order}, story_id {order} LIMIT 1"
+            )
+            newer = conn.execute(
+                neighbour.format(op=">", order="ASC"), (story.account, *key)
+            ).fetchone()
+            older = conn.execute(
+                neighbour.format(op="<", order="DESC"), (story.account, *key)
+            ).fetchone()
+            return _details_from_raw(
+                story, newer[0] if newer else None, older[0] if older else None, row[11]
+            )
+
+        return self.read(fetch)
+
+    def media_path(self, story_id: str) -> str | None:
+        """The recorded file of a saved story (relative to the download directory), or ``None``."""
+
+        def fetch(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT path FROM media WHERE story_id = ? AND status = 'saved'", (story_id,)
+            ).fetchone()
+            return None if row is None or not isinstance(row[0], str) else row[0]
+
+        return self.read(fetch)
+
+    # -- status -------------------------------------------------------------------
+
+    def status(self, now: float | None = None) -> StatusReport:
+        """The schedule, credits, recent errors and media totals, in one snapshot."""
+        at = time.time() if now is None else now
+
+        def fetch(conn: sqlite3.Connection) -> StatusReport:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            stories = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
+            accounts = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+            files = dict.fromkeys(("saved", "pending", "failed", "expired"), 0)
+            files.update(dict(conn.execute("SELECT status, count(*) FROM media GROUP BY status")))
+            saved_bytes = conn.execute(
+                "SELECT coalesce(sum(bytes), 0) FROM media WHERE status = 'saved'"
+            ).fetchone()[0]
+            problems = [
+                (r[0], r[1], r[2], r[3])
+                for r in conn.execute(
+                    "SELECT story_id, status, reason, updated_at FROM media"
+                    " WHERE status IN ('failed', 'expired') ORDER BY updated_at DESC LIMIT 20"
+                )
+            ]
+            last_success = dict(conn.execute("SELECT target, last_seen_at FROM accounts"))
+            polls: list[PollRow] = []
+            errors: list[PollRow] = []
+            credits, cap, every = 0, None, None
+            watched = {"watch_accounts", "watch_credits", "watch_settings"} <= tables
+            if watched:
+                polls = [
+                    PollRow(r[0], bool(r[1]), r[2], r[3], r[4], r[5], r[6])
+                    for r in conn.execute(
+                        "SELECT target, active, last_poll_at, next_poll_at, polls, last_status,"
+                        " last_error FROM watch_accounts ORDER BY active DESC, next_poll_at"
+                    )
+                ]
+                errors = sorted(
+                    (p for p in polls if p.last_error),
+                    key=lambda p: -(p.last_poll_at or 0.0),
+                )[:20]
+                credits = int(
+                    conn.execute(
+                        "SELECT coalesce(sum(credits), 0) FROM watch_credits WHERE at > ?",
+                        (at - DAY,),
+                    ).fetchone()[0]
+                )
+                settings = dict(conn.execute("SELECT name, value FROM watch_settings"))
+                cap = _int_or_none(settings.get("max_credits_per_day"))
+                every = _float_or_none(settings.get("every"))
+            return StatusReport(
+                now=at,
+                stories=stories,
+                accounts=accounts,
+                media=MediaTotals(files, int(saved_bytes)),
+                polls=polls,
+                watched=watched,
+                credits_24h=credits,
+                daily_cap=cap,
+                every=every,
+                recent_errors=errors,
+                media_problems=problems,
+                last_success=last_success,
+            )
+
+        return self.read(fetch)
+
+    def has_tables(self, *names: str) -> bool:
+        """Whether every one of ``names`` is a table of the archive."""
+
+        def fetch(conn: sqlite3.Connection) -> bool:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            return set(names) <= tables
+
+        return self.read(fetch)
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:  # "None": no cap
+        return None
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = None if text is None else float(text)
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+@contextlib.contextmanager
+def open_reader(path: str | os.PathLike[str]) -> Iterator[ArchiveReader]:
+    """Open a reader on ``path`` for a ``with`` block; its connections close at the end."""
+    reader = ArchiveReader(path)
+    try:
+        yield reader
+    finally:
+        reader.close()
