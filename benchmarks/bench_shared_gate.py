@@ -24,7 +24,12 @@ can be read; the clients run in child processes (``python -c``), started
 together once all have connected. The fake API key reaches them through the
 environment.
 
-Run alone: ``python -m benchmarks.bench_shared_gate [--quick]``.
+Started together (issue 21): 20 runs of 4 fresh processes x 40 targets
+started at once, plain and with each process's first send held 60 ms (a slow
+start-up, made certain); per run the most arrivals in any 1 s window, the
+429s and the sends, against one per target.
+
+Run alone: ``python -m benchmarks.bench_shared_gate [--quick] [--starts-only]``.
 """
 
 from __future__ import annotations
@@ -67,9 +72,23 @@ def child_main() -> None:
 
 
 async def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    options = dict(spec["options"])
+    stall = options.pop("stall_first", 0.0)
+    if not stall:
+        return await _batch(spec, options)
+    from tests.test_shared_gate import SlowStart
+
+    transport = SlowStart(stall, options.get("timeout", 10.0))
+    try:
+        return await _batch(spec, {**options, "transport": transport})
+    finally:
+        await transport.aclose()
+
+
+async def _batch(spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     rtts: list[float] = []
     statuses: Counter[str] = Counter()
-    async with KeyAPIClient(**spec["options"]) as client:
+    async with KeyAPIClient(**options) as client:
         gate = client._require_open().gate
         state = getattr(gate, "_state", None)
         if state is not None:
@@ -95,6 +114,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
         "requests_sent": stats.requests_sent,
         "rate_limited": stats.rate_limited,
         "grants": getattr(gate, "grants", None),
+        "stale_grants": getattr(gate, "stale_grants", None),
         "script_calls": getattr(gate, "script_calls", None),
         "rtts": rtts,
     }
@@ -220,7 +240,65 @@ async def _overhead(n: int, redis_url: str, rounds: int) -> dict[str, float]:
     return {"local_ms": a * 1e3, "shared_ms": b * 1e3, "added_ms": (b - a) * 1e3}
 
 
-async def _bench(redis_url: str, per_process: int, n: int, rounds: int) -> dict[str, Any]:
+async def _starts(redis_url: str, runs: int, per_process: int, stall: float) -> dict[str, Any]:
+    """``runs`` starts of 4 fresh processes together; per run max per 1 s, 429s, sends."""
+    rows = []
+    for run_ in range(runs):
+        key = fake_key()
+        config = EmulatorConfig(api_keys=frozenset({key}), qps=QPS, latency=LATENCY)
+        async with run_emulator(config, host="127.0.0.1") as emu:
+            options: dict[str, Any] = {
+                "base_url": emu.base_url,
+                "qps": QPS,
+                "timeout": 10.0,
+                "redis_url": redis_url,
+                "stall_first": stall,
+            }
+            batches = [[f"p{p}_user{n:04d}" for n in range(per_process)] for p in range(PROCESSES)]
+            reports = await _run_children(key, options, batches)
+            row = {
+                "max_in_1s_window": emu.max_in_window(),
+                "server_429s": emu.count(status=429),
+                "sends": emu.requests_total,
+                "targets": PROCESSES * per_process,
+                "stale_grants": sum(r["stale_grants"] or 0 for r in reports),
+            }
+        say(
+            f"  start {run_ + 1:2d}/{runs}: max {row['max_in_1s_window']} in 1 s, "
+            f"{row['server_429s']} x 429, {row['sends']} sends for {row['targets']} targets, "
+            f"{row['stale_grants']} stale grants forfeit"
+        )
+        rows.append(row)
+    over = sum(1 for r in rows if r["max_in_1s_window"] > QPS)
+    summary = {
+        "stall_s": stall,
+        "per_process": per_process,
+        "runs": rows,
+        "runs_over_cap": over,
+        "max_in_1s_window": max(r["max_in_1s_window"] for r in rows),
+        "server_429s": sum(r["server_429s"] for r in rows),
+        "extra_sends": sum(r["sends"] - r["targets"] for r in rows),
+    }
+    say(
+        f"starts together, first send held {stall * 1000:.0f} ms: {over}/{runs} runs over "
+        f"{QPS:g} in a window (max {summary['max_in_1s_window']}), "
+        f"{summary['server_429s']} x 429, {summary['extra_sends']} extra sends"
+    )
+    return summary
+
+
+async def _bench(
+    redis_url: str,
+    per_process: int,
+    n: int,
+    rounds: int,
+    starts: int,
+    start_targets: int,
+    only_starts: bool,
+) -> dict[str, Any]:
+    together = [await _starts(redis_url, starts, start_targets, stall) for stall in (0.0, 0.06)]
+    if only_starts:
+        return {"scenarios": [], "overhead": {}, "starts": together}
     scenarios = []
     for label, url, extra in (
         ("shared gate (redis_url)", redis_url, {}),
@@ -235,7 +313,7 @@ async def _bench(redis_url: str, per_process: int, n: int, rounds: int) -> dict[
         f"per-send overhead, sequential fetches, qps=None: {overhead['local_ms']:.3f} ms alone, "
         f"{overhead['shared_ms']:.3f} ms with the shared gate (+{overhead['added_ms']:.3f} ms)"
     )
-    return {"scenarios": scenarios, "overhead": overhead}
+    return {"scenarios": scenarios, "overhead": overhead, "starts": together}
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -253,15 +331,20 @@ def _line(s: dict[str, Any]) -> str:
     return text
 
 
-def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
-    """Run both scenarios and the overhead figure; start a loopback redis-server if needed."""
+def run(
+    quick: bool = False, redis_url: str | None = None, only_starts: bool = False
+) -> dict[str, Any]:
+    """Run the starts, both scenarios and the overhead figure; start a redis-server if needed."""
     per_process, n, rounds = (30, 200, 1) if quick else (150, 1000, 3)
+    starts, start_targets = (3, 12) if quick else (20, 40)
     say(
         f"shared_gate: {PROCESSES} processes x {per_process} targets, one key, emulator capped "
         f"at {QPS:g}/s ({LATENCY * 1000:.0f} ms latency), each client qps={QPS:g}"
     )
     if redis_url is not None:
-        figures = asyncio.run(_bench(redis_url, per_process, n, rounds))
+        figures = asyncio.run(
+            _bench(redis_url, per_process, n, rounds, starts, start_targets, only_starts)
+        )
     else:
         # The test helper: a throwaway server on a free loopback port, no persistence.
         from tests.redis_server import RedisServer, redis_binary
@@ -270,7 +353,9 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
         if binary is None:
             raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
         with RedisServer(binary) as server:
-            figures = asyncio.run(_bench(server.url, per_process, n, rounds))
+            figures = asyncio.run(
+                _bench(server.url, per_process, n, rounds, starts, start_targets, only_starts)
+            )
     return {
         "name": NAME,
         "processes": PROCESSES,
@@ -299,6 +384,13 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     shared = result["scenarios"][0]
     o = result["overhead"]
+    starts = [
+        f"- first send of each process held {s['stall_s'] * 1000:.0f} ms: "
+        f"{s['runs_over_cap']}/{len(s['runs'])} runs over {result['cap']:g} in a window "
+        f"(max {s['max_in_1s_window']}), {s['server_429s']} x 429, {s['extra_sends']} sends "
+        f"beyond one per target"
+        for s in result.get("starts", [])
+    ]
     return "\n".join(
         [
             "## Shared gate (several processes, one key)",
@@ -338,6 +430,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"fetches with no cap ({result['sequential_n']} per round, median of rounds): "
             f"{o['local_ms']:.3f} ms per request alone, {o['shared_ms']:.3f} ms with the "
             f"shared gate (+{o['added_ms']:.3f} ms).",
+            "",
+            f"Started together (issue 21): {result['processes']} fresh processes with "
+            "`redis_url`, started at once, each run a new emulator counting arrivals in "
+            "its strict window:",
+            "",
+            *starts,
         ]
     )
 
@@ -378,10 +476,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_shared_gate")
     parser.add_argument("--quick", action="store_true", help="small N: a smoke test")
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--starts-only", action="store_true", help="only the start-together runs (issue 21)"
+    )
     args = parser.parse_args()
-    result = run(args.quick, args.redis_url)
-    say()
-    say(markdown(result))
+    result = run(args.quick, args.redis_url, args.starts_only)
+    if not args.starts_only:
+        say()
+        say(markdown(result))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from .__about__ import __version__
 from ._client import KeyAPIClient
 from ._errors import (
     APIStatusError,
+    ArchiveError,
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
@@ -27,6 +28,7 @@ from ._errors import (
     InsufficientCreditsError,
     InvalidTargetError,
     KeyAPIError,
+    MediaDiskFullError,
     NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
@@ -38,12 +40,25 @@ from ._errors import (
 )
 from .engine.batch import BatchCounts, StoryBatch, StoryResult, estimate_credits
 from .engine.config import ClientConfig
+from .engine.endpoints import HIGHLIGHT_STORIES, STORIES, USER_HIGHLIGHTS, Endpoint
 from .engine.fetch import ClientStats
 from .engine.targets import Target, TargetLike, parse_target
-from .models import Reel, StoryItem, User
+from .models import (
+    Highlight,
+    HighlightCover,
+    HighlightStories,
+    HighlightTray,
+    Reel,
+    StoryItem,
+    User,
+)
 
 __all__ = [
+    "HIGHLIGHT_STORIES",
+    "STORIES",
+    "USER_HIGHLIGHTS",
     "APIStatusError",
+    "ArchiveError",
     "AuthenticationError",
     "BadRequestError",
     "BatchCounts",
@@ -51,11 +66,17 @@ __all__ = [
     "ClientStats",
     "ConfigurationError",
     "ConnectError",
+    "Endpoint",
     "GateUnavailableError",
+    "Highlight",
+    "HighlightCover",
+    "HighlightStories",
+    "HighlightTray",
     "InsufficientCreditsError",
     "InvalidTargetError",
     "KeyAPIClient",
     "KeyAPIError",
+    "MediaDiskFullError",
     "NotAttemptedError",
     "NotFoundError",
     "PermissionDeniedError",

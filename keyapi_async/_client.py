@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
-from typing import Any, Self, Unpack
+from typing import Any, Self, TypeVar, Unpack, overload
 
 import aiohttp
 import anyio
@@ -21,16 +21,19 @@ from . import __about__
 from .engine.batch import StoryBatch
 from .engine.budget import Budget, LocalBudget
 from .engine.config import ClientConfig, ClientOptions, shown_url
-from .engine.fetch import ClientStats, Fetcher
+from .engine.endpoints import HIGHLIGHT_STORIES, STORIES, USER_HIGHLIGHTS, Endpoint
+from .engine.fetch import ClientStats, Fetcher, Result
 from .engine.gate import Gate, RateGate, paced_rate
 from .engine.sansio import RequestBuilder
-from .engine.targets import TargetLike, from_arguments
+from .engine.targets import Target, TargetLike, as_target, from_arguments
 from .engine.transport import AiohttpTransport, Transport
-from .models import Reel
+from .models import HighlightStories, HighlightTray, Reel
+
+R = TypeVar("R", bound=Result)
 
 
 class KeyAPIClient:
-    """Async client for keyapi.ai's Instagram stories endpoint.
+    """Async client for keyapi.ai's Instagram stories and highlights endpoints.
 
     Use it as an async context manager; it owns one pooled aiohttp session
     (or borrows ``session``, which it then leaves open) and one rate gate
@@ -41,7 +44,9 @@ class KeyAPIClient:
             async with client.fetch_many(["javan", "id:18527"]) as batch:
                 async for result in batch:
                     ...
+            tray = await client.fetch_user_highlights(username="javan")
 
+    Every endpoint goes through the same gate, budget, retries and batch.
     Redirects are never followed, so the key is only ever sent to ``base_url``.
     Every option is a keyword argument named like a :class:`ClientConfig`
     field (``qps``, ``concurrency``, ``timeout``, ``max_credits``, ``proxy``,
@@ -79,7 +84,9 @@ class KeyAPIClient:
         self._builder = RequestBuilder(
             base_url=self._config.base_url, api_key=self._config.api_key.reveal(), user_agent=agent
         )
-        self._fetcher: Fetcher | None = None
+        self._fetcher: Fetcher[Reel] | None = None
+        # One fetcher per endpoint, made on first use; all share the gate and counters.
+        self._fetchers: dict[Endpoint[Result], Fetcher[Any]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._state = "new"
@@ -120,6 +127,7 @@ class KeyAPIClient:
                 budget=budget,
                 builder=self._builder,
                 policy=self._config.retry,
+                endpoint=STORIES,
             )
         except BaseException:
             await self.aclose()
@@ -156,12 +164,28 @@ class KeyAPIClient:
         self._state = "closed"
         await self._stack.aclose()
 
-    def _require_open(self) -> Fetcher:
+    def _require_open(self) -> Fetcher[Reel]:
         if self._state != "open" or self._fetcher is None:
             raise RuntimeError(
                 f"KeyAPIClient is {self._state}: use `async with KeyAPIClient(...) as client:`"
             )
         return self._fetcher
+
+    def _fetcher_for(self, endpoint: Endpoint[R]) -> Fetcher[R]:
+        stories = self._require_open()
+        if endpoint is STORIES:
+            return stories  # type: ignore[return-value]  # R is Reel here
+        fetcher: Fetcher[R] | None = self._fetchers.get(endpoint)
+        if fetcher is None:
+            fetcher = self._fetchers[endpoint] = stories.for_endpoint(endpoint)
+        return fetcher
+
+    async def _fetch_one(self, endpoint: Endpoint[R], target: Target) -> R:
+        result, error, _ = await self._fetcher_for(endpoint).fetch(target)
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
 
     @property
     def config(self) -> ClientConfig:
@@ -191,23 +215,70 @@ class KeyAPIClient:
         before sending anything for bad input, or the error the API (or the
         network) ended with once retries are used up.
         """
-        target = from_arguments(username, user_id)
-        reel, error, _ = await self._require_open().fetch(target)
-        if error is not None:
-            raise error
-        assert reel is not None
-        return reel
+        return await self.fetch_target(from_arguments(username, user_id))
 
+    async def fetch_target(self, target: TargetLike) -> Reel:
+        """Fetch one target given as input text (``javan``, ``id:18527``) or a :class:`Target`.
+
+        The same as :meth:`fetch_user_stories` with the keyword the target's
+        kind names (one rule, shared by watch and the CLI's re-fetches).
+        """
+        return await self._fetch_one(STORIES, as_target(target))
+
+    async def fetch_user_highlights(
+        self, *, username: str | None = None, user_id: str | int | None = None
+    ) -> HighlightTray:
+        """Fetch one account's highlight tray; give exactly one of username or user_id.
+
+        Returns the typed tray (``tray.is_empty`` when the account keeps no
+        highlights); tray entries that could not be used are listed in
+        ``tray.skipped``. Errors as for :meth:`fetch_user_stories`.
+        """
+        return await self._fetch_one(USER_HIGHLIGHTS, from_arguments(username, user_id))
+
+    async def fetch_highlight_stories(self, highlight_id: str | int) -> HighlightStories:
+        """Fetch the story items of one highlight (``highlight:<digits>`` or the digits).
+
+        The items are the same :class:`~keyapi_async.StoryItem` as active
+        stories. A malformed id raises :class:`~keyapi_async.InvalidTargetError`
+        before anything is sent.
+        """
+        return await self._fetch_one(
+            HIGHLIGHT_STORIES, HIGHLIGHT_STORIES.parse_target(highlight_id)
+        )
+
+    @overload
     def fetch_many(
         self, targets: Iterable[TargetLike] | AsyncIterable[TargetLike], *, ordered: bool = False
-    ) -> StoryBatch:
-        """Fetch many accounts concurrently; iterate the result for one StoryResult per target.
+    ) -> StoryBatch[Reel]: ...
+
+    @overload
+    def fetch_many(
+        self,
+        targets: Iterable[TargetLike | int] | AsyncIterable[TargetLike | int],
+        *,
+        ordered: bool = False,
+        endpoint: Endpoint[R],
+    ) -> StoryBatch[R]: ...
+
+    def fetch_many(
+        self,
+        targets: Iterable[TargetLike | int] | AsyncIterable[TargetLike | int],
+        *,
+        ordered: bool = False,
+        endpoint: Endpoint[R] | Endpoint[Reel] = STORIES,
+    ) -> StoryBatch[Any]:
+        """Fetch many targets of one endpoint concurrently: one StoryResult per target.
 
         Use ``async with client.fetch_many(targets) as batch: async for r in batch``
         for a batch whose tasks end with the block; see
-        :class:`~keyapi_async.StoryBatch` for the guarantees.
+        :class:`~keyapi_async.StoryBatch` for the guarantees. ``endpoint``
+        (default :data:`~keyapi_async.STORIES`) picks what is fetched:
+        :data:`~keyapi_async.USER_HIGHLIGHTS` takes accounts and yields trays,
+        :data:`~keyapi_async.HIGHLIGHT_STORIES` takes highlight ids. Every
+        endpoint shares the client's gate, 429 pause and credit budget.
         """
-        fetcher = self._require_open()
+        fetcher: Fetcher[Any] = self._fetcher_for(endpoint)
         return StoryBatch(
             fetcher,
             targets,

@@ -18,15 +18,19 @@ Every error raised on purpose derives from :class:`KeyAPIError`::
     │   ├── RateLimitError                    429
     │   └── ServerError                       5xx
     ├── GateUnavailableError                  the shared rate gate is unreachable
+    ├── ArchiveError                          the story archive cannot be used (locked, closed)
+    ├── MediaDiskFullError                    the disk filled up while saving media
     └── NotAttemptedError                     a batch target never sent, with the reason
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 __all__ = [
     "APIStatusError",
+    "ArchiveError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
@@ -35,6 +39,7 @@ __all__ = [
     "InsufficientCreditsError",
     "InvalidTargetError",
     "KeyAPIError",
+    "MediaDiskFullError",
     "NotAttemptedError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -122,8 +127,9 @@ class ResponseDecodeError(KeyAPIError):
     """An HTTP answer arrived but its body is not the API's JSON (never "no stories").
 
     ``status`` is the HTTP status and ``snippet`` the first bytes of the body.
-    ``billed`` is true when the body still said ``code: 0``: the API charged
-    for it, so the retry policy retries such an answer at most once.
+    ``billed`` is true when the body was complete JSON that still said
+    ``code: 0``: the API charged for it, so the answer is final and the retry
+    policy never buys it again (an unbilled one, empty or cut off, is retried).
     """
 
     retryable = True
@@ -247,3 +253,70 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     404: NotFoundError,
     429: RateLimitError,
 }
+
+
+class ArchiveError(KeyAPIError):
+    """The archive cannot be used.
+
+    It is locked by another writer, not writable, not an archive, from a
+    newer version of the library, the disk is full, or it is closed.
+    ``path`` is the archive file. Raised before anything is sent when opening
+    fails, so a command line can exit early; the SQLite error, if any, is
+    chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class _FinishedItem(Protocol):
+    """An item that finished before the disk filled up, as the error tree sees it.
+
+    The items are :class:`keyapi_async.media.MediaOutcome` objects. The tree
+    sits below the media downloader and may not import it, so it names the
+    part of an outcome a handler needs; the downloader's own assignment of its
+    outcomes to :attr:`MediaDiskFullError.outcomes` is what mypy checks
+    against this protocol.
+    """
+
+    @property
+    def story_id(self) -> str:
+        """The story item's id."""
+        ...
+
+    @property
+    def status(self) -> str:
+        """The outcome's status (a ``MediaStatus``, which is a ``str``)."""
+        ...
+
+    @property
+    def path(self) -> Path | None:
+        """Where the file is, when it is on disk."""
+        ...
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file is on disk."""
+        ...
+
+
+class MediaDiskFullError(KeyAPIError):
+    """The disk (or quota) filled up while saving media (``ENOSPC``/``EDQUOT``).
+
+    Raised by :class:`keyapi_async.media.MediaDownloader` instead of per-item
+    outcomes because every later file would fail too: stop sending, keep
+    what is complete (final-name files always are), and run again once there
+    is space. The item being written lost its ``.part`` (to give the space
+    back); others keep theirs for resuming.
+    """
+
+    def __init__(
+        self, message: str, *, story_id: str | None, outcomes: list[_FinishedItem]
+    ) -> None:
+        super().__init__(message)
+        self.story_id = story_id
+        """The item whose write failed."""
+        self.outcomes = outcomes
+        """The :class:`~keyapi_async.media.MediaOutcome` of each item that finished before
+        it (filled by ``download_reel``; empty otherwise)."""

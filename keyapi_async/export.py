@@ -10,14 +10,17 @@ Usage::
 
 Columns, in this order (:data:`EXPORT_COLUMNS`): ``story_id, username,
 user_id, taken_at, expiring_at, media_type, media_url, width, height,
-duration, file, bytes, sha256, fetched_at, media_status``.
+duration, file, bytes, sha256, fetched_at, media_status, highlight_id,
+highlight_title, highlight_position``.
 
 Design choices:
 
-* **Streaming.** Rows come from :meth:`StoryArchive.iter_stories
-  <keyapi_async.archive.StoryArchive.iter_stories>` (one read snapshot,
-  fetched in batches) and are written as they come; CSV and JSONL never hold
-  the archive in memory, Parquet holds one row group (10,000 rows) at a time.
+* **Streaming, rows built by SQLite.** One query over :meth:`StoryArchive.snapshot
+  <keyapi_async.archive.StoryArchive.snapshot>` (one read snapshot, fetched in
+  batches) yields each row as it is written: timestamps formatted, ``file``/``bytes``/
+  ``sha256`` blanked unless saved, all in SQL, so Python touches no object per row
+  but the cursor's tuple. CSV and JSONL never hold the archive in memory;
+  Parquet holds one row group (10,000 rows) at a time, converted column by column.
 * **Ids stay strings** in every format (Instagram ids exceed what many JSON
   and spreadsheet consumers hold exactly).
 * **Explicit UTC.** CSV and JSONL timestamps are ISO 8601 with a ``Z``
@@ -25,6 +28,9 @@ Design choices:
 * **CSV is RFC 4180**: the stdlib writer, CRLF line ends, a header row,
   fields quoted when they hold a comma, quote or line break, UTF-8 without a
   byte-order mark, empty fields for missing values.
+* **Highlights**: a story in a highlight (``archive.highlights``) names it in
+  the ``highlight_*`` columns, the first highlight when it is in several:
+  still one row per story. Empty for a story in none.
 * ``file``, ``bytes`` and ``sha256`` describe the saved file, so they are
   empty unless ``media_status`` is ``saved``.
 * Writing to a path goes to a temporary file renamed into place at the end:
@@ -41,14 +47,16 @@ import importlib
 import io
 import os
 import secrets
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, Literal, NamedTuple, TextIO, cast
 
 import msgspec
 
-from .archive import StoryArchive, StoryRecord
+from ._errors import ConfigurationError
+from .archive import StoryArchive
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -63,6 +71,7 @@ ExportFormat = Literal["csv", "jsonl", "parquet"]
 
 _FORMATS: Final = ("csv", "jsonl", "parquet")
 _PARQUET_ROWS: Final = 10_000
+_BATCH: Final = 1000
 _PARQUET_HINT: Final = 'Parquet export needs pyarrow: pip install "keyapi-async[parquet]"'
 
 
@@ -90,6 +99,9 @@ class ExportRow(NamedTuple):
     sha256: str | None
     fetched_at: str | None
     media_status: str
+    highlight_id: str | None = None
+    highlight_title: str | None = None
+    highlight_position: int | None = None
 
 
 EXPORT_COLUMNS: Final[tuple[str, ...]] = ExportRow._fields
@@ -107,56 +119,99 @@ def _iso(ts: int | None) -> str | None:
         return None
 
 
-def _row(story: StoryRecord) -> ExportRow:
-    media = story.media
-    saved = media is not None and media.status == "saved"
-    return ExportRow(
-        story_id=story.story_id,
-        username=story.username,
-        user_id=story.user_id,
-        taken_at=_iso(story.taken_at),
-        expiring_at=_iso(story.expiring_at),
-        media_type=story.media_type,
-        media_url=story.media_url,
-        width=story.width,
-        height=story.height,
-        duration=story.duration,
-        file=(media.path or "") if saved and media is not None else "",
-        bytes=media.bytes if saved and media is not None else None,
-        sha256=media.sha256 if saved and media is not None else None,
-        fetched_at=_iso(story.fetched_at),
-        media_status=story.media_status,
+# Within years 1000-9999 SQLite's strftime writes what _iso writes; outside
+# them (absurd values) _iso itself is called, so every value reads the same.
+_ISO_SAFE: Final = (-30_610_224_000, 253_402_300_799)
+
+
+def _sql_iso(column: str) -> str:
+    low, high = _ISO_SAFE
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL WHEN {column} BETWEEN {low} AND {high} "
+        f"THEN strftime('%Y-%m-%dT%H:%M:%SZ', {column}, 'unixepoch') ELSE keyapi_iso({column}) END"
     )
+
+
+def _sql_millis(column: str) -> str:
+    return f"{column} * 1000"
+
+
+# The first highlight holding each story (the lowest highlight id); one index
+# look-up per story (highlight_items_story).
+_FIRST_HIGHLIGHT: Final = (
+    "LEFT JOIN (SELECT i.story_id, i.highlight_id, h.title, i.position "
+    "FROM highlight_items AS i LEFT JOIN highlights AS h ON h.id = i.highlight_id "
+    "WHERE i.highlight_id = (SELECT min(j.highlight_id) FROM highlight_items AS j "
+    "WHERE j.story_id = i.story_id)) AS hl ON hl.story_id = s.story_id "
+)
+
+
+def _select(timestamp: Callable[[str], str], *, highlights: bool) -> str:
+    # The rows are built by SQLite, column for column as ExportRow reads
+    # them: no Python object per row beyond the cursor's tuple.
+    saved = "m.status = 'saved'"
+    members = "hl.highlight_id, hl.title, hl.position" if highlights else "NULL, NULL, NULL"
+    return (
+        "SELECT s.story_id, s.username, s.user_id, "
+        f"{timestamp('s.taken_at')}, {timestamp('s.expiring_at')}, s.media_type, s.media_url, "
+        f"s.width, s.height, s.duration, CASE WHEN {saved} THEN coalesce(m.path, '') ELSE '' END, "
+        f"CASE WHEN {saved} THEN m.bytes END, CASE WHEN {saved} THEN m.sha256 END, "
+        f"{timestamp('s.fetched_at')}, coalesce(m.status, 'not_requested'), {members} "
+        "FROM stories AS s LEFT JOIN media AS m ON m.story_id = s.story_id "
+        f"{_FIRST_HIGHLIGHT if highlights else ''}"
+        "ORDER BY s.taken_at, s.story_id"
+    )
+
+
+_SELECTS: Final = {
+    (kind, highlights): _select(timestamp, highlights=highlights)
+    for kind, timestamp in (("text", _sql_iso), ("parquet", _sql_millis))
+    for highlights in (False, True)
+}
+
+
+@contextlib.contextmanager
+def _rows(archive: StoryArchive, kind: str) -> Iterator[sqlite3.Cursor]:
+    with archive.snapshot() as conn:
+        conn.create_function("keyapi_iso", 1, _iso, deterministic=True)
+        # An archive never opened with the highlights extension has no such tables.
+        highlights = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'highlight_items'"
+        ).fetchone()
+        cursor = conn.execute(_SELECTS[kind, highlights is not None])
+        try:
+            yield cursor
+        finally:
+            cursor.close()
 
 
 def export_rows(archive: StoryArchive) -> Iterator[ExportRow]:
     """Every story item of ``archive`` as an :class:`ExportRow`, by ``taken_at``, streaming."""
-    for story in archive.iter_stories():
-        yield _row(story)
+    with _rows(archive, "text") as cursor:
+        while batch := cursor.fetchmany(_BATCH):
+            yield from map(ExportRow._make, batch)
 
 
 def _write_csv(archive: StoryArchive, text: TextIO) -> int:
     writer = csv.writer(text, dialect="excel", lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
     count = 0
-    for row in export_rows(archive):
-        writer.writerow(row)
-        count += 1
+    with _rows(archive, "text") as cursor:
+        while batch := cursor.fetchmany(_BATCH):
+            writer.writerows(batch)
+            count += len(batch)
     return count
 
 
 def _write_jsonl(archive: StoryArchive, text: TextIO) -> int:
     encoder = msgspec.json.Encoder()
     count = 0
-    for row in export_rows(archive):
-        text.write(encoder.encode(row._asdict()).decode())
-        text.write("\n")
-        count += 1
+    with _rows(archive, "text") as cursor:
+        while batch := cursor.fetchmany(_BATCH):
+            lines = [encoder.encode(dict(zip(EXPORT_COLUMNS, row, strict=True))) for row in batch]
+            text.write(b"\n".join(lines).decode() + "\n")
+            count += len(batch)
     return count
-
-
-def _millis(ts: int | None) -> int | None:
-    return None if ts is None else ts * 1000
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -168,54 +223,33 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
-def _write_parquet(archive: StoryArchive, out: Any) -> int:
-    pa, pq = _pyarrow()
+def _parquet_schema(pa: Any) -> Any:
     # Milliseconds: Parquet has no seconds unit, and a reader should get
     # back exactly the type the schema names.
     timestamp = pa.timestamp("ms", tz="UTC")
-    types = {
-        "story_id": pa.string(),
-        "username": pa.string(),
-        "user_id": pa.string(),
-        "taken_at": timestamp,
-        "expiring_at": timestamp,
-        "media_type": pa.string(),
-        "media_url": pa.string(),
-        "width": pa.int64(),
-        "height": pa.int64(),
-        "duration": pa.float64(),
-        "file": pa.string(),
-        "bytes": pa.int64(),
-        "sha256": pa.string(),
-        "fetched_at": timestamp,
-        "media_status": pa.string(),
-    }
-    schema = pa.schema([(name, types[name]) for name in EXPORT_COLUMNS])
-    columns: dict[str, list[Any]] = {name: [] for name in EXPORT_COLUMNS}
+    types = dict.fromkeys(EXPORT_COLUMNS, pa.string())
+    types.update(taken_at=timestamp, expiring_at=timestamp, fetched_at=timestamp)
+    types.update(width=pa.int64(), height=pa.int64(), bytes=pa.int64(), duration=pa.float64())
+    types.update(highlight_position=pa.int64())
+    return pa.schema([(name, types[name]) for name in EXPORT_COLUMNS])
+
+
+def _write_parquet(archive: StoryArchive, out: Any) -> int:
+    pa, pq = _pyarrow()
+    schema = _parquet_schema(pa)
     count = 0
-
-    def flush(writer: Any) -> None:
-        writer.write_table(pa.Table.from_pydict(columns, schema=schema))
-        for values in columns.values():
-            values.clear()
-
     writer = pq.ParquetWriter(out, schema)
     try:
-        for story in archive.iter_stories():
-            # Typed timestamps (seconds since the epoch) rather than the ISO
-            # strings of ExportRow: Parquet readers load them as UTC datetimes.
-            row = _row(story)._asdict()
-            row.update(
-                taken_at=_millis(story.taken_at),
-                expiring_at=_millis(story.expiring_at),
-                fetched_at=_millis(story.fetched_at),
-            )
-            for name in EXPORT_COLUMNS:
-                columns[name].append(row[name])
-            count += 1
-            if len(columns["story_id"]) >= _PARQUET_ROWS:
-                flush(writer)
-        flush(writer)
+        with _rows(archive, "parquet") as cursor:
+            # One row group per batch, built column by column: the cursor's
+            # tuples are transposed in C and each column converted at once.
+            while batch := cursor.fetchmany(_PARQUET_ROWS):
+                columns = [
+                    pa.array(values, type=field.type)
+                    for values, field in zip(zip(*batch, strict=True), schema, strict=True)
+                ]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                count += len(batch)
     finally:
         writer.close()
     return count
@@ -224,7 +258,7 @@ def _write_parquet(archive: StoryArchive, out: Any) -> int:
 def _write_stream(archive: StoryArchive, fmt: ExportFormat, out: IO[Any]) -> int:
     if fmt == "parquet":
         if isinstance(out, io.TextIOBase):
-            raise ValueError("Parquet is binary: pass a binary stream or a path")
+            raise ConfigurationError("Parquet is binary: pass a binary stream or a path")
         return _write_parquet(archive, out)
     write = _write_csv if fmt == "csv" else _write_jsonl
     if isinstance(out, io.TextIOBase):
@@ -256,7 +290,7 @@ def write_export(
     pyarrow is missing, before anything is written.
     """
     if fmt not in _FORMATS:
-        raise ValueError(f"format must be one of {', '.join(_FORMATS)}, not {fmt!r}")
+        raise ConfigurationError(f"format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
     if fmt == "parquet":
         _pyarrow()
     if not isinstance(out, str | os.PathLike):

@@ -1,9 +1,12 @@
 """Typed msgspec models of keyapi.ai's Instagram stories: what a fetch returns.
 
 A :class:`Reel` holds its :class:`ReelInfo` (``additional_data``) and a tuple
-of :class:`StoryItem`; every sequence is a tuple (``()`` when absent). Only
-the fields a consumer needs are modelled (unknown keys are skipped) and
-anything that may be missing has a default. Ids are ``str``: a numeric id is
+of :class:`StoryItem`. A :class:`HighlightTray` lists an account's
+:class:`Highlight` s; :class:`HighlightStories` holds the items of one
+highlight, the same :class:`StoryItem` as an active story. Every sequence
+is a tuple (``()`` when absent). Only the fields a consumer needs are
+modelled (unknown keys are skipped) and anything that may be missing has a
+default. Ids are ``str``: a numeric id is
 rejected, not coerced. Structs are frozen, so safe to share and cache.
 Timestamps stay raw Unix seconds; ``*_datetime`` properties return aware UTC
 datetimes. :func:`decode_reel` and :func:`encode` round-trip stored reels.
@@ -18,6 +21,10 @@ import msgspec
 __all__ = [
     "Caption",
     "Hashtag",
+    "Highlight",
+    "HighlightCover",
+    "HighlightStories",
+    "HighlightTray",
     "ImageCandidate",
     "ImageVersions",
     "Location",
@@ -288,12 +295,23 @@ class StoryItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return None if best is None else best.url
 
     @property
-    def best_media_url(self) -> str | None:
-        """URL of the story's own media: the best video for videos, else the best image.
+    def best_rendition(self) -> VideoVersion | ImageCandidate | None:
+        """The story's own media: the largest video for a video, else the largest image.
 
-        A video without video renditions yields None, never its poster image.
+        The one rule for "which file is this story" (the archive, the media
+        downloader and :attr:`best_media_url` all ask here): most pixels, the
+        first of equals, only renditions with a URL. A video without video
+        renditions yields None, never its poster image.
         """
-        return self.best_video_url if self.is_video_media else self.best_image_url
+        if self.is_video_media:
+            return max((v for v in self.video_versions if v.url), key=_pixels, default=None)
+        return None if self.image_versions is None else self.image_versions.best
+
+    @property
+    def best_media_url(self) -> str | None:
+        """URL of :attr:`best_rendition` (the story's own media), or None."""
+        best = self.best_rendition
+        return None if best is None else best.url
 
     @property
     def taken_at_datetime(self) -> datetime | None:
@@ -357,6 +375,86 @@ class Reel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         """When the reel expires, as an aware UTC datetime (None if unknown)."""
         info = self.additional_data
         return None if info is None else info.expiring_at_datetime
+
+
+#: The prefix Instagram puts on a highlight's reel id (``highlight:17912345678901234``).
+HIGHLIGHT_PREFIX = "highlight:"
+
+
+class HighlightCover(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A highlight's cover image (the tray's ``cover_media.cropped_image_version``)."""
+
+    url: str = ""
+    width: int | None = None
+    height: int | None = None
+
+
+class Highlight(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One highlight in an account's tray: the stories an account keeps on its profile.
+
+    ``id`` is the bare digits, the ``highlight:`` prefix stripped whichever
+    form the API sent (:attr:`reel_id` puts it back). ``latest_reel_media``
+    and ``media_count`` tell whether the highlight changed since last seen.
+    """
+
+    id: str
+    title: str | None = None
+    created_at: int | None = None
+    latest_reel_media: int | None = None
+    media_count: int | None = None
+    cover: HighlightCover | None = None
+    user: User | None = None
+
+    @property
+    def reel_id(self) -> str:
+        """The id with its ``highlight:`` prefix, as Instagram keys the highlight's reel."""
+        return HIGHLIGHT_PREFIX + self.id
+
+    @property
+    def created_at_datetime(self) -> datetime | None:
+        """When the highlight was created, as an aware UTC datetime (None if unknown)."""
+        return _utc_from_timestamp(self.created_at)
+
+    @property
+    def latest_reel_media_datetime(self) -> datetime | None:
+        """When the highlight's newest item was posted, aware UTC (None if unknown)."""
+        return _utc_from_timestamp(self.latest_reel_media)
+
+
+class HighlightTray(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An account's highlights, in tray order.
+
+    ``skipped`` gives one reason per tray entry left out because it could not
+    be used (no id, a wrong type, an absurd title, a repeated id); each is
+    also logged as a warning.
+    """
+
+    items: tuple[Highlight, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the account has no (usable) highlights."""
+        return not self.items
+
+    @property
+    def user(self) -> User | None:
+        """The tray's owner, from the first highlight that names one."""
+        return next((h.user for h in self.items if h.user is not None), None)
+
+
+class HighlightStories(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The story items of one highlight (``highlight_id`` without its prefix)."""
+
+    highlight_id: str | None = None
+    title: str | None = None
+    items: tuple[StoryItem, ...] = ()
+    user: User | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the highlight has no items."""
+        return not self.items
 
 
 def _pixels(rendition: ImageCandidate | VideoVersion) -> int:

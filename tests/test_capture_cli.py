@@ -315,9 +315,9 @@ async def test_kill_9_mid_download_then_rerun_completes_every_file(
 
 SITE_HOOK = """
 import errno, os
-import keyapi_async.media as media
+import keyapi_async.media.files as media
 
-_real = media._write_all
+_real = media.write_all
 _written = [0]
 
 def _filling(handle, chunk):
@@ -329,7 +329,7 @@ def _filling(handle, chunk):
     _written[0] += len(chunk)
     _real(handle, chunk)
 
-media._write_all = _filling
+media.write_all = _filling
 """
 
 

@@ -9,6 +9,7 @@ import pytest
 import keyapi_async
 from keyapi_async import (
     APIStatusError,
+    ArchiveError,
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
@@ -17,6 +18,7 @@ from keyapi_async import (
     InsufficientCreditsError,
     InvalidTargetError,
     KeyAPIError,
+    MediaDiskFullError,
     NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
@@ -45,6 +47,8 @@ TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (RateLimitError, (APIStatusError,)),
     (ServerError, (APIStatusError,)),
     (GateUnavailableError, (KeyAPIError,)),
+    (ArchiveError, (KeyAPIError,)),
+    (MediaDiskFullError, (KeyAPIError,)),
     (NotAttemptedError, (KeyAPIError,)),
 ]
 
@@ -102,6 +106,7 @@ def test_every_error_is_exported() -> None:
         (RateLimitError, True),
         (ServerError, True),
         (GateUnavailableError, False),
+        (MediaDiskFullError, False),
         (NotAttemptedError, False),
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
@@ -247,6 +252,7 @@ PICKLE_CASES: list[KeyAPIError] = [
     PermissionDeniedError("no permission", status=403, code=403, request_id="p"),
     NotFoundError("user not found", status=404, code=404, target="ghost"),
     GateUnavailableError("shared rate gate unreachable"),
+    MediaDiskFullError("disk full while saving story '7'", story_id="7", outcomes=[]),
     NotAttemptedError(
         "authentication failed",
         target="javan",

@@ -35,6 +35,9 @@ COLUMNS = [
     "sha256",
     "fetched_at",
     "media_status",
+    "highlight_id",
+    "highlight_title",
+    "highlight_position",
 ]
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 HOSTILE_URL = 'https://cdn.example/a,b/"quoted"/line\nbreak.jpg'

@@ -78,3 +78,23 @@ def test_story_urls_are_targets_and_foreign_urls_are_not() -> None:
     assert plan.duplicates == 1
     (invalid,) = plan.invalid
     assert (invalid.text, invalid.reason) == ("https://example.com/javan", "not an Instagram URL")
+
+
+def test_number_options_use_the_one_validator() -> None:
+    import argparse
+
+    from keyapi_async.cli.args import _checked, _count
+    from keyapi_async.cli.watch import parse_duration
+
+    # The validator's own wording (engine/validate.py), naming the option.
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--qps must be a finite number >= 0"):
+        _checked(float, "--qps", minimum=0)("nan")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--timeout must be a finite number > 0"):
+        _checked(float, "--timeout", minimum=0, strict=True)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--retries must be an int >= 0, got 'x'"):
+        _count("--retries", 0)("x")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'0s' must be a finite number > 0"):
+        parse_duration("0s")
+    assert _checked(float, "--qps", minimum=0)("2.5") == 2.5
+    assert _count("--retries", 0)("3") == 3
+    assert parse_duration("15m") == 900.0

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"engine.fetch"},
     {"engine.batch"},
     {"engine", "_client", ""},
-    {"media.paths", "media.plan"},
+    {"media.paths", "media.outcome", "media.plan"},
     {"archive", "media", "export"},
     {"capture"},
     {"watch"},
@@ -55,9 +55,9 @@ def layer_of(module: str) -> int:
     best: tuple[int, int] | None = None
     for number, layer in enumerate(LAYERS):
         for prefix in layer:
-            if module == prefix or (prefix and module.startswith(prefix + ".")):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), number)
+            matches = module == prefix or (prefix and module.startswith(prefix + "."))
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), number)
     if best is None:
         raise AssertionError(f"module {module!r} has no layer: add it to LAYERS")
     return best[1]

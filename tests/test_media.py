@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import email.utils
 import errno
 import hashlib
 import os
@@ -17,16 +19,21 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
-from keyapi_async import media as media_mod
+import keyapi_async
 from keyapi_async._errors import ConfigurationError
+from keyapi_async.engine.retry import backoff_delay
 from keyapi_async.media import (
     MediaDiskFullError,
     MediaDownloader,
     MediaOutcome,
     MediaStatus,
     SavedMedia,
+    plan,
 )
+from keyapi_async.media import files as media_files
 from keyapi_async.media.paths import (
     HostAllowlist,
     NameTemplate,
@@ -34,7 +41,7 @@ from keyapi_async.media.paths import (
     parse_host_entry,
     sanitize_component,
 )
-from keyapi_async.models import Reel, decode_reel
+from keyapi_async.models import ImageCandidate, Reel, StoryItem, decode_reel
 from keyapi_async.testing import (
     DEFAULT_TEST_KEY,
     Emulator,
@@ -448,13 +455,22 @@ def test_allowlist_rules() -> None:
     assert allow.check("/relative.jpg") is not None
     assert parse_host_entry("[::1]:8443") == ("::1", 8443)
     for bad in ("http://x.org", "x.org/path", "*", "a:b:c", "x.org:0", "", "*.*.org"):
-        with pytest.raises(ValueError, match="host"):
+        with pytest.raises(ConfigurationError, match="host"):
             parse_host_entry(bad)
     env = {"KEYAPI_MEDIA_HOSTS": " 127.0.0.1:9000, ,mirror.example.org "}
     assert media_hosts_from_env(env) == ("127.0.0.1:9000", "mirror.example.org")
     assert media_hosts_from_env({}) == ()
     with pytest.raises(ValueError, match="https://x"):
         media_hosts_from_env({"KEYAPI_MEDIA_HOSTS": "https://x"})
+
+
+def test_a_bad_media_hosts_variable_is_a_configuration_error_naming_it() -> None:
+    env = {"KEYAPI_MEDIA_HOSTS": "mirror.example.org, bad host!!"}
+    with pytest.raises(ConfigurationError) as caught:
+        media_hosts_from_env(env)
+    assert "KEYAPI_MEDIA_HOSTS" in str(caught.value)
+    assert "'bad host!!'" in str(caught.value)
+    assert isinstance(caught.value, ValueError)  # except ValueError keeps working
 
 
 def test_names_are_sanitised() -> None:
@@ -477,13 +493,28 @@ def test_names_are_sanitised() -> None:
     # Only the template's own '/' make folders; a value's '/' never does.
     assert template.render(fields) == ("2026_03", "a_b-.._x.jpg")
     for bad in ("{nope}.jpg", "{story_id.__class__}", "/abs/{story_id}", "{username}.jpg"):
-        with pytest.raises(ValueError, match="name_template"):
+        with pytest.raises(ConfigurationError, match="name_template"):
             NameTemplate(bad)
 
 
 async def test_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="concurrency"):
         MediaDownloader(tmp_path, concurrency=0)
+    bad_numbers: list[tuple[str, object]] = [
+        ("timeout", float("nan")),
+        ("timeout", 0),
+        ("connect_timeout", 0.0),
+        ("timeout", float("inf")),
+        ("backoff_base", float("inf")),
+        ("backoff_cap", -1),
+        ("backoff_base", True),
+        ("max_attempts", 1.5),
+        ("max_bytes", True),
+    ]
+    for name, value in bad_numbers:
+        with pytest.raises(ConfigurationError, match=rf"^{name} must be .*got {value!r}$"):
+            MediaDownloader(tmp_path, **{name: value})  # type: ignore[arg-type]
+    MediaDownloader(tmp_path, backoff_base=0, backoff_cap=0)  # no backoff is a choice
     with pytest.raises(ConfigurationError, match="host"):
         MediaDownloader(tmp_path, allowed_hosts=["http://x"])
     with pytest.raises(ConfigurationError, match="unknown field"):
@@ -506,7 +537,7 @@ async def test_disk_full_stops_with_a_distinct_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    real = media_mod._write_all
+    real = media_files.write_all
 
     def filling_disk(handle: Any, chunk: bytes) -> None:
         nonlocal calls
@@ -517,7 +548,7 @@ async def test_disk_full_stops_with_a_distinct_error(
 
     async with media_emulator() as (emu, _):
         reels = await fetch_reels(emu, [f"d{i}" for i in range(8)])
-        monkeypatch.setattr(media_mod, "_write_all", filling_disk)
+        monkeypatch.setattr(media_files, "write_all", filling_disk)
         async with MediaDownloader(
             tmp_path, allowed_hosts=loopback(emu), concurrency=1, **FAST
         ) as dl:
@@ -549,7 +580,7 @@ async def test_disk_full_on_a_tiny_filesystem(tmp_path: Path) -> None:
     if not _can_mount_tmpfs(small):
         pytest.skip("needs root to mount a 256 KiB tmpfs")
     try:
-        async with media_emulator() as (emu, _):
+        async with media_emulator() as (emu, cdn):
             reels = await fetch_reels(emu, [f"t{i}" for i in range(15)])
             async with MediaDownloader(
                 small, allowed_hosts=loopback(emu), concurrency=2, **FAST
@@ -559,11 +590,20 @@ async def test_disk_full_on_a_tiny_filesystem(tmp_path: Path) -> None:
                     for target, reel in reels:
                         saved.extend(await dl.download_reel(target, reel))
             saved.extend(caught.value.outcomes)
-            expected = {o.path: o.sha256 for o in saved if o.path is not None}
-            assert expected
-            for path in files_under(small):
-                if not path.name.endswith(".part"):
-                    assert sha(path) == expected[path]
+            reported = {o.path: o.sha256 for o in saved if o.path is not None}
+            assert reported
+            cdn_sha = {
+                item.id: cdn.expected_sha256(item.best_media_url or "")
+                for _, reel in reels
+                for item in reel.items
+            }
+            finished = [p for p in files_under(small) if not p.name.endswith(".part")]
+            for path in finished:
+                # Every final-name file is whole; one whose rename was under way when
+                # the disk filled up is complete too, though cancelled before reporting.
+                assert sha(path) == cdn_sha[path.stem.rpartition("_")[2]], path
+                assert reported.get(path, sha(path)) == sha(path)
+            assert set(reported) <= set(finished)
     finally:
         subprocess.run(["umount", str(small)], check=False)  # noqa: ASYNC221
 
@@ -590,3 +630,114 @@ async def test_large_file_streams_with_flat_memory(tmp_path: Path) -> None:
     assert outcome.size == size and outcome.sha256 == expected
     # Server and client share this process: both must stream (a buffered copy is 60 MB).
     assert peak < 8 * 2**20, peak
+
+
+# -- one rule, one place --------------------------------------------------------------------
+
+
+def test_media_disk_full_error_is_in_the_tree_and_still_importable_from_media() -> None:
+    assert MediaDiskFullError is keyapi_async.MediaDiskFullError
+    assert issubclass(MediaDiskFullError, keyapi_async.KeyAPIError)
+    assert "MediaDiskFullError" in keyapi_async.__all__
+
+
+async def test_the_rendition_downloaded_is_the_models_one_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever StoryItem.best_rendition says is the file, the downloader fetches:
+    # here it is told to take the smallest image, which no copy of the rule would pick.
+    def smallest(self: StoryItem) -> ImageCandidate | None:
+        images = self.image_versions.items if self.image_versions else ()
+        return min(images, key=lambda c: c.width * c.height, default=None)
+
+    async with media_emulator() as (emu, cdn):
+        reels = await fetch_reels(emu, [f"pics{n}" for n in range(6)])
+        images = [(t, i) for t, reel in reels for i in reel.items if not i.is_video_media]
+        assert images
+        monkeypatch.setattr(StoryItem, "best_rendition", property(smallest))
+        async with MediaDownloader(tmp_path, allowed_hosts=loopback(emu), **FAST) as dl:
+            outcomes = [await dl.download_item(item, target=target) for target, item in images]
+    small = min(IMAGE_RENDITIONS, key=lambda wh: wh[0] * wh[1])
+    for outcome in outcomes:
+        assert outcome.status is MediaStatus.SAVED, outcome.reason
+        assert (outcome.width, outcome.height) == small
+        assert outcome.url is not None and outcome.sha256 == cdn.expected_sha256(outcome.url)
+
+
+async def test_retry_after_as_an_http_date_is_honoured(tmp_path: Path) -> None:
+    body = b"\xff\xd8 not really a jpeg \xff\xd9"
+    seen: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            # An HTTP date 2 s ahead: a wait of 1-2 s once rounded to the second.
+            when = email.utils.formatdate(time.time() + 2, usegmt=True)
+            return web.Response(status=503, headers={"Retry-After": when})
+        return web.Response(body=body, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/m/{name}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        reel = reel_of(image_item("dated", f"http://127.0.0.1:{port}/m/dated.jpg"))
+        async with MediaDownloader(
+            tmp_path, allowed_hosts=[f"127.0.0.1:{port}"], backoff_base=0.01, backoff_cap=30
+        ) as dl:
+            [outcome] = await asyncio.wait_for(dl.download_reel("t", reel), 30)
+    finally:
+        await runner.cleanup()
+    assert outcome.status is MediaStatus.SAVED, outcome.reason
+    assert outcome.attempts == 2 and len(seen) == 2
+    # The old whole-seconds-only reading ignored the date and waited ~10 ms.
+    assert seen[1] - seen[0] >= 0.9
+
+
+def test_media_waits_by_the_engines_rules() -> None:
+    headers = CIMultiDict({"Retry-After": "1.5"})
+    verdict = plan.judge(503, headers, offset=0, max_bytes=100)
+    assert verdict == plan.Retry("HTTP 503", wait=1.5)  # not only whole seconds
+    ms = plan.judge(429, CIMultiDict({"retry-after-ms": "250"}), offset=0, max_bytes=100)
+    assert ms == plan.Retry("HTTP 429", wait=0.25)
+    dated = email.utils.formatdate(time.time() + 60, usegmt=True)
+    later = plan.judge(503, CIMultiDict({"Retry-After": dated}), offset=0, max_bytes=100)
+    assert isinstance(later, plan.Retry) and later.wait is not None and 50 < later.wait <= 60
+    for attempt in (1, 3, 70):  # the engine's clamp: no overflow at huge attempt numbers
+        expected = backoff_delay(attempt, base=0.5, cap=10.0, rand=lambda: 0.75)
+        assert plan.retry_wait(attempt, None, base=0.5, cap=10.0, rand=lambda: 0.75) == expected
+    assert plan.retry_wait(1, 4.0, base=0.5, cap=10.0, rand=lambda: 0.5) == 4.0
+    assert plan.retry_wait(1, 99.0, base=0.5, cap=10.0, rand=lambda: 0.5) == 10.0
+
+
+def test_judge_turns_status_and_headers_into_one_decision() -> None:
+    def judge(status: int, offset: int = 0, **headers: str) -> plan.Verdict:
+        named = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+        return plan.judge(status, named, offset=offset, max_bytes=1000)
+
+    assert judge(302, Location="/x") == plan.Redirect("/x")
+    assert judge(301) == plan.GiveUp(MediaStatus.FAILED, "HTTP 301 without Location")
+    assert judge(403) == plan.Expired(403) and judge(410) == plan.Expired(410)
+    assert judge(404) == plan.GiveUp(MediaStatus.FAILED, "HTTP 404")
+    assert judge(416) == plan.GiveUp(MediaStatus.FAILED, "HTTP 416")  # nothing to resume
+    assert judge(416, 40, Content_Range="bytes */40") == plan.Adopt(40)
+    restart = judge(416, 40, Content_Range="bytes */90")
+    assert isinstance(restart, plan.Retry) and restart.restart
+    assert judge(500) == plan.Retry("HTTP 500")
+    assert judge(200, 40, Content_Length="90") == plan.Receive(0, 90)  # starts over
+    assert judge(206, 40, Content_Length="50", Content_Range="bytes 40-89/90") == plan.Receive(
+        40, 50
+    )
+    moved = judge(206, 40, Content_Range="bytes 10-89/90")
+    assert isinstance(moved, plan.Retry) and moved.restart
+    encoded = judge(200, Content_Length="90", Content_Encoding="gzip")
+    assert encoded == plan.Receive(0, None)  # the header counts encoded bytes
+    big = judge(200, Content_Length="1001")
+    assert big == plan.GiveUp(
+        MediaStatus.FAILED, "file is 1001 bytes, over max_bytes=1000", discard=True
+    )
+    assert plan.request_headers(0) == {"Accept-Encoding": "identity"}
+    assert plan.request_headers(7)["Range"] == "bytes=7-"

@@ -12,12 +12,26 @@ without measuring wall-clock speed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 
 import pytest
 
 from keyapi_async import KeyAPIClient
-from keyapi_async.engine.gate import AdaptiveRate, RateGate, Verdict
+from keyapi_async.engine.gate import (
+    BETA,
+    COLD_AFTER,
+    COLD_START,
+    FLOOR,
+    HOLD,
+    RECOVERY,
+    AdaptiveRate,
+    RateGate,
+    Verdict,
+    cut_rate,
+    is_cold,
+    recovered_rate,
+)
 from keyapi_async.testing import Emulator, EmulatorConfig, EmulatorTransport
 
 from .virtual_clock import VirtualClockLoop, run_virtual
@@ -39,36 +53,65 @@ def test_throttle_never_keeps_rate_above_what_the_server_accepted() -> None:
 
 
 def test_throttle_below_learned_cap_is_multiplicative() -> None:
-    rate = AdaptiveRate(20.0, margin=0.05, beta=0.7)
+    rate = AdaptiveRate(20.0, margin=0.05)
     new = rate.throttled(now=0.0, accepted_in_window=30, sent_in_window=30)
     assert new == pytest.approx(14.0)
 
 
 def test_recovery_is_concave_then_holds_then_probes_up_to_ceiling() -> None:
-    rate = AdaptiveRate(40.0, margin=0.05, beta=0.7, scale=0.4, hold=5.0)
+    rate = AdaptiveRate(40.0, margin=0.05)
     rate.throttled(now=0.0, accepted_in_window=20, sent_in_window=25)  # w_max = new = 19
     assert rate.current(1.0) == pytest.approx(19.0)
-    assert rate.current(4.9) == pytest.approx(19.0)  # held
-    assert rate.current(6.0) == pytest.approx(19.0 + 0.4 * 1.0**3)  # probing
+    assert rate.current(RECOVERY + HOLD - 0.1) == pytest.approx(19.0)  # held
+    probe = (1.0 / RECOVERY) ** 3
+    assert rate.current(RECOVERY + HOLD + 1.0) == pytest.approx(19.0 + 21.0 * probe)
     assert rate.current(100.0) == 40.0  # back to the ceiling, and stays there
     assert rate.current(100.5) == 40.0
 
 
-def test_recovery_from_a_deep_cut_climbs_back_to_w_max_in_k_seconds() -> None:
-    rate = AdaptiveRate(20.0, margin=0.0, beta=0.5, scale=0.4, hold=5.0)
+def test_recovery_from_a_deep_cut_climbs_back_to_w_max_in_recovery_seconds() -> None:
+    rate = AdaptiveRate(20.0, margin=0.0)
     new = rate.throttled(now=0.0, accepted_in_window=20, sent_in_window=20)
-    assert new == pytest.approx(10.0)
-    k = (10.0 / 0.4) ** (1 / 3)
+    assert new == pytest.approx(20.0 * BETA)
+    k = RECOVERY
     samples = [rate.current(t) for t in (0.0, k / 3, 2 * k / 3, k)]
     assert samples == sorted(samples)
-    assert samples[0] == pytest.approx(10.0)
+    assert samples[0] == pytest.approx(20.0 * BETA)
     assert samples[-1] == pytest.approx(20.0)
     # Concave: the first third of the way gains more than the last third.
     assert samples[1] - samples[0] > samples[3] - samples[2]
 
 
+@pytest.mark.parametrize(("accepted", "sent"), [(30, 30), (12, 30), (1, 2)])
+def test_the_local_gate_recovers_by_the_one_rule(accepted: int, sent: int) -> None:
+    # Issue 22: one recovery rule for both gates (tests/test_redis.py holds
+    # the Redis gate to the same function).
+    ceiling = 19.0
+    rate = AdaptiveRate(ceiling, margin=0.05)
+    t0 = 100.0
+    cut_to, w_max = cut_rate(ceiling, accepted * 0.95)
+    assert rate.throttled(t0, accepted, sent) == pytest.approx(cut_to)
+    for elapsed in (0.0, 0.5, 2.0, RECOVERY - 0.1, RECOVERY + 1.0, RECOVERY + HOLD + 2.0):
+        expected = min(ceiling, recovered_rate(elapsed, cut_to, w_max, ceiling))
+        assert rate.current(t0 + elapsed) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_one_rule_is_shaped_as_documented() -> None:
+    cut_to, w_max = cut_rate(20.0, None)
+    assert (cut_to, w_max) == (pytest.approx(20.0 * BETA), 20.0)
+    assert cut_rate(0.6, None) == (FLOOR, 0.6)  # never below FLOOR
+    assert cut_rate(20.0, 10.0) == (pytest.approx(10.0), 10.0)  # never above what was accepted
+    assert recovered_rate(0.0, cut_to, w_max, 30.0) == pytest.approx(cut_to)
+    assert recovered_rate(RECOVERY, cut_to, w_max, 30.0) == pytest.approx(w_max)
+    assert recovered_rate(RECOVERY + HOLD, cut_to, w_max, 30.0) == pytest.approx(w_max)
+    assert recovered_rate(2 * RECOVERY + HOLD, cut_to, w_max, 30.0) == pytest.approx(30.0)
+    # No ceiling: the probe climbs by the depth of the cut per RECOVERY seconds.
+    unbounded = recovered_rate(2 * RECOVERY + HOLD, cut_to, w_max, None)
+    assert unbounded == pytest.approx(w_max + (w_max - cut_to))
+
+
 def test_throttle_without_ceiling_learns_from_what_was_sent_and_accepted() -> None:
-    rate = AdaptiveRate(None, margin=0.1, beta=0.7)
+    rate = AdaptiveRate(None, margin=0.1)
     # Sent 30 in the window, 10 accepted: min(30 * 0.7, 10 * 0.9) = 9.
     assert rate.throttled(now=0.0, accepted_in_window=10, sent_in_window=30) == pytest.approx(9.0)
     assert rate.current(0.0) == pytest.approx(9.0)
@@ -83,8 +126,8 @@ def test_a_429_with_nothing_sent_before_it_teaches_nothing() -> None:
 
 
 def test_throttle_respects_the_floor() -> None:
-    assert AdaptiveRate(1.0, floor=0.5).throttled(0.0, 0, 3) == pytest.approx(0.7)
-    assert AdaptiveRate(0.6, floor=0.5).throttled(0.0, 0, 3) == 0.5
+    assert AdaptiveRate(1.0).throttled(0.0, 0, 3) == pytest.approx(0.7)
+    assert AdaptiveRate(0.6).throttled(0.0, 0, 3) == FLOOR
 
 
 def test_gate_spaces_sends_evenly_with_no_initial_burst() -> None:
@@ -99,7 +142,54 @@ def test_gate_spaces_sends_evenly_with_no_initial_burst() -> None:
 
     times = run_virtual(main)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps == pytest.approx([0.05] * 20, abs=1e-4)
+    # The first turn is cold: the second waits COLD_START more (issue 21).
+    assert gaps == pytest.approx([0.05 + COLD_START] + [0.05] * 19, abs=1e-4)
+
+
+def _max_in_window(times: list[float]) -> int:
+    ordered = sorted(times)
+    return max(bisect.bisect_left(ordered, t + 1.0) - i for i, t in enumerate(ordered))
+
+
+@pytest.mark.parametrize("late", [0.0, 0.03, 0.06, 0.1])
+def test_a_cold_first_send_written_late_never_crowds_the_next_second(late: float) -> None:
+    # Issue 21: the first request pays for a new connection and a busy start,
+    # the ones after it go out at once. Arrivals = grant + that lateness: no
+    # one-second window may hold qps + 1 of them. With no margin, so that the
+    # cold start's room is all there is (the margin is spent on other jitter).
+    async def main() -> list[float]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.0)
+        grants = []
+        for _ in range(60):
+            ticket = await gate.acquire()
+            grants.append(ticket.sent_at)
+            await gate.release(ticket, Verdict.ACCEPTED)
+        return grants
+
+    grants = run_virtual(main)
+    arrivals = [grants[0] + late, *grants[1:]]
+    assert _max_in_window(arrivals) <= 20
+
+
+def test_a_gate_idle_for_longer_than_cold_after_starts_cold_again() -> None:
+    async def main() -> list[float]:
+        gate = RateGate(qps=20.0, concurrency=100, margin=0.0)
+        times = []
+        for pause in (0.0, 0.0, COLD_AFTER + 1.0, 0.0):
+            await asyncio.sleep(pause)
+            ticket = await gate.acquire()
+            times.append(ticket.sent_at)
+            await gate.release(ticket, Verdict.ACCEPTED)
+        return times
+
+    times = run_virtual(main)
+    assert times[1] - times[0] == pytest.approx(0.05 + COLD_START, abs=1e-4)
+    assert times[3] - times[2] == pytest.approx(0.05 + COLD_START, abs=1e-4)
+    assert [is_cold(None, 0.0), is_cold(0.0, COLD_AFTER), is_cold(0.0, COLD_AFTER + 0.1)] == [
+        True,
+        False,
+        True,
+    ]
 
 
 def test_from_idle_the_slack_is_no_head_start() -> None:

@@ -1,4 +1,4 @@
-"""The retry policy's arithmetic, without I/O or sleeping."""
+"""The retry policy: its arithmetic without I/O, and what it means for sends over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from keyapi_async import (
     ConnectError,
     GateUnavailableError,
     InsufficientCreditsError,
+    KeyAPIClient,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -20,6 +21,8 @@ from keyapi_async import (
 )
 from keyapi_async._errors import InvalidTargetError, KeyAPIError
 from keyapi_async.engine.retry import RetryPolicy, backoff_delay
+from keyapi_async.testing import EmulatorConfig, Fault, run_emulator
+from tests.test_transport import ScriptedServer
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:
@@ -127,15 +130,14 @@ def test_retry_after_on_a_non_retryable_error_does_not_change_its_wait() -> None
     assert policy.wait_for(1, denied, rand=lambda: 0.5) == 0.5
 
 
-def test_a_billed_decode_error_is_retried_at_most_once() -> None:
+def test_a_billed_decode_error_is_final() -> None:
+    # Complete and paid for: a retry would buy the same bytes again (issue 18).
     policy = RetryPolicy(max_attempts=10, backoff_base=0.5, backoff_cap=20.0)
     billed = ResponseDecodeError("schema drift", status=200, billed=True)
-    assert policy.delay_for(1, billed, rand=lambda: 0.5) == pytest.approx(0.25)
-    # Each retry is paid: the second billed failure ends it, whatever max_attempts says.
-    assert policy.delay_for(2, billed, rand=lambda: 0.5) is None
-    assert policy.delay_for(7, billed, rand=lambda: 0.5) is None
-    # A billed answer after other failures ends it too: one paid retry in total at most.
-    assert RetryPolicy(max_attempts=1).delay_for(1, billed) is None
+    assert [policy.delay_for(n, billed, rand=lambda: 0.5) for n in (1, 2, 7)] == [None] * 3
+    # The same answer unbilled (empty, cut off, not the API's JSON) is retried.
+    free = ResponseDecodeError("truncated", status=200)
+    assert policy.delay_for(1, free, rand=lambda: 0.5) == pytest.approx(0.25)
 
 
 def test_an_unbilled_decode_error_keeps_the_attempt_budget() -> None:
@@ -153,3 +155,52 @@ def test_connect_errors_are_retried_like_transport_errors() -> None:
     policy = RetryPolicy(max_attempts=2, backoff_base=1.0, backoff_cap=1.0)
     assert policy.delay_for(1, ConnectError("refused"), rand=lambda: 0.5) == 0.5
     assert policy.delay_for(2, ConnectError("refused"), rand=lambda: 0.5) is None
+
+
+# -- over loopback HTTP: a billed answer is bought once ---------------------------------
+
+
+async def test_a_billed_untypable_answer_is_bought_once(api_key: str) -> None:
+    # Issue 18: integer ids where strings belong, HTTP 200 and code 0. The
+    # emulator answers the first request so and the next one correctly: a
+    # retry would have "worked", for 2 more credits and the same account.
+    config = EmulatorConfig(
+        api_keys=frozenset({api_key}), fault_script={"username:drift": (Fault.SCHEMA_DRIFT,)}
+    )
+    async with run_emulator(config, host="127.0.0.1") as emu:
+        client = KeyAPIClient(
+            api_key, base_url=emu.base_url, qps=None, backoff_base=0.01, max_credits=4
+        )
+        async with client:
+            with pytest.raises(ResponseDecodeError) as caught:
+                await client.fetch_user_stories(username="drift")
+            assert caught.value.billed
+            assert emu.requests_total == 1
+            assert emu.credits_spent == 2 and client.stats.credits_spent == 2
+            assert client.stats.retries == 0
+            # Counted against max_credits (4): room for one more answer only.
+            async with client.fetch_many(["next", "third"]) as batch:
+                statuses = sorted([r.status async for r in batch])
+            assert statuses[1] == "not_attempted" and statuses[0] in ("ok", "empty")
+            assert emu.requests_total == 2 and emu.credits_spent == 4
+
+
+async def test_an_unbilled_cut_off_answer_is_still_retried(api_key: str) -> None:
+    config = EmulatorConfig(
+        api_keys=frozenset({api_key}), fault_script={"username:cut": (Fault.TRUNCATED,)}
+    )
+    async with run_emulator(config, host="127.0.0.1") as emu:
+        client = KeyAPIClient(api_key, base_url=emu.base_url, qps=None, backoff_base=0.01)
+        async with client:
+            await client.fetch_user_stories(username="cut")
+            assert emu.requests_total == 2 and client.stats.retries == 1
+
+
+async def test_a_body_shorter_than_its_content_length_is_still_retried(api_key: str) -> None:
+    # Cut off by the transport (headers, half the body, reset): no complete
+    # answer, so nothing final; the next send gets the whole body.
+    async with ScriptedServer(["cut"]) as server:
+        client = KeyAPIClient(api_key, base_url=server.base_url, qps=None, backoff_base=0.01)
+        async with client:
+            await client.fetch_user_stories(username="cut")
+            assert server.requests == 2 and client.stats.retries == 1

@@ -161,3 +161,48 @@ async def test_a_bad_key_exits_3(tmp_path: Path) -> None:
         _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 3, err
     assert "401" in err.decode()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # bound, then closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_watch_with_a_bad_media_hosts_variable_exits_2_in_one_line(tmp_path: Path) -> None:
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\n")
+    env = {**os.environ, "KEYAPI_API_KEY": "sk_test_x", "KEYAPI_MEDIA_HOSTS": "bad host!!"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keyapi_async", "watch", str(accounts), "--every", "1h",
+        "--download", str(tmp_path / "dl"), env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    text = err.decode()
+    assert process.returncode == 2, text
+    assert "Traceback" not in text and "KEYAPI_MEDIA_HOSTS" in text
+    assert len(text.strip().splitlines()) == 1, text
+
+
+@pytest.mark.parametrize("command", ["fetch", "watch"])
+async def test_a_redis_that_is_not_running_exits_2_naming_it(tmp_path: Path, command: str) -> None:
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\n")
+    port = _closed_port()
+    async with run_emulator(EmulatorConfig()) as emu:
+        extra = ["-o", str(tmp_path / "o.jsonl")] if command == "fetch" else ["--every", "1h"]
+        process = await _start(
+            [command, str(accounts), *extra, "--archive", str(tmp_path / "x.db"),
+             "--base-url", emu.base_url, "--redis-url", f"redis://127.0.0.1:{port}/0"],
+            "sk_test_" + secrets.token_hex(4),
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        assert emu.requests_total == 0
+    text = err.decode()
+    assert process.returncode == 2, text
+    assert "Traceback" not in text and "ConfigurationError" not in text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Redis" in lines[0] and f"127.0.0.1:{port}" in lines[0], text
+    assert not (tmp_path / "o.jsonl").exists()  # nothing written either

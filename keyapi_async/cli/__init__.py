@@ -5,7 +5,7 @@ Subcommands: ``fetch`` (targets → resumable JSONL ledger, and with
 (the same engine against the embedded emulator), ``emulator`` (serve the
 emulator), ``export`` and ``import-ledger`` (the archive).
 Module map: ``_args`` (argparse), ``_inputs`` (target lines), ``_ledger``
-(JSONL write/read/resume), ``_apikey`` (key sources, redaction), ``_fetch``
+(JSONL write/read/resume), ``_apikey`` (key sources, redaction), ``engine.fetch``
 (the run), ``_capture`` (archive and downloads of a run), ``_export``
 (``export``, ``import-ledger``), ``_progress`` (bar, lines, summary), ``_signals`` (Ctrl-C),
 ``_logs`` (``-v``), ``_invocation`` (how to print commands that run as pasted),
@@ -42,10 +42,12 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         run_job,
         settings_from_args,
     )
+    from .highlights import dry_run_lines, highlight_mode, run_highlights
     from .inputs import read_input
     from .ledger import scan_ledger
 
-    if not args.dry_run and not args.output:
+    highlights = highlight_mode(args)
+    if not args.dry_run and not args.output and highlights != "only":
         raise CLIError("-o/--output OUT is required (or use --dry-run)")
     if args.output == "-":
         raise CLIError("-o - is not supported: the ledger must be a file, to append to and resume")
@@ -71,6 +73,8 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         state = scan_ledger(args.output, repair=False) if args.resume and args.output else None
         report, code = dry_run_report(plan, state, args.max_credits)
         print(report, flush=True)
+        if highlights != "off":
+            print("\n".join(dry_run_lines(plan.targets)), flush=True)
         if args.output and not (args.resume or args.overwrite) and os.path.lexists(args.output):
             print(
                 f"note: {args.output!r} exists; the real run needs --resume or --overwrite",
@@ -78,11 +82,13 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             )
         return code
     assert key is not None
+    if highlights == "only":
+        return run_highlights(settings, key, args.archive, plan.targets)
     client = make_client(settings, key)
     hint = resume_command(argv)
     if args.input == "-":
         hint += "   # with the same targets on stdin"
-    return asyncio.run(
+    code = asyncio.run(
         run_job(
             client,
             plan,
@@ -95,6 +101,10 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             resume_hint=hint,
         )
     )
+    if highlights == "also" and code in (ExitCode.OK, ExitCode.FAILED):
+        # After 401/402/403 or Ctrl-C (exit 3, 130) nothing more is sent.
+        code = max(code, run_highlights(settings, key, args.archive, plan.targets))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
 from .. import __version__
+from .._errors import ConfigurationError
 from ..engine.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -15,9 +15,11 @@ from ..engine.config import (
     DEFAULT_TIMEOUT,
     REDIS_URL_ENV,
 )
+from ..engine.validate import check_count, check_number
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
+from .highlights import add_highlight_options
 from .invocation import PROG
 
 __all__ = [
@@ -60,28 +62,35 @@ writes everything and prints the command to resume; a second Ctrl-C exits at onc
 def _checked(
     kind: Callable[[str], float], name: str, *, minimum: float, strict: bool = False
 ) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` checked by the one number validator (engine/validate.py)."""
+    if minimum != 0:
+        raise ValueError("the number validator knows the bounds >= 0 and > 0 only")
+
     def convert(text: str) -> float:
         try:
-            value = kind(text)
+            value: object = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
-        return value
+            value = text  # not a number: the validator says so, naming the option
+        try:
+            return check_number(value, name, positive=strict)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
 
 
 def _count(name: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer checked by the one count validator (engine/validate.py)."""
+
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            value: object = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text!r}")
-        return value
+            value = text
+        try:
+            return check_count(value, name, minimum=minimum)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
 
@@ -286,6 +295,7 @@ def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_options(fetch.add_argument_group("request settings"))
     add_capture_options(fetch)
+    add_highlight_options(fetch)
     run = fetch.add_argument_group("run control")
     _progress_options(run)
     run.add_argument(
@@ -419,7 +429,6 @@ def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from .serve import parse_address
     from .watch import parse_duration
 
     watch = commands.add_parser(
@@ -481,15 +490,6 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_options(watch.add_argument_group("request settings"))
     add_capture_options(watch)
-    web = watch.add_argument_group("status page (the web extra)")
-    web.add_argument(
-        "--serve",
-        type=parse_address,
-        default=None,
-        metavar="ADDR",
-        help="serve the status page, /metrics, /healthz and /readyz on ADDR (127.0.0.1:9100)",
-    )
-    _web_guard_options(web)
     _verbosity_options(watch)
 
 

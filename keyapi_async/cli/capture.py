@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .._errors import ConfigurationError, KeyAPIError
+from .._errors import KeyAPIError
 from ..archive import ArchiveError, StoryArchive, StoryRecord
 from ..media import (
     DEFAULT_MAX_BYTES,
@@ -42,15 +42,18 @@ from ..media import (
     SavedMedia,
     media_hosts_from_env,
 )
+from ..media.paths import MEDIA_HOSTS_ENV
 from ..models import ImageCandidate, ImageVersions, Reel, StoryItem, User, VideoVersion
-from .exit import CLIError
+from .exit import CLIError, setting_errors
 from .progress import MediaCounts
 
 __all__ = [
     "ARCHIVE_NAME",
     "Capture",
     "CaptureSettings",
+    "capture_settings",
     "open_capture",
+    "open_downloader",
 ]
 
 ARCHIVE_NAME: Final = "archive.sqlite3"
@@ -115,10 +118,9 @@ def capture_settings(
     fsync: bool = True,
 ) -> CaptureSettings:
     """Build the settings from the command line (a bad ``KEYAPI_MEDIA_HOSTS`` is a usage error)."""
-    try:
+    # ValueError today, ConfigurationError (a ValueError) once media says so.
+    with setting_errors(f"{MEDIA_HOSTS_ENV}: "):
         from_env = media_hosts_from_env()
-    except ValueError as exc:
-        raise CLIError(f"KEYAPI_MEDIA_HOSTS: {exc}") from None
     return CaptureSettings(
         download=download,
         archive=archive,
@@ -461,6 +463,40 @@ class Capture:
 
 
 @contextlib.asynccontextmanager
+async def open_downloader(
+    settings: CaptureSettings, known: dict[str, SavedMedia] | None = None
+) -> AsyncIterator[MediaDownloader | None]:
+    """Start the media downloader of ``settings`` (None without ``--download``); close it after.
+
+    The one place the CLI builds a downloader (``fetch``, ``demo`` and
+    ``watch``): a directory that cannot be created or written, a bad name
+    template or host is a usage error (exit status 2). ``known`` is the
+    capture's lookup of files the archive records as saved.
+    """
+    if settings.download is None:
+        yield None
+        return
+    with setting_errors():
+        downloader = MediaDownloader(
+            settings.download,
+            concurrency=settings.media_concurrency,
+            allowed_hosts=settings.media_hosts,
+            max_bytes=settings.max_media_bytes,
+            name_template=settings.name_template,
+            # Looked up per item: filled from the archive just before the
+            # item's download starts.
+            known_saved=(known if known is not None else {}).get,
+            fsync=settings.fsync,
+            user_agent="keyapi-stories-media",
+        )
+        await downloader.start()
+    try:
+        yield downloader
+    finally:
+        await downloader.aclose()
+
+
+@contextlib.asynccontextmanager
 async def open_capture(settings: CaptureSettings) -> AsyncIterator[Capture | None]:
     """Open the download directory, then the archive; yield the capture (None when off).
 
@@ -474,24 +510,7 @@ async def open_capture(settings: CaptureSettings) -> AsyncIterator[Capture | Non
         return
     async with contextlib.AsyncExitStack() as stack:
         known: dict[str, SavedMedia] = {}
-        downloader: MediaDownloader | None = None
-        if settings.download is not None:
-            try:
-                downloader = MediaDownloader(
-                    settings.download,
-                    concurrency=settings.media_concurrency,
-                    allowed_hosts=settings.media_hosts,
-                    max_bytes=settings.max_media_bytes,
-                    name_template=settings.name_template,
-                    # Looked up per item: filled from the archive just before
-                    # the item's download starts.
-                    known_saved=known.get,
-                    fsync=settings.fsync,
-                    user_agent="keyapi-stories-media",
-                )
-                await stack.enter_async_context(downloader)
-            except ConfigurationError as exc:
-                raise CLIError(str(exc)) from None
+        downloader = await stack.enter_async_context(open_downloader(settings, known))
         try:
             archive = await stack.enter_async_context(StoryArchive.open(path))
         except ArchiveError as exc:

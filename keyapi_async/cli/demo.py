@@ -24,7 +24,7 @@ from ..testing import DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, Medi
 from .apikey import Redactor
 from .args import DEMO_OUTPUT
 from .capture import capture_settings, open_capture
-from .fetch import FetchSettings, execute, make_client, prepare_job
+from .fetch import FetchSettings, execute, make_client, open_client, prepare_job
 from .inputs import InputPlan, parse_lines
 from .invocation import shell_command
 
@@ -112,7 +112,7 @@ async def _demo(
                 flush=True,
             )
         client = make_client(settings, DEFAULT_TEST_KEY)
-        async with open_capture(capture) as opened:
+        async with open_capture(capture) as opened, open_client(client):
             job = prepare_job(plan, output, resume=False, overwrite=overwrite, fsync=False)
             code = await execute(
                 client, job, settings, redact=Redactor(None), resume_hint=None, capture=opened

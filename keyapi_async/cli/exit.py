@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -10,6 +12,7 @@ __all__ = [
     "WATCH_EXIT_CODES_HELP",
     "CLIError",
     "ExitCode",
+    "setting_errors",
 ]
 
 
@@ -72,3 +75,17 @@ class CLIError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+@contextlib.contextmanager
+def setting_errors(prefix: str = "") -> Iterator[None]:
+    """Turn a bad setting (``ConfigurationError``, or any ``ValueError``) into a :class:`CLIError`.
+
+    The one mapping of "a setting cannot be used" to one stderr line and exit
+    status 2, used wherever the client, the downloader or their settings are
+    built or opened (``ConfigurationError`` is a ``ValueError``).
+    """
+    try:
+        yield
+    except ValueError as exc:
+        raise CLIError(f"{prefix}{exc}") from None

@@ -9,29 +9,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .._client import KeyAPIClient
 from .._errors import (
     AuthenticationError,
-    ConfigurationError,
     InsufficientCreditsError,
     KeyAPIError,
     NotAttemptedError,
     PermissionDeniedError,
 )
 from ..archive import ArchiveError
-from ..engine.batch import estimate_credits
+from ..engine.batch import StoryBatch, StoryResult, estimate_credits
 from ..engine.config import ClientOptions
-from ..engine.targets import parse_target
-from ..models import Reel
+from ..engine.fetch import STOP_ERRORS
 from .capture import Capture, CaptureSettings, open_capture
-from .exit import CLIError, ExitCode
+from .exit import CLIError, ExitCode, setting_errors
 from .inputs import InputPlan, InvalidLine
 from .invocation import PROG, shell_command
 from .ledger import (
@@ -52,6 +51,7 @@ __all__ = [
     "dry_run_report",
     "execute",
     "make_client",
+    "open_client",
     "prepare_job",
     "resume_command",
     "run_job",
@@ -61,9 +61,6 @@ __all__ = [
 #: How many invalid lines are listed on stderr before "... and N more".
 _MAX_LISTED_INVALID = 20
 _RATE_WINDOW = 5.0
-#: Answers that stop the whole batch (exit status 3): nothing sent after them
-#: could succeed with this key or account.
-_FATAL = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
 _INTERRUPTED = "interrupted"
 #: After Ctrl-C, how often to check whether anything sent is still unanswered.
 _IDLE_POLL = 0.02
@@ -152,10 +149,24 @@ def make_client(settings: FetchSettings, api_key: str) -> KeyAPIClient:
         options["redis_url"] = settings.redis_url
     if settings.redis_namespace is not None:
         options["redis_namespace"] = settings.redis_namespace
-    try:
+    with setting_errors():
         return KeyAPIClient(api_key, **options)
-    except ConfigurationError as exc:
-        raise CLIError(str(exc)) from None
+
+
+@contextlib.asynccontextmanager
+async def open_client(client: KeyAPIClient) -> AsyncIterator[KeyAPIClient]:
+    """Open ``client`` for a run; a setting unusable only now is a usage error (exit 2).
+
+    Opening is where a Redis given by ``--redis-url`` is first reached: one
+    that is not running ends the run here, with one line naming Redis and the
+    address, before anything is sent or written.
+    """
+    with setting_errors():
+        await client.__aenter__()
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def prepare_job(plan: InputPlan, output: str, *, resume: bool, overwrite: bool, fsync: bool) -> Job:
@@ -304,7 +315,7 @@ async def execute(
     resume_hint: str | None,
     capture: Capture | None = None,
 ) -> int:
-    """Fetch ``job.pending`` with ``client``, append every outcome to OUT, print the summary.
+    """Fetch ``job.pending`` with the open ``client``; every outcome to OUT; print the summary.
 
     With a ``capture`` every fetched reel is also recorded in its archive and
     its media downloaded, and the media an earlier run left unfinished is
@@ -347,12 +358,13 @@ async def run_job(
     redact: Callable[[str], str],
     resume_hint: str | None,
 ) -> int:
-    """Open the download directory and the archive, then OUT, then :func:`execute`.
+    """Open the download directory, the archive and the client, then OUT, then :func:`execute`.
 
-    The directory and the archive come first: when either is unusable the
-    run ends with exit status 2 before OUT is created or a request is sent.
+    Those come first: when any is unusable (a Redis that is not running
+    included) the run ends with exit status 2 before OUT is created or a
+    request is sent.
     """
-    async with open_capture(capture_settings) as capture:
+    async with open_capture(capture_settings) as capture, open_client(client):
         job = prepare_job(plan, output, resume=resume, overwrite=overwrite, fsync=settings.fsync)
         return await execute(
             client, job, settings, redact=redact, resume_hint=resume_hint, capture=capture
@@ -429,131 +441,161 @@ def _to_stderr(text: str) -> None:
 
 async def _fetch_all(run: _Run, settings: FetchSettings, resume_hint: str | None) -> OSError | None:
     """Run the batch to completion (or, after Ctrl-C, until nothing sent is unanswered)."""
-    loop = asyncio.get_running_loop()
-    reporter, writer, tally, client = run.reporter, run.job.writer, run.tally, run.client
+    batch = run.client.fetch_many(run.job.pending)
+    return await _BatchLoop(run, settings, resume_hint, batch).go()
+
+
+@dataclass(slots=True)
+class _BatchLoop:
+    """One batch of a fetch run, in named steps: start, consume results, wind down, clean up."""
+
+    run: _Run
+    settings: FetchSettings
+    resume_hint: str | None
+    batch: StoryBatch
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     write_error: OSError | None = None
-    capture = run.capture
-    async with client:
-        batch = client.fetch_many(run.job.pending)
-        background: list[asyncio.Task[None]] = []
-        if capture is not None:
+    deadline: asyncio.Timeout | None = None
 
-            async def refetch(target: str) -> Reel | None:
-                parsed = parse_target(target)
-                if parsed.kind == "username":
-                    return await client.fetch_user_stories(username=parsed.value)
-                return await client.fetch_user_stories(user_id=parsed.value)
-
-            capture.refetch = refetch
-            resumed = await capture.resume_pending()
-            if resumed:
-                reporter.note(f"media: completing {resumed} files earlier runs left unfinished")
-
-        async def ticker(period: float) -> None:
-            # Keeps the rate, 429 and ETA figures moving while no result
-            # arrives (a long 429 cooldown, slow answers).
-            while True:
-                await asyncio.sleep(period)
-                reporter.update(run.snapshot())
-
-        async def settle() -> None:
-            # After Ctrl-C the batch sends nothing new, but workers already
-            # queued at the rate gate would each wait for a turn only to give
-            # it back: at --qps 10 and 16 workers, 1.5 s of idling before the
-            # summary. Once nothing sent is unanswered (twice in a row, so an
-            # answer being decoded has reached the stream), no outcome is left
-            # that a request paid for: close the batch, and the targets
-            # without an outcome get their not_attempted lines below.
-            quiet_polls = 0
-            while quiet_polls < 2:
-                await asyncio.sleep(_IDLE_POLL)
-                quiet_polls = quiet_polls + 1 if client.stats.in_flight == 0 else 0
-            # Closing ends the consumer's iteration cleanly (no cancellation
-            # of the consumer itself, so no received result can be dropped).
-            await batch.aclose()
-
-        background.append(asyncio.create_task(ticker(reporter.refresh)))
+    async def go(self) -> OSError | None:
+        run, capture = self.run, self.run.capture
+        await self._start_capture()
+        self.background.append(asyncio.create_task(self._tick(run.reporter.refresh)))
         try:
             async with asyncio.timeout(None) as deadline:
-
-                def wind_down(reason: str) -> None:
-                    run.phase = "stopping"
-                    if run.leftover is None:
-                        run.leftover = reason
-                        background.append(asyncio.create_task(settle()))
-
-                def on_capture_stop(reason: str) -> None:
-                    # A full disk or a failing archive: nothing sent from now on
-                    # could be kept, so the batch stops like after Ctrl-C.
-                    batch.stop(reason)
-                    wind_down(reason)
-
+                self.deadline = deadline
                 if capture is not None:
-                    capture.on_stop = on_capture_stop
-
-                def on_first(signum: int) -> None:
-                    run.interrupted = True
-                    if capture is not None:
-                        capture.interrupt()
-                    batch.stop(_INTERRUPTED)
-                    wind_down(_INTERRUPTED)
-                    deadline.reschedule(loop.time() + settings.grace)
-                    reporter.note(
-                        "Interrupted: sending no new requests; waiting up to "
-                        f"{settings.grace:g}s for those in flight (Ctrl-C again to quit now)"
-                    )
-
-                def on_second(signum: int) -> None:
-                    reporter.note("Interrupted again: exiting now; finished results are in OUT.")
-                    reporter.close()
-                    if settings.fsync:
-                        writer.sync()
-                    if resume_hint is not None:
-                        print(f"To resume: {resume_hint}", file=sys.stderr, flush=True)
-                    os._exit(ExitCode.INTERRUPTED)
-
-                with Interrupts(on_first, on_second):
-                    async for result in batch:
-                        try:
-                            writer.write(result_line(result, run.redact))
-                        except OSError as exc:
-                            write_error = exc
-                            batch.stop("cannot write the ledger")
-                            break
-                        run.written.add(result.target)
-                        error = result.error
-                        tally.record(result.status, type(error).__name__ if error else None)
-                        if capture is not None and error is None:
-                            try:
-                                await capture.record(result.target, result.stories, time.time())
-                            except ArchiveError as exc:
-                                capture.error = exc
-                                reporter.note(f"stopping: {exc}")
-                                on_capture_stop("archive error")
-                        if isinstance(error, NotAttemptedError):
-                            run.reasons[error.reason] += 1
-                        elif isinstance(error, _FATAL) and run.fatal is None:
-                            run.fatal = error
-                            stopped = batch.stopped_reason
-                            wind_down(stopped.reason if stopped else type(error).__name__)
-                        reporter.update(run.snapshot())
+                    capture.on_stop = self._on_capture_stop
+                with Interrupts(self._on_first, self._on_second):
+                    await self._consume()
                     if capture is not None:
                         # The batch is over; the files it found are still coming.
                         run.phase = "downloading" if run.phase == "fetching" else run.phase
                         await capture.drain()
         except TimeoutError:
             run.leftover = f"{_INTERRUPTED} before an answer arrived"
-            reporter.note(f"--grace of {settings.grace:g}s expired; abandoning requests in flight")
+            run.reporter.note(
+                f"--grace of {self.settings.grace:g}s expired; abandoning requests in flight"
+            )
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if capture is not None:
-                capture.refetch = None
-                await capture.cancel()
-            await batch.aclose()
-        reporter.update(run.snapshot())
-    return write_error
+            await self._clean_up()
+        run.reporter.update(run.snapshot())
+        return self.write_error
+
+    async def _start_capture(self) -> None:
+        capture = self.run.capture
+        if capture is None:
+            return
+        capture.refetch = self.run.client.fetch_target
+        resumed = await capture.resume_pending()
+        if resumed:
+            self.run.reporter.note(
+                f"media: completing {resumed} files earlier runs left unfinished"
+            )
+
+    async def _consume(self) -> None:
+        async for result in self.batch:
+            if not await self._take(result):
+                break
+
+    async def _take(self, result: StoryResult) -> bool:
+        """Write one result's line, record it; False when the loop must end (OUT unwritable)."""
+        run = self.run
+        try:
+            run.job.writer.write(result_line(result, run.redact))
+        except OSError as exc:
+            self.write_error = exc
+            self.batch.stop("cannot write the ledger")
+            return False
+        run.written.add(result.target)
+        error = result.error
+        run.tally.record(result.status, type(error).__name__ if error else None)
+        capture = run.capture
+        if capture is not None and error is None:
+            try:
+                await capture.record(result.target, result.stories, time.time())
+            except ArchiveError as exc:
+                capture.error = exc
+                run.reporter.note(f"stopping: {exc}")
+                self._on_capture_stop("archive error")
+        if isinstance(error, NotAttemptedError):
+            run.reasons[error.reason] += 1
+        elif isinstance(error, STOP_ERRORS) and run.fatal is None:
+            run.fatal = error
+            stopped = self.batch.stopped_reason
+            self._wind_down(stopped.reason if stopped else type(error).__name__)
+        run.reporter.update(run.snapshot())
+        return True
+
+    async def _tick(self, period: float) -> None:
+        # Keeps the rate, 429 and ETA figures moving while no result arrives
+        # (a long 429 cooldown, slow answers).
+        while True:
+            await asyncio.sleep(period)
+            self.run.reporter.update(self.run.snapshot())
+
+    async def _settle(self) -> None:
+        # After Ctrl-C the batch sends nothing new, but workers already queued
+        # at the rate gate would each wait for a turn only to give it back: at
+        # --qps 10 and 16 workers, 1.5 s of idling before the summary. Once
+        # nothing sent is unanswered (twice in a row, so an answer being
+        # decoded has reached the stream), no outcome is left that a request
+        # paid for: close the batch, and the targets without an outcome get
+        # their not_attempted lines afterwards.
+        quiet_polls = 0
+        while quiet_polls < 2:
+            await asyncio.sleep(_IDLE_POLL)
+            quiet_polls = quiet_polls + 1 if self.run.client.stats.in_flight == 0 else 0
+        # Closing ends the consumer's iteration cleanly (no cancellation of
+        # the consumer itself, so no received result can be dropped).
+        await self.batch.aclose()
+
+    def _wind_down(self, reason: str) -> None:
+        run = self.run
+        run.phase = "stopping"
+        if run.leftover is None:
+            run.leftover = reason
+            self.background.append(asyncio.create_task(self._settle()))
+
+    def _on_capture_stop(self, reason: str) -> None:
+        # A full disk or a failing archive: nothing sent from now on could be
+        # kept, so the batch stops like after Ctrl-C.
+        self.batch.stop(reason)
+        self._wind_down(reason)
+
+    def _on_first(self, signum: int) -> None:
+        run = self.run
+        run.interrupted = True
+        if run.capture is not None:
+            run.capture.interrupt()
+        self.batch.stop(_INTERRUPTED)
+        self._wind_down(_INTERRUPTED)
+        assert self.deadline is not None
+        self.deadline.reschedule(asyncio.get_running_loop().time() + self.settings.grace)
+        run.reporter.note(
+            "Interrupted: sending no new requests; waiting up to "
+            f"{self.settings.grace:g}s for those in flight (Ctrl-C again to quit now)"
+        )
+
+    def _on_second(self, signum: int) -> None:
+        run = self.run
+        run.reporter.note("Interrupted again: exiting now; finished results are in OUT.")
+        run.reporter.close()
+        if self.settings.fsync:
+            run.job.writer.sync()
+        if self.resume_hint is not None:
+            print(f"To resume: {self.resume_hint}", file=sys.stderr, flush=True)
+        os._exit(ExitCode.INTERRUPTED)
+
+    async def _clean_up(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        capture = self.run.capture
+        if capture is not None:
+            capture.refetch = None
+            await capture.cancel()
+        await self.batch.aclose()
 
 
 def _exit_code(run: _Run) -> ExitCode:

@@ -1,14 +1,8 @@
 """The JSONL ledger: one line per target outcome, appended as results arrive.
 
-Line schema (fields always present, in this order)::
-
-    {"target": "javan",                 # normalised target, or the invalid line as given
-     "status": "ok",                    # ok | empty | error | not_attempted
-     "fetched_at": "2026-03-10T02:13:01.123Z",   # UTC, when the outcome was recorded
-     "attempts": 1,                     # requests sent for this target (0: none)
-     "stories": {...} | null,           # the decoded reel, re-encoded; set iff ok/empty
-     "error": {"type": "ServerError", "status": 500, "code": 500,
-               "message": "Internal server error", "request_id": "..."} | null}
+The line format (its schema, the struct, the decoders) lives in
+:mod:`keyapi_async.archive.ledger_line`, shared with the archive's ledger
+import; this module writes lines and scans them.
 
 Durability: each line is handed to the kernel with a single ``os.write`` on
 an ``O_APPEND`` descriptor (no user-space buffer to lose), so a crash or
@@ -24,14 +18,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
 from .._errors import KeyAPIError
+from ..archive.ledger_line import (
+    DONE_STATUSES,
+    LINE_START,
+    LedgerError,
+    LedgerLine,
+    decode_head,
+    utc_now,
+)
 from ..engine.batch import StoryResult
-from ..models import Reel
 from .exit import CLIError
 from .inputs import InvalidLine
 
@@ -48,55 +48,7 @@ __all__ = [
     "utc_now",
 ]
 
-Status = Literal["ok", "empty", "error", "not_attempted"]
-
-#: Statuses that ``--resume`` treats as finished (the stories were fetched).
-DONE_STATUSES = frozenset({"ok", "empty"})
 INVALID_TYPE = "InvalidTargetError"
-
-
-class LedgerError(msgspec.Struct, frozen=True, kw_only=True):
-    """Why a target has no stories: the error's class name and what the API said."""
-
-    type: str
-    status: int | None = None
-    code: int | None = None
-    message: str
-    request_id: str | None = None
-
-
-class LedgerLine(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of the ledger: the single outcome of one target."""
-
-    target: str
-    status: Status
-    fetched_at: str
-    attempts: int
-    stories: Reel | None
-    error: LedgerError | None
-
-
-class _ErrorHead(msgspec.Struct):
-    type: str = ""
-
-
-class _LineHead(msgspec.Struct):
-    # Only what --resume needs: msgspec skips ``stories`` without building
-    # objects for it, so scanning a large ledger stays cheap.
-    target: str
-    status: Status
-    error: _ErrorHead | None = None
-
-
-_HEAD_DECODER = msgspec.json.Decoder(_LineHead)
-# Every line this module writes starts like this (fields are encoded in
-# declaration order); it tells a torn ledger line from a foreign file.
-_LINE_START = b'{"target":'
-
-
-def utc_now() -> str:
-    """The current time as UTC ISO-8601 with milliseconds and a ``Z`` suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _unchanged(text: str) -> str:
@@ -197,7 +149,7 @@ def scan_ledger(path: str, *, repair: bool) -> LedgerState:
             if not raw.strip():
                 continue
             try:
-                head = _HEAD_DECODER.decode(raw)
+                head = decode_head(raw)
             except msgspec.DecodeError:  # ValidationError is a subclass
                 bad = (number, start, raw)
                 continue
@@ -209,7 +161,7 @@ def scan_ledger(path: str, *, repair: bool) -> LedgerState:
     if bad is not None:
         number, start, raw = bad
         stripped = raw.rstrip(b"\r\n")
-        if not (stripped.startswith(_LINE_START) or _LINE_START.startswith(stripped)):
+        if not (stripped.startswith(LINE_START) or LINE_START.startswith(stripped)):
             raise CLIError(
                 f"{path!r} line {number} is not a keyapi-stories ledger line; "
                 "refusing to append to it (choose another -o)"

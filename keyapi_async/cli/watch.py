@@ -13,24 +13,26 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import re
 import shlex
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from .._errors import (
-    AuthenticationError,
-    ConfigurationError,
-    InsufficientCreditsError,
-    PermissionDeniedError,
-)
+from .._errors import AuthenticationError, ConfigurationError, InsufficientCreditsError
+from ..engine.fetch import STOP_ERRORS
+from ..engine.validate import check_number
 from .exit import CLIError, ExitCode
+from .signals import Interrupts
+
+if TYPE_CHECKING:
+    from .._client import KeyAPIClient
+    from ..archive import StoryArchive
+    from ..media import MediaDownloader
+    from ..watch import StoryEvent, Watcher, WatchStats
 
 __all__ = ["parse_duration", "run_status", "run_watch"]
 
@@ -48,9 +50,10 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 12h)")
     seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"the duration must be > 0, got {text!r}")
-    return seconds
+    try:
+        return check_number(seconds, f"the duration {text.strip()!r}", positive=True)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _human(seconds: float) -> str:
@@ -207,53 +210,13 @@ async def _watch(
     count: int,
     hook: list[str] | None,
 ) -> int:
-    from .. import KeyAPIClient
+    """Open the parts (each unusable one is exit 2, before any poll), follow the watch, report."""
     from ..archive import ArchiveError
-    from ..media import MediaDownloader, media_hosts_from_env
-    from ..watch import Watcher, open_watch_archive
-    from .serve import serving_watch
-    from .signals import Interrupts
+    from ..watch import Watcher
 
-    archive_path = args.archive or os.path.join(args.download, "archive.sqlite3")
-    options: dict[str, object] = {
-        "qps": args.qps or None,
-        "timeout": args.timeout,
-        "max_attempts": args.retries + 1,
-        "base_url": args.base_url,
-        "user_agent": "keyapi-stories",
-    }
-    # Each shared connection option only when given: the client's defaults
-    # (and environment variables) apply otherwise, as for fetch.
-    for name in ("concurrency", "max_credits", "proxy", "redis_url", "redis_namespace"):
-        value = getattr(args, name, None)
-        if value is not None:
-            options[name] = value
     try:
-        client = KeyAPIClient(key, **options)  # type: ignore[arg-type]
-    except ConfigurationError as exc:
-        raise CLIError(str(exc)) from None
-    downloader = None
-    if args.download is not None:
-        hosts = list(media_hosts_from_env())
-        if args.media_hosts:
-            hosts += [h.strip() for h in args.media_hosts.split(",") if h.strip()]
-        try:
-            downloader = MediaDownloader(
-                args.download,
-                allowed_hosts=hosts,
-                name_template=args.name_template,
-                max_bytes=args.max_media_bytes,
-                concurrency=args.media_concurrency,
-            )
-            await downloader.start()
-        except ConfigurationError as exc:
-            raise CLIError(str(exc)) from None
-    _forecast(args, count)
-    hooks: set[asyncio.Task[None]] = set()
-    slots = asyncio.Semaphore(_HOOK_CONCURRENCY)
-    code = ExitCode.OK
-    try:
-        async with open_watch_archive(archive_path) as archive, client:
+        async with _open_parts(args, key) as (client, archive, downloader):
+            _forecast(args, count)
             watcher = Watcher(
                 client,
                 archive,
@@ -262,69 +225,120 @@ async def _watch(
                 max_credits_per_day=args.max_credits_per_day,
                 downloader=downloader,
             )
-            consumer = asyncio.current_task()
-            loop = asyncio.get_running_loop()
-
-            def on_first(signum: int) -> None:
-                logger.info("stopping: finishing the polls in flight (up to %g s)", args.grace)
-                watcher.stop()
-                if consumer is not None:
-                    loop.call_later(args.grace, consumer.cancel)
-
-            def on_second(signum: int) -> None:
-                if consumer is not None:
-                    consumer.cancel()
-
-            async def run_hook(payload: bytes, story_id: str) -> None:
-                assert hook is not None
-                async with slots:
-                    await _run_hook(hook, payload, args.on_new_timeout, story_id)
-
-            serving = serving_watch(args, archive_path, lambda: client.stats, lambda: watcher.stats)
-            async with serving, contextlib.AsyncExitStack():
-                pass
-            with Interrupts(on_first, on_second):
-                try:
-                    async for event in watcher.events():
-                        if hook is not None:
-                            task = asyncio.ensure_future(run_hook(event.to_json(), event.story_id))
-                            hooks.add(task)
-                            task.add_done_callback(hooks.discard)
-                except (
-                    AuthenticationError,
-                    InsufficientCreditsError,
-                    PermissionDeniedError,
-                ) as exc:
-                    print(
-                        f"keyapi-stories: stopped: the API answered {exc.status}: {exc.message}"
-                        + _advice(exc),
-                        file=sys.stderr,
-                    )
-                    code = ExitCode.STOPPED
-                except asyncio.CancelledError:
-                    if not watcher.stopping:
-                        raise
-                if hooks:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(args.grace, 0.1)):
-                            await asyncio.gather(*hooks, return_exceptions=True)
-            stats = watcher.stats
-            print(
-                f"watch stopped: {stats.polls} polls, {stats.new_stories} new stories, "
-                f"{stats.credits} credits, {stats.errors} errors",
-                file=sys.stderr,
-                flush=True,
-            )
+            async with _Hooks(hook, args.on_new_timeout) as hooks:
+                code = await _follow(watcher, hooks, args.grace)
+            _print_stats(watcher.stats)
     except ArchiveError as exc:
         raise CLIError(str(exc)) from None
-    finally:
-        for task in hooks:
-            task.cancel()
-        if hooks:
-            await asyncio.gather(*hooks, return_exceptions=True)
-        if downloader is not None:
-            await downloader.aclose()
     return code
+
+
+@contextlib.asynccontextmanager
+async def _open_parts(
+    args: argparse.Namespace, key: str
+) -> AsyncIterator[tuple[KeyAPIClient, StoryArchive, MediaDownloader | None]]:
+    """The client, the archive and the downloader, built from the settings as for ``fetch``."""
+    from ..watch import open_watch_archive
+    from .capture import capture_settings, open_downloader
+    from .fetch import make_client, open_client, settings_from_args
+
+    client = make_client(settings_from_args(args), key)
+    media = capture_settings(
+        download=args.download,
+        archive=args.archive,
+        name_template=args.name_template,
+        media_hosts=args.media_hosts,
+        max_media_bytes=args.max_media_bytes,
+        media_concurrency=args.media_concurrency,
+    )
+    assert media.archive_path is not None  # run_watch requires --archive or --download
+    async with (
+        open_downloader(media) as downloader,
+        open_watch_archive(media.archive_path) as archive,
+        open_client(client),
+    ):
+        yield client, archive, downloader
+
+
+async def _follow(watcher: Watcher, hooks: _Hooks, grace: float) -> ExitCode:
+    """Run the watch until SIGINT/SIGTERM (exit 0) or a 401/402/403 (exit 3)."""
+    consumer = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def on_first(signum: int) -> None:
+        logger.info("stopping: finishing the polls in flight (up to %g s)", grace)
+        watcher.stop()
+        if consumer is not None:
+            loop.call_later(grace, consumer.cancel)
+
+    def on_second(signum: int) -> None:
+        if consumer is not None:
+            consumer.cancel()
+
+    code = ExitCode.OK
+    with Interrupts(on_first, on_second):
+        try:
+            async for event in watcher.events():
+                hooks.start(event)
+        except STOP_ERRORS as exc:
+            print(
+                f"keyapi-stories: stopped: the API answered {exc.status}: {exc.message}"
+                + _advice(exc),
+                file=sys.stderr,
+            )
+            code = ExitCode.STOPPED
+        except asyncio.CancelledError:
+            if not watcher.stopping:
+                raise
+        await hooks.wait(grace)
+    return code
+
+
+def _print_stats(stats: WatchStats) -> None:
+    print(
+        f"watch stopped: {stats.polls} polls, {stats.new_stories} new stories, "
+        f"{stats.credits} credits, {stats.errors} errors",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class _Hooks:
+    """The ``--on-new`` commands: at most a few at once, waited for on a stop, then cancelled."""
+
+    def __init__(self, argv: list[str] | None, limit: float) -> None:
+        self._argv = argv
+        self._limit = limit
+        self._slots = asyncio.Semaphore(_HOOK_CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> _Hooks:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def start(self, event: StoryEvent) -> None:
+        """Run the command for ``event`` (nothing without ``--on-new``)."""
+        if self._argv is None:
+            return
+        task = asyncio.ensure_future(self._run(self._argv, event.to_json(), event.story_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, argv: list[str], payload: bytes, story_id: str) -> None:
+        async with self._slots:
+            await _run_hook(argv, payload, self._limit, story_id)
+
+    async def wait(self, grace: float) -> None:
+        """Give the running commands up to ``grace`` seconds to finish."""
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(grace, 0.1)):
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _advice(exc: Exception) -> str:

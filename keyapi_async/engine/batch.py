@@ -14,37 +14,45 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sized
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Generic, Literal, Self
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import msgspec
 
+# TypeVar defaults (PEP 696) on Python < 3.13: a bare ``StoryResult`` is a stories result.
+from typing_extensions import TypeVar
+
 from .._errors import InvalidTargetError, KeyAPIError, NotAttemptedError
 from ..models import Reel
-from .budget import CREDITS_PER_REQUEST
-from .fetch import Fetcher, Stop
-from .targets import Target, TargetLike, as_target
+from .endpoints import STORIES, Endpoint
+from .fetch import Fetcher, Result, Stop
+from .targets import Target, TargetLike
 
 __all__ = ["BatchCounts", "StoryBatch", "StoryResult", "estimate_credits"]
 
 #: Starts a batch's runner in a task group that outlives the call (the client's).
 Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
+R = TypeVar("R", bound=Result, default=Reel)
 
-class StoryResult(msgspec.Struct, frozen=True):
+
+class StoryResult(msgspec.Struct, Generic[R], frozen=True):
     """The one outcome of one target in a batch.
 
-    ``target`` is the normalised target as text (``javan``, ``id:18527``), or
-    the input as given when it was invalid. Exactly one of ``stories`` and
-    ``error`` is set. ``attempts`` counts the requests sent for it (0 when
-    none was), ``elapsed`` the seconds from a worker picking it up to the
-    outcome, and ``index`` its position among the distinct targets read.
+    ``target`` is the normalised target as text (``javan``, ``id:18527``,
+    ``highlight:17912345678901234``), or the input as given when it was
+    invalid. ``stories`` is the endpoint's result: a :class:`~keyapi_async.models.Reel`
+    (a bare ``StoryResult``), a ``HighlightTray`` or ``HighlightStories``.
+    Exactly one of ``stories`` and ``error`` is set. ``attempts`` counts the
+    requests sent for it (0 when none was), ``elapsed`` the seconds from a
+    worker picking it up to the outcome, and ``index`` its position among the
+    distinct targets read.
     """
 
     target: str
-    stories: Reel | None
+    stories: R | None
     error: KeyAPIError | None
     attempts: int
     elapsed: float
@@ -52,20 +60,20 @@ class StoryResult(msgspec.Struct, frozen=True):
 
     @property
     def ok(self) -> bool:
-        """Whether the stories were fetched (possibly none active)."""
+        """Whether the result was fetched (possibly with no items)."""
         return self.error is None
 
     @property
     def status(self) -> Literal["ok", "empty", "error", "not_attempted"]:
-        """``ok``, ``empty`` (no active stories), ``error`` or ``not_attempted``."""
+        """``ok``, ``empty`` (no items), ``error`` or ``not_attempted``."""
         if self.error is None:
             return "empty" if self.stories is None or not self.stories.items else "ok"
         if isinstance(self.error, NotAttemptedError):
             return "not_attempted"
         return "error"
 
-    def unwrap(self) -> Reel:
-        """Return the reel, or raise the error this target ended with."""
+    def unwrap(self) -> R:
+        """Return the result, or raise the error this target ended with."""
         if self.error is not None:
             raise self.error
         assert self.stories is not None
@@ -82,23 +90,26 @@ class BatchCounts:
     yielded: int = 0
 
 
-def estimate_credits(targets: Iterable[TargetLike]) -> int:
-    """Upper bound of the credits a batch over ``targets`` will spend.
+def estimate_credits(
+    targets: Iterable[TargetLike | int], endpoint: Endpoint[object] = STORIES
+) -> int:
+    """Upper bound of the credits a batch over ``targets`` of ``endpoint`` will spend.
 
-    Counts 2 credits per distinct valid target (the API charges successful
-    answers only, whether or not the account has stories; errors and
-    retries are free), so the real figure is at most this.
+    Counts the endpoint's credits (2) per distinct valid target (the API
+    charges successful answers only, whether or not the account has
+    stories; errors and retries are free), so the real figure is at most this.
     """
+    parse = endpoint.parse_target
     seen: set[str] = set()
     for raw in targets:
         try:
-            seen.add(str(as_target(raw)))
+            seen.add(str(parse(raw)))
         except InvalidTargetError:
             continue
-    return CREDITS_PER_REQUEST * len(seen)
+    return endpoint.credits * len(seen)
 
 
-class StoryBatch:
+class StoryBatch(Generic[R]):
     """An async iterator of :class:`StoryResult`, one per distinct target.
 
     Guarantees: every distinct target yields exactly one result (invalid
@@ -114,8 +125,8 @@ class StoryBatch:
 
     def __init__(
         self,
-        fetcher: Fetcher,
-        targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
+        fetcher: Fetcher[R],
+        targets: Iterable[TargetLike | int] | AsyncIterable[TargetLike | int],
         *,
         ordered: bool,
         workers: int,
@@ -130,13 +141,13 @@ class StoryBatch:
         self._recv = self._engine.receiver
         self._spawn = spawn
         self._group: anyio.abc.TaskGroup | None = None
-        self._pending: dict[int, StoryResult] | None = {} if ordered else None
+        self._pending: dict[int, StoryResult[R]] | None = {} if ordered else None
         self._next_index = 0
 
-    def __aiter__(self) -> AsyncIterator[StoryResult]:
+    def __aiter__(self) -> AsyncIterator[StoryResult[R]]:
         return self
 
-    async def __anext__(self) -> StoryResult:
+    async def __anext__(self) -> StoryResult[R]:
         engine = self._engine
         if not engine.started:
             engine.started = True
@@ -155,7 +166,7 @@ class StoryBatch:
         engine.counts.yielded += 1
         return result
 
-    async def _receive(self) -> StoryResult:
+    async def _receive(self) -> StoryResult[R]:
         # anyio's receive() yields to the loop even with a result waiting:
         # wait only when the stream is really empty.
         try:
@@ -228,29 +239,30 @@ class StoryBatch:
 
 
 #: A target to fetch: (index, target, key), or the ready result of an invalid one.
-_Item = tuple[int, Target, str] | StoryResult
+_Item = tuple[int, Target, str] | StoryResult[R]
 
 
-class _Engine:
+class _Engine(Generic[R]):
     """The workers of one batch, their shared input and the result stream."""
 
     def __init__(
         self,
-        fetcher: Fetcher,
-        targets: Iterable[TargetLike] | AsyncIterable[TargetLike],
+        fetcher: Fetcher[R],
+        targets: Iterable[TargetLike | int] | AsyncIterable[TargetLike | int],
         *,
         ordered: bool,
         workers: int,
         where: str,
     ) -> None:
         self._fetcher = fetcher
+        self._as_target = fetcher.endpoint.parse_target
         self._workers = workers
         # A sync iterator needs no lock (next() cannot be interrupted); two
         # tasks in an async generator's __anext__ at once is an error.
         self._sync = None if isinstance(targets, AsyncIterable) else iter(targets)
         self._async = aiter(targets) if isinstance(targets, AsyncIterable) else None
         self._lock = anyio.Lock(fast_acquire=True)
-        self._send, self.receiver = anyio.create_memory_object_stream[StoryResult](workers)
+        self._send, self.receiver = anyio.create_memory_object_stream[StoryResult[R]](workers)
         # Ordered mode: at most this many targets between "read" and "handed
         # to the caller", which bounds the reorder buffer.
         self.window = anyio.Semaphore(2 * workers, fast_acquire=True) if ordered else None
@@ -291,9 +303,10 @@ class _Engine:
         self._sync = self._async = None
         return self
 
-    async def _next_item(self) -> _Item | None:
+    async def _next_item(self) -> _Item[R] | None:
         """Pull input until a new valid target, an invalid one (as its result), or the end."""
         counts = self.counts
+        as_target = self._as_target
         while True:
             raw = await self._pull()
             if raw is self:

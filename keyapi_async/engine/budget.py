@@ -4,7 +4,7 @@ A request reserves its 2 credits before it may pass the rate gate; when it
 ends, the reservation is settled: 2 credits charged for a billed answer, none
 for an error, a cancellation or a send that never happened. :func:`hold` wraps
 the pair in ``async with`` so that no path can leave a reservation pinned.
-:class:`LocalBudget` counts in this process; ``_redis`` keeps the same
+:class:`LocalBudget` counts in this process; ``engine.redis_gate`` keeps the same
 contract in Redis for several processes.
 """
 
@@ -15,10 +15,12 @@ from typing import Protocol
 
 import anyio
 
+from .endpoints import CREDITS_PER_ANSWER
+
 __all__ = ["CREDITS_PER_REQUEST", "Budget", "Hold", "LocalBudget", "hold"]
 
-#: Credits the API charges for one billed ``fetch_user_stories`` answer.
-CREDITS_PER_REQUEST = 2
+#: Credits the API charges for one billed answer (each endpoint's own: ``Endpoint.credits``).
+CREDITS_PER_REQUEST = CREDITS_PER_ANSWER
 
 
 class Budget(Protocol):

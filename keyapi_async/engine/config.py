@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from .._errors import ConfigurationError
 from .retry import RetryPolicy
+from .validate import check_count, check_number
 
 DEFAULT_BASE_URL = "https://api.keyapi.ai"
 DEFAULT_QPS = 10.0
@@ -139,14 +140,14 @@ class ClientConfig:
         o: dict[str, Any] = defaults | options
         for name in _POSITIVE + _NON_NEGATIVE:
             if o[name] is not None or name not in _OPTIONAL:
-                o[name] = _number(name, o[name], zero=name in _NON_NEGATIVE)
+                o[name] = check_number(o[name], name, positive=name not in _NON_NEGATIVE)
         if o["rate_margin"] >= 0.5:
             raise ConfigurationError(f"rate_margin must be below 0.5, got {o['rate_margin']!r}")
         if o["concurrency"] is None:
             o["concurrency"] = derived_concurrency(o["qps"], o["timeout"])
         for name, minimum in _COUNTS.items():
             if o[name] is not None or name not in _OPTIONAL:
-                _count(name, o[name], minimum=minimum)
+                check_count(o[name], name, minimum=minimum)
         agent = o["user_agent"]
         if not isinstance(agent, str) or not agent.isprintable():
             raise ConfigurationError(f"user_agent must be printable text, got {agent!r}")
@@ -193,21 +194,6 @@ def derived_concurrency(qps: float | None, timeout: float) -> int:
     if qps is None:
         return 32
     return max(16, min(512, math.ceil(qps * timeout)))
-
-
-def _number(name: str, value: object, *, zero: bool = False) -> float:
-    """``value`` as a float: finite and > 0 (or >= 0 with ``zero``); else name it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        bound = ">= 0" if zero else "> 0"
-        raise ConfigurationError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _resolve_key(api_key: object) -> Secret:

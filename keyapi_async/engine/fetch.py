@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 
 from .._errors import (
+    APIStatusError,
     AuthenticationError,
     ConnectError,
     GateUnavailableError,
@@ -29,27 +33,42 @@ from .._errors import (
     RateLimitError,
     ResponseDecodeError,
 )
-from ..models import Reel
-from .budget import CREDITS_PER_REQUEST, Budget, hold
+from .budget import Budget, hold
+from .endpoints import Endpoint
 from .gate import Gate, Ticket, Verdict
 from .retry import RetryPolicy
 from .sansio import RequestBuilder, parse_response
 from .targets import Target
 from .transport import Transport
 
-__all__ = ["BREAKER_THRESHOLD", "ClientStats", "Fetcher", "Outcome", "Stop"]
+__all__ = [
+    "BREAKER_THRESHOLD",
+    "STOPS_A_BATCH",
+    "STOP_ERRORS",
+    "ClientStats",
+    "Fetcher",
+    "Outcome",
+    "Result",
+    "Stop",
+]
 
 _log = logging.getLogger("keyapi_async")
 
 #: Failed connections, with no answer ever, after which a batch stops.
 BREAKER_THRESHOLD = 5
 
-#: The errors that stop a batch, and the reason its unsent targets give.
-_STOPS_A_BATCH: dict[type[KeyAPIError], str] = {
-    InsufficientCreditsError: "credits exhausted",
-    PermissionDeniedError: "permission denied",
-    AuthenticationError: "authentication failed",
-}
+#: The errors that stop a batch (and a watch), and the reason its unsent
+#: targets give: nothing sent after a 401, 403 or 402 could succeed with this
+#: key or account. The one home of that rule; the CLI and watch read it.
+STOPS_A_BATCH: Mapping[type[APIStatusError], str] = MappingProxyType(
+    {
+        InsufficientCreditsError: "credits exhausted",
+        PermissionDeniedError: "permission denied",
+        AuthenticationError: "authentication failed",
+    }
+)
+#: :data:`STOPS_A_BATCH`'s errors as a tuple, for ``except`` and ``isinstance``.
+STOP_ERRORS: tuple[type[APIStatusError], ...] = tuple(STOPS_A_BATCH)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -61,9 +80,9 @@ class ClientStats:
     in_flight: int = 0
     """Requests sent and not answered yet."""
     successes: int = 0
-    """Answers decoded into a reel (each cost 2 credits)."""
+    """Answers decoded into a result (a reel, a tray, a highlight's stories), each billed."""
     empty: int = 0
-    """Successes whose reel had no active stories (included in ``successes``)."""
+    """Successes with no items (no active stories, no highlights; included in ``successes``)."""
     failures: int = 0
     """Targets that ended in an error after their last attempt."""
     rate_limited: int = 0
@@ -71,16 +90,28 @@ class ClientStats:
     retries: int = 0
     """Sends beyond each target's first."""
     credits_spent: int = 0
-    """2 per billed answer: every ``code == 0`` one, even if its body could not be typed."""
+    """The endpoint's credits (2) per billed answer: every ``code == 0`` one, typed or not."""
     current_qps: float | None = None
     """The rate the gate paces at now (``None``: no cap)."""
     cooldown_remaining: float = 0.0
     """Seconds left of the pause after the last 429."""
 
 
-#: What one target's fetch came to: a reel or an error, and how many sends
-#: (a plain tuple: one is built per request).
-Outcome = tuple[Reel | None, KeyAPIError | None, int]
+class Result(Protocol):
+    """What every endpoint's result has: its items (stories, highlights)."""
+
+    @property
+    def items(self) -> tuple[object, ...]:
+        """The result's items; empty when there are none."""
+        ...
+
+
+R = TypeVar("R", bound=Result)
+S = TypeVar("S", bound=Result)
+
+#: What one target's fetch came to: the endpoint's result or an error, and how
+#: many sends (a plain tuple: one is built per request).
+Outcome = tuple[R | None, KeyAPIError | None, int]
 
 
 class Stop:
@@ -122,21 +153,40 @@ class Stop:
 
 
 @dataclass(slots=True, kw_only=True)
-class Fetcher:
-    """Fetches one target at a time with retries; shared by every call of a client."""
+class Fetcher(Generic[R]):
+    """Fetches one target of one endpoint at a time with retries.
+
+    One per endpoint and client (:meth:`for_endpoint`), all sharing the
+    client's transport, gate, budget, retry policy and counters.
+    """
 
     transport: Transport
     gate: Gate
     budget: Budget
     builder: RequestBuilder
     policy: RetryPolicy
+    endpoint: Endpoint[R]
     # The live tallies; ``client.stats`` copies them and fills in the gate's rate fields.
     counters: ClientStats = field(default_factory=ClientStats)
 
-    async def fetch(self, target: Target, stop: Stop | None = None, key: str = "") -> Outcome:
+    def for_endpoint(self, endpoint: Endpoint[S]) -> Fetcher[S]:
+        """A fetcher for ``endpoint`` sharing this one's transport, gate, budget and counters."""
+        return Fetcher(
+            transport=self.transport,
+            gate=self.gate,
+            budget=self.budget,
+            builder=self.builder.for_endpoint(endpoint),
+            policy=self.policy,
+            endpoint=endpoint,
+            counters=self.counters,
+        )
+
+    async def fetch(self, target: Target, stop: Stop | None = None, key: str = "") -> Outcome[R]:
         """Fetch ``target`` (rendered as ``key``) with retries; returns any KeyAPIError."""
         counters = self.counters
         gate = self.gate
+        endpoint = self.endpoint
+        price = endpoint.credits
         rendered = key or str(target)
         attempt = 0
         last_error: KeyAPIError | None = None
@@ -144,7 +194,7 @@ class Fetcher:
             if stop is not None and stop.reason is not None:
                 return self._unsent(stop.reason, rendered, last_error, attempt)
             try:
-                async with hold(self.budget) as credits:
+                async with hold(self.budget, price) as credits:
                     ticket = await self._admit(credits.granted, stop)
                     if isinstance(ticket, NotAttemptedError):
                         return self._unsent(ticket, rendered, last_error, attempt)
@@ -156,7 +206,7 @@ class Fetcher:
                     debug = _log.isEnabledFor(logging.DEBUG)
                     started = time.perf_counter() if debug else 0.0
                     verdict = Verdict.NO_ANSWER
-                    reel: Reel | None = None
+                    reel: R | None = None
                     error: KeyAPIError | None = None
                     # Sent from this frame, not a helper's: every resume of a
                     # request waiting on the network passes through each frame
@@ -165,7 +215,9 @@ class Fetcher:
                         request = self.builder.build(target)
                         raw = await self.transport.send(request, target=rendered)
                         verdict = Verdict.ACCEPTED
-                        reel = parse_response(raw.status, raw.headers, raw.body, target=rendered)
+                        reel = parse_response(
+                            raw.status, raw.headers, raw.body, target=rendered, endpoint=endpoint
+                        )
                     except KeyAPIError as exc:
                         error = exc
                         if isinstance(exc, RateLimitError):
@@ -190,8 +242,8 @@ class Fetcher:
                     else:
                         await gate.release(ticket, verdict)
                     if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
-                        credits.charge(CREDITS_PER_REQUEST)
-                        counters.credits_spent += CREDITS_PER_REQUEST
+                        credits.charge(price)
+                        counters.credits_spent += price
             except GateUnavailableError as exc:
                 # The shared gate or budget is gone past its grace: nothing
                 # may be sent, for this target or any other.
@@ -219,7 +271,7 @@ class Fetcher:
                     stop.connect_failed(error)
                 elif verdict is not Verdict.NO_ANSWER:
                     stop.answered()
-                why = _STOPS_A_BATCH.get(type(error))
+                why = STOPS_A_BATCH.get(type(error)) if isinstance(error, STOP_ERRORS) else None
                 if why is not None:
                     stop.cancel(why, cause=error)
             delay = self.policy.delay_for(attempt, error)
@@ -231,7 +283,7 @@ class Fetcher:
 
     def _unsent(
         self, reason: NotAttemptedError, target: str, last_error: KeyAPIError | None, attempts: int
-    ) -> Outcome:
+    ) -> Outcome[R]:
         """The outcome of a target whose next send was called off.
 
         A target tried before keeps the error of its last try, and counts as

@@ -24,10 +24,89 @@ import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AdaptiveRate", "Gate", "GateSnapshot", "RateGate", "Ticket", "Verdict", "paced_rate"]
+__all__ = [
+    "BETA",
+    "COLD_AFTER",
+    "COLD_START",
+    "FLOOR",
+    "HOLD",
+    "RECOVERY",
+    "AdaptiveRate",
+    "Gate",
+    "GateSnapshot",
+    "RateGate",
+    "Ticket",
+    "Verdict",
+    "cut_rate",
+    "is_cold",
+    "paced_rate",
+    "recovered_rate",
+]
 
 #: The window in which the API counts requests, in seconds.
 WINDOW = 1.0
+
+#: Seconds the turn after a cold grant is held back, on top of the interval.
+#: A process's first request (and its first after a long pause) is written
+#: late: a new connection, first-use code paths, a loop busy starting its
+#: workers (5-25 ms measured on a loaded 2-core machine, more under heavier
+#: load), while the turns after it go out at once. Without room after it, the
+#: late one lands in the next second's window beside its full share: qps + 1
+#: arrivals (issue 21). docs/multi-process.md, "The first second".
+COLD_START = 0.1
+
+#: A gate that granted nothing for this long grants cold again (aiohttp drops
+#: idle keep-alive connections after 15 s, so the next send connects anew).
+COLD_AFTER = 15.0
+
+
+# -- the recovery rule after a 429: one rule for the local and the Redis gate ---------
+#
+# A 429 cuts the rate to BETA of what it was (never below FLOOR per second,
+# never above what the server just accepted, less the margin); it then climbs
+# back to the level of the cut in RECOVERY seconds along a concave cubic (most
+# of the rate is back within a few seconds, flat near the level that was
+# throttled), holds there HOLD seconds, and probes up to the ceiling along a
+# convex cubic, reaching it RECOVERY seconds later. Fixed in seconds rather
+# than a fixed curvature: with a curvature a cut at 200/s would take 6 s to
+# recover and one at 5/s under 2 s. engine/redis_gate.py's Lua is a line by
+# line transcription of recovered_rate, fed these constants
+# (tests/test_ratelimit.py and tests/test_redis.py hold both to it).
+BETA = 0.7
+FLOOR = 0.5
+RECOVERY = 5.0
+HOLD = 5.0
+
+
+def cut_rate(rate: float, learned: float | None) -> tuple[float, float]:
+    """The rate after a 429 at ``rate`` and the level it recovers to: ``(cut_to, w_max)``.
+
+    ``learned``: what the server just accepted, less the margin (``None``:
+    not known, as in the Redis gate).
+    """
+    top = rate if learned is None else min(rate, learned)
+    w_max = max(FLOOR, top)
+    return max(FLOOR, min(rate * BETA, w_max)), w_max
+
+
+def recovered_rate(elapsed: float, cut_to: float, w_max: float, ceiling: float | None) -> float:
+    """The rate ``elapsed`` seconds after a cut to ``cut_to`` from ``w_max`` (the one rule).
+
+    ``ceiling=None`` (no cap configured): the probe above ``w_max`` climbs
+    by the depth of the cut every ``RECOVERY`` seconds, unbounded.
+    """
+    if elapsed < RECOVERY:
+        return w_max - (w_max - cut_to) * ((RECOVERY - elapsed) / RECOVERY) ** 3
+    if elapsed < RECOVERY + HOLD:
+        return w_max
+    gain = (w_max - cut_to) if ceiling is None else (ceiling - w_max)
+    return w_max + gain * ((elapsed - RECOVERY - HOLD) / RECOVERY) ** 3
+
+
+def is_cold(last_grant: float | None, now: float) -> bool:
+    """Whether a grant at ``now`` is cold: the gate's first, or its first after ``COLD_AFTER``."""
+    return last_grant is None or now - last_grant > COLD_AFTER
+
 
 _log = logging.getLogger("keyapi_async")
 
@@ -99,36 +178,25 @@ class Gate(Protocol):
 
 @dataclass(slots=True)
 class AdaptiveRate:
-    """The send rate, cut on 429s and recovered along botocore's CUBIC curve (pure).
+    """The send rate of the local gate, cut on 429s and recovered by the one rule (pure).
 
-    A 429 cuts the rate by ``beta``, never leaving it above what the server
-    just accepted (less the margin); it then climbs back, holds for ``hold``
-    seconds at the level of the cut, and probes up to ``ceiling``
-    (docs/rate-limits.md, "The adaptive rate"). ``ceiling=None``: unlimited
-    until a 429 teaches a rate. All times are seconds from one clock.
+    :func:`cut_rate` and :func:`recovered_rate` (docs/rate-limits.md, "The
+    adaptive rate"), with the cut capped by what the server just accepted.
+    ``ceiling=None``: unlimited until a 429 teaches a rate. All times are
+    seconds from one clock.
     """
 
     ceiling: float | None
     margin: float = 0.05
-    beta: float = 0.7
-    scale: float = 0.4
-    hold: float = 5.0
-    floor: float = 0.5
     _t0: float | None = field(default=None, init=False)  # when the last cut was made
     _w_max: float = field(default=0.0, init=False)
-    _k: float = field(default=0.0, init=False)
+    _cut_to: float = field(default=0.0, init=False)
 
     def current(self, now: float) -> float | None:
         """The rate (requests per second) to pace at, at time ``now``; ``None`` is unlimited."""
         if self._t0 is None:
             return self.ceiling
-        elapsed = now - self._t0
-        if elapsed < self._k:
-            rate = self._w_max - self.scale * (self._k - elapsed) ** 3
-        elif elapsed < self._k + self.hold:
-            rate = self._w_max
-        else:
-            rate = self._w_max + self.scale * (elapsed - self._k - self.hold) ** 3
+        rate = recovered_rate(now - self._t0, self._cut_to, self._w_max, self.ceiling)
         if self.ceiling is not None and rate >= self.ceiling:
             # Fully recovered: back to plain pacing at the ceiling.
             self._t0 = None
@@ -148,13 +216,10 @@ class AdaptiveRate:
             return current
         # Unlimited so far: what we actually sent is the rate that tripped it.
         rate = float(sent_in_window) if current is None else current
-        learned = accepted_in_window * (1 - self.margin) if accepted_in_window > 0 else math.inf
-        w_max = max(self.floor, min(rate, learned))
-        new = max(self.floor, min(rate * self.beta, w_max))
-        self._w_max = max(new, w_max)
-        self._k = ((self._w_max - new) / self.scale) ** (1 / 3)
+        learned = accepted_in_window * (1 - self.margin) if accepted_in_window > 0 else None
+        self._cut_to, self._w_max = cut_rate(rate, learned)
         self._t0 = now
-        return new
+        return self._cut_to
 
 
 class _Bucket(AsyncLimiter):
@@ -182,6 +247,12 @@ class _Bucket(AsyncLimiter):
             self._leak()
             self._level = max(self._level, self.max_rate - 1.0)
         await super().acquire(amount)
+
+    def hold_back(self, seconds: float) -> None:
+        """Delay the next turn by ``seconds`` more than the interval (after a cold grant)."""
+        self._leak()
+        self._level += seconds * self.rate
+        self._wake_next()
 
     def retune(self, rate: float) -> None:
         if rate == self.rate:
@@ -213,6 +284,7 @@ class RateGate:
         self._bucket = None if paced is None else _Bucket(paced, self._slack)
         self._cooldown_until = -math.inf
         self._last_cut = -math.inf
+        self._last_grant: float | None = None
         # Send times of all requests, and of those the server accepted: what
         # we sent and what it let through in the window before a 429 is how
         # the rate is learned.
@@ -271,6 +343,9 @@ class RateGate:
                 bucket.retune(current)
             if now < self._cooldown_until:
                 continue  # a 429 arrived while we waited: that turn is forfeit
+            if is_cold(self._last_grant, now):
+                bucket.hold_back(COLD_START)
+            self._last_grant = now
             return now
 
     async def release(

@@ -11,8 +11,10 @@ same key and the same Redis shares them:
   processes, hence never more than ``qps`` grants in any one-second window,
   the first second included;
 * **the 429 cooldown and the adaptive rate**: a 429 seen by one process pauses
-  all of them, and the lowered rate (multiplicative decrease, CUBIC-like
-  recovery computed in the script from the time of the cut) is shared;
+  all of them, and the lowered rate is shared: the script computes it from
+  the time of the cut by the local gate's rule
+  (:func:`~keyapi_async.engine.gate.recovered_rate`, transcribed to Lua and
+  fed the same constants);
 * **the credit budget**: reservations are taken atomically against one
   counter; every reservation carries a random token so that a script retried
   after a lost reply is applied once.
@@ -50,7 +52,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._errors import ConfigurationError, GateUnavailableError
-from .gate import WINDOW, GateSnapshot, Ticket, Verdict, paced_rate
+from .gate import (
+    BETA,
+    COLD_START,
+    FLOOR,
+    HOLD,
+    RECOVERY,
+    WINDOW,
+    GateSnapshot,
+    Ticket,
+    Verdict,
+    is_cold,
+    paced_rate,
+)
 
 __all__ = [
     "KEY_PREFIX",
@@ -81,20 +95,6 @@ HOLD_LEASE = 3_600
 #: How often (seconds) the reserve script looks for abandoned reservations.
 REAP_EVERY = 60
 
-#: Adaptive rate after a 429: multiplicative decrease (``BETA``, never below
-#: ``FLOOR`` per second), then a CUBIC curve (botocore's shape, as the local
-#: gate's AdaptiveRate) back to the rate before the cut in ``RECOVERY``
-#: seconds: concave, so most of the rate is back within a few seconds, and
-#: flat near the rate that was throttled. Below the ceiling it then holds for
-#: ``HOLD`` seconds before probing upward. Fixed in seconds rather than a
-#: fixed curvature: with a curvature a cut at 200/s would take 6 s to recover
-#: and one at 5/s under 2 s, and processes re-tripping the limit every 2 s
-#: waste a round trip each time.
-BETA = 0.7
-FLOOR = 0.5
-RECOVERY = 10.0
-HOLD = 5.0
-
 #: Redis failures that mean "the shared state cannot be reached right now".
 #: Any RedisError counts (a READONLY replica after a failover, a script error):
 #: without a verdict from Redis nothing may be sent.
@@ -117,28 +117,28 @@ local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
--- The current pacing rate: the ceiling, or the CUBIC recovery after a cut.
--- cut_at: time of the cut; w_max: rate before it; k: seconds to climb back;
--- scale: the curvature that gets there in k. Probing above w_max (after the
--- hold) climbs to the ceiling in k seconds too.
+-- The current pacing rate: the ceiling, or the recovery after a cut. A line
+-- by line copy of engine/gate.py's recovered_rate, with its constants:
+-- ARGV[3] = RECOVERY, ARGV[4] = HOLD. cut_at: time of the cut; w_max: the
+-- level it recovers to; cut_to: the rate it cut to.
 local function current_rate(rate_key, ceiling, now)
-  local st = redis.call('HMGET', rate_key, 'cut_at', 'w_max', 'k', 'scale')
-  local cut_at = tonumber(st[1])
-  if cut_at == nil or ceiling <= 0 then return ceiling, false end
-  local w_max, k, scale = tonumber(st[2]), tonumber(st[3]), tonumber(st[4])
-  local hold = tonumber(ARGV[4])
+  local st = redis.call('HMGET', rate_key, 'cut_at', 'w_max', 'cut_to')
+  local cut_at, w_max, cut_to = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
+  if cut_at == nil or cut_to == nil or ceiling <= 0 then return ceiling, cut_at ~= nil end
+  local k, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
   local e = now - cut_at
   local rate
-  if e < k then rate = w_max - scale * (k - e) ^ 3
+  if e < k then rate = w_max - (w_max - cut_to) * ((k - e) / k) ^ 3
   elseif e < k + hold then rate = w_max
-  else rate = w_max + (ceiling - w_max) / k ^ 3 * (e - k - hold) ^ 3 end
+  else rate = w_max + (ceiling - w_max) * ((e - k - hold) / k) ^ 3 end
   if rate >= ceiling then return ceiling, true end
   return rate, false
 end
 """
 
 # KEYS: rate hash, cooldown string.
-# ARGV: ceiling (paced rate; 0 = no cap), slack (lateness absorbed), recovery, hold.
+# ARGV: ceiling (paced rate; 0 = no cap), slack (lateness absorbed), recovery, hold,
+#       cold (seconds the next slot is held back after this grant; 0 = none).
 # Returns {1, sent_at, rate, cooldown_until, now} on a grant,
 #         {0, wait_seconds, rate, cooldown_until, now} otherwise.
 ACQUIRE_LUA = (
@@ -150,15 +150,24 @@ local cd = tonumber(redis.call('GET', KEYS[2]) or '0')
 local rate, recovered = current_rate(KEYS[1], ceiling, now)
 if now < cd then return {0, fmt(cd - now), fmt(rate), fmt(cd), fmt(now)} end
 if ceiling <= 0 then return {1, fmt(now), '0', fmt(cd), fmt(now)} end
-if recovered then redis.call('HDEL', KEYS[1], 'cut_at', 'w_max', 'k', 'scale') end
+if recovered then redis.call('HDEL', KEYS[1], 'cut_at', 'w_max', 'cut_to', 'k', 'scale') end
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat > now then return {0, fmt(tat - now), fmt(rate), fmt(cd), fmt(now)} end
 local interval = 1 / rate
 -- A grant is late by the waiter's sleep and round trip (about a millisecond);
 -- restarting the schedule from `now` would lose that much per slot (a third
--- of the rate at 500/s). Up to `slack` of lateness is absorbed instead.
+-- of the rate at 500/s). Up to `slack` of lateness is absorbed instead. From
+-- an idle schedule (or one late by more) it restarts at `now`: the slack is
+-- no head start, or the second grant of a fresh schedule would follow the
+-- first by interval - slack, just when the first is the likeliest to be
+-- written late (issue 21).
 local slack = math.min(interval, tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now - slack) + interval))
+local base = tat
+if now - tat > slack then base = now end
+-- A cold grant (a process's first): its request pays for a new connection
+-- and a busy start, so the next slot waits `cold` more, and the late send
+-- cannot share a window with a full second of others.
+redis.call('HSET', KEYS[1], 'tat', fmt(base + interval + tonumber(ARGV[5])))
 -- Keep the state while it matters: the next slot, or a recovery in progress
 -- (which can take a while at low rates), plus a few seconds.
 local keep = interval + 5
@@ -191,12 +200,11 @@ if ceiling <= 0 then return {'0', fmt(cd), fmt(now)} end
 local last_cut = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 local sent_at = tonumber(ARGV[7])
 if sent_at > last_cut then
-  local beta, floor_, k = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[3])
-  local new = math.max(floor_, rate * beta)
-  local w_max = math.max(rate, new)
-  local scale = math.max((w_max - new) / k ^ 3, 1e-6)
-  redis.call('HSET', KEYS[1], 'cut_at', fmt(now), 'w_max', fmt(w_max), 'k', fmt(k),
-    'scale', fmt(scale))
+  -- engine/gate.py's cut_rate with nothing learned: ARGV[5] = BETA, ARGV[6] = FLOOR.
+  local beta, floor_ = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local w_max = math.max(floor_, rate)
+  local new = math.max(floor_, math.min(rate * beta, w_max))
+  redis.call('HSET', KEYS[1], 'cut_at', fmt(now), 'w_max', fmt(w_max), 'cut_to', fmt(new))
   rate = new
 end
 local ttl = math.max(redis.call('PTTL', KEYS[1]), 0)
@@ -360,6 +368,14 @@ class RedisGate:
         # that above one second with three quarters of the margin left for
         # the network; with no margin the GCRA is strict.
         self._slack = 0.25 * margin / (1 - margin) if 0 < margin < 1 else 0.0
+        # A grant that reaches its task later than this after it was asked
+        # for (a loop busy at start-up, a stalled process) would be written
+        # later than the schedule absorbs: it is forfeit and asked for again,
+        # cold (see _wait_turn).
+        self._stale_after = max(self._slack, 0.005)
+        self._last_grant: float | None = None  # local clock
+        #: Grants forfeit because they reached their task too late.
+        self.stale_grants = 0
         self._retry_after_cap = retry_after_cap
         self._inflight = asyncio.Semaphore(concurrency)
         self._turn = asyncio.Lock()
@@ -400,7 +416,7 @@ class RedisGate:
     async def _wait_turn(self) -> Ticket:
         state = self._state
         clock = self._clock
-        args: list[str | float] = [_fmt(self._ceiling), _fmt(self._slack), RECOVERY, HOLD]
+        cold = is_cold(self._last_grant, clock())
         while True:
             now = clock()
             if now < self._cooldown_until:
@@ -412,15 +428,33 @@ class RedisGate:
                 remaining = max(0.0, local_until - clock())
                 await state.call(partial(self._throttle, remaining, sent_at, 0.0))
                 self._pending_throttle = None
+            args: list[str | float] = [
+                _fmt(self._ceiling),
+                _fmt(self._slack),
+                RECOVERY,
+                HOLD,
+                _fmt(COLD_START if cold else 0.0),
+            ]
             asked = clock()
             self.script_calls += 1
-            reply = await state.call(lambda: state.acquire_script(keys=self._keys, args=args))
+            reply = await state.call(partial(state.acquire_script, keys=self._keys, args=args))
             granted, value = int(reply[0]), _f(reply[1])
+            now = clock()
             self._learn(asked, _f(reply[2]), _f(reply[3]), _f(reply[4]))
-            if granted:
-                self.grants += 1
-                return Ticket(sent_at=value)
-            await asyncio.sleep(value)
+            if not granted:
+                await asyncio.sleep(value)
+                continue
+            if now - asked > self._stale_after and not cold:
+                # Granted on Redis's clock up to `now - asked` ago: its send
+                # would crowd the grants after it. The slot is left unused
+                # and the next one asked for cold, which keeps room after it
+                # for a send that is late again.
+                self.stale_grants += 1
+                cold = True
+                continue
+            self.grants += 1
+            self._last_grant = now
+            return Ticket(sent_at=value)
 
     def _learn(self, asked: float, rate: float, cooldown_until: float, now: float) -> None:
         """Keep the shared rate and cooldown of a reply for snapshot() and local waits."""

@@ -1,7 +1,8 @@
 """Retry policy as pure arithmetic: given an attempt and its error, wait how long, or stop.
 
 Full-jitter exponential backoff, a server's ``Retry-After`` capped at
-``retry_after_cap``, and a billed ``ResponseDecodeError`` retried at most once.
+``retry_after_cap``, and a billed ``ResponseDecodeError`` never retried: a
+complete answer the API charged for is final (retrying buys the same bytes).
 Rationale: docs/decisions.md (Rate, concurrency, time), docs/rate-limits.md#retries.
 """
 
@@ -40,11 +41,14 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait after send number ``attempt`` failed, or ``None`` to stop.
 
-        A billed ``ResponseDecodeError`` stops after two sends (each retry is paid).
+        A billed ``ResponseDecodeError`` stops at once: the answer was complete
+        and paid for, so a retry would buy the same bytes again. An unbilled
+        one (empty, cut off, not the API's JSON) is retried like a transport
+        failure.
         """
         if not error.retryable or attempt >= self.max_attempts:
             return None
-        if attempt >= 2 and isinstance(error, ResponseDecodeError) and error.billed:
+        if isinstance(error, ResponseDecodeError) and error.billed:
             return None
         return self.wait_for(attempt, error, rand=rand)
 

@@ -2,8 +2,10 @@
 
 The transport sends what :class:`RequestBuilder` builds and hands
 ``(status, headers, body)`` to :func:`parse_response`, which returns the typed
-reel or raises a :class:`~keyapi_async.KeyAPIError` subclass, whatever the
-bytes. How answers map to errors: docs/errors.md#how-an-answer-is-judged.
+result of the endpoint (a reel, a highlight tray, a highlight's stories) or
+raises a :class:`~keyapi_async.KeyAPIError` subclass, whatever the bytes. How
+answers map to errors: docs/errors.md#how-an-answer-is-judged; what differs
+between endpoints (path, target, decoder, credits): :mod:`.endpoints`.
 
 The wire envelopes are private (users get :mod:`.models` types); their decoders
 are built once, at import.
@@ -18,68 +20,50 @@ import re
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TypeVar, overload
 from urllib.parse import quote
 
 import msgspec
 
 from .._errors import STATUS_ERRORS, APIStatusError, KeyAPIError, ResponseDecodeError, ServerError
-from ..models import Reel, ReelInfo, StoryItem
+from ..models import Reel
+from .endpoints import (
+    STORIES,
+    Answer,
+    Endpoint,
+    ErrorEnvelope,
+    StoriesData,
+    StoriesEnvelope,
+    WireReel,
+    decode_envelope,
+    decode_error_envelope,
+)
 from .targets import Target
 
-ENDPOINT_PATH = "/v1/instagram/fetch_user_stories"
+# Re-exported: the stories envelope is this module's oldest public face.
+__all__ = [
+    "ENDPOINT_PATH",
+    "ErrorEnvelope",
+    "Request",
+    "RequestBuilder",
+    "StoriesData",
+    "StoriesEnvelope",
+    "WireReel",
+    "decode_envelope",
+    "decode_error_envelope",
+    "error_for",
+    "parse_response",
+    "parse_retry_after",
+]
+
+R = TypeVar("R")
+
+#: The path of ``fetch_user_stories`` (every endpoint's path: :mod:`.endpoints`).
+ENDPOINT_PATH = STORIES.path
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 # What decoding untrusted bytes may raise: msgspec's errors (all ValueErrors, as
 # is UnicodeDecodeError), and RecursionError for absurd nesting.
 _DECODE_FAILURES = (ValueError, RecursionError)
-_EMPTY_REEL = Reel()  # frozen, so one shared instance is safe
-
-
-class WireReel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The reel as sent: a missing ``items`` stays UNSET, so that malformed is not empty."""
-
-    additional_data: ReelInfo | None = None
-    count: int = 0
-    items: tuple[StoryItem, ...] | msgspec.UnsetType = msgspec.UNSET
-
-    def to_reel(self) -> Reel:
-        """The public reel; a missing ``items`` becomes ``()`` (check before calling)."""
-        items = () if self.items is msgspec.UNSET else self.items
-        return Reel(additional_data=self.additional_data, count=self.count, items=items)
-
-
-class StoriesData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The envelope's ``data`` object, which wraps the reel in another ``data``."""
-
-    data: WireReel | None = None
-
-
-class StoriesEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The full keyapi response for ``fetch_user_stories``."""
-
-    code: int
-    message: str | None = ""
-    data: StoriesData | None = None
-    request_id: str | None = msgspec.field(default=None, name="requestId")
-
-    @property
-    def reel(self) -> WireReel | None:
-        """The reel inside ``data.data``, or None when the envelope has none."""
-        return None if self.data is None else self.data.data
-
-
-class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A keyapi error body; ``data`` is ignored (whatever its shape), a null message kept."""
-
-    code: int
-    message: str | None = ""
-    request_id: str | None = msgspec.field(default=None, name="requestId")
-
-
-#: Decode a ``fetch_user_stories`` body; raises msgspec.DecodeError (or its
-#: ValidationError), another ValueError, or RecursionError for absurd nesting.
-decode_envelope = msgspec.json.Decoder(StoriesEnvelope).decode
-#: Decode a keyapi error body (bytes or str), raising like ``decode_envelope``.
-decode_error_envelope = msgspec.json.Decoder(ErrorEnvelope).decode
 
 
 class Request(msgspec.Struct, frozen=True, gc=False):
@@ -94,12 +78,20 @@ class Request(msgspec.Struct, frozen=True, gc=False):
 
 
 class RequestBuilder:
-    """Builds requests for targets; the endpoint and the (shared, read-only) headers once."""
+    """Builds requests for one endpoint; its URL and the (shared, read-only) headers once."""
 
-    __slots__ = ("_endpoint", "_headers")
+    __slots__ = ("_base", "_endpoint", "_headers")
 
-    def __init__(self, *, base_url: str, api_key: str, user_agent: str) -> None:
-        self._endpoint = base_url.rstrip("/") + ENDPOINT_PATH + "?"
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        user_agent: str,
+        endpoint: Endpoint[object] | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._endpoint = self._base + (endpoint or STORIES).path + "?"
         self._headers: Mapping[str, str] = MappingProxyType(
             {
                 "Authorization": f"Bearer {api_key}",
@@ -107,6 +99,14 @@ class RequestBuilder:
                 "Accept": "application/json",
             }
         )
+
+    def for_endpoint(self, endpoint: Endpoint[object]) -> RequestBuilder:
+        """A builder for ``endpoint`` on the same base URL, sharing these headers."""
+        builder = object.__new__(RequestBuilder)
+        builder._base = self._base
+        builder._endpoint = self._base + endpoint.path + "?"
+        builder._headers = self._headers
+        return builder
 
     def build(self, target: Target) -> Request:
         """The GET request for ``target``: URL with its one query parameter, and headers."""
@@ -168,7 +168,7 @@ def error_for(
     status: int,
     headers: Mapping[str, str],
     target: str | None,
-    envelope: ErrorEnvelope | StoriesEnvelope | None,
+    envelope: ErrorEnvelope | Answer[object] | None,
     message: str = "",
 ) -> APIStatusError:
     """The exception for an API error answer: by HTTP status if that says error, else by code.
@@ -219,7 +219,12 @@ def _error_status(
 
 
 def _undecodable(
-    status: int, headers: Mapping[str, str], body: bytes, target: str | None, failure: Exception
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    target: str | None,
+    failure: Exception,
+    what: str,
 ) -> KeyAPIError:
     envelope, is_json = _salvage(body)
     if envelope is not None and envelope.code != 0:
@@ -229,7 +234,7 @@ def _undecodable(
     elif not isinstance(failure, msgspec.ValidationError) and not _is_utf8(body):
         reason = "response body is not valid UTF-8"
     elif is_json:
-        reason = "response JSON does not match the stories schema"
+        reason = f"response JSON does not match the {what} schema"
     elif not body.strip():
         reason = "empty response body"
     else:
@@ -257,28 +262,50 @@ def _snippet(body: bytes) -> str:
     return body[:160].decode("utf-8", errors="replace")
 
 
+@overload
 def parse_response(
     status: int, headers: Mapping[str, str], body: bytes, *, target: str | None = None
-) -> Reel:
-    """Turn one HTTP answer into the typed reel, or raise a ``KeyAPIError`` naming ``target``."""
+) -> Reel: ...
+
+
+@overload
+def parse_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    target: str | None = None,
+    endpoint: Endpoint[R],
+) -> R: ...
+
+
+def parse_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    target: str | None = None,
+    endpoint: Endpoint[R] | Endpoint[Reel] = STORIES,
+) -> R | Reel:
+    """Turn one HTTP answer into the endpoint's typed result, or raise a ``KeyAPIError``.
+
+    The error names ``target``; ``endpoint`` defaults to ``fetch_user_stories``.
+    """
     if status >= 300 or status < 200:
         raise _error_status(status, headers, body, target)
     error: KeyAPIError
     try:
-        envelope = decode_envelope(body)
+        envelope = endpoint.decode(body)
     except _DECODE_FAILURES as exc:
-        error = _undecodable(status, headers, body, target, exc)
+        error = _undecodable(status, headers, body, target, exc, endpoint.what)
     else:
         if envelope.code != 0:
             raise error_for(status, headers, target, envelope)
-        wire = None if envelope.data is None else envelope.data.data
-        if wire is None:
-            return _EMPTY_REEL
-        if wire.items is not msgspec.UNSET or wire.count <= 0:
-            return wire.to_reel()
-        # Malformed is not empty: "no stories" would make a resumed run skip the account.
+        result = envelope.result(target)
+        if not isinstance(result, str):
+            return result
         error = ResponseDecodeError(
-            f"reel says count {wire.count} but has no items",
+            result,
             status=status,
             snippet=_snippet(body),
             request_id=envelope.request_id,

@@ -1,6 +1,7 @@
-"""Normalising and validating what to fetch: a username or a numeric user id (pure).
+"""Normalising and validating what to fetch: a username, a numeric user id, a highlight id (pure).
 
-One canonical text per target, ``javan`` or ``id:18527``: see docs/decisions.md#targets.
+One canonical text per target, ``javan``, ``id:18527`` or ``highlight:17912345678901234``:
+see docs/decisions.md#targets and docs/highlights.md.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ _NOT_ACCOUNTS = frozenset(
     {"p", "reel", "reels", "tv", "explore", "accounts", "direct", "about", "legal", "web"}
 )
 _ID_PREFIX = "id:"
+_HIGHLIGHT_PREFIX = "highlight:"
 
 
 class Target(msgspec.Struct, frozen=True, gc=False):
     """One account to fetch, already normalised and validated.
 
-    Build one with :meth:`username` or :meth:`user_id`; both raise
-    :class:`~keyapi_async.InvalidTargetError` for malformed input.
+    Build one with :meth:`username`, :meth:`user_id` or :meth:`highlight`;
+    each raises :class:`~keyapi_async.InvalidTargetError` for malformed input.
     """
 
-    kind: Literal["username", "user_id"]
+    kind: Literal["username", "user_id", "highlight_id"]
     value: str
 
     @classmethod
@@ -71,13 +73,34 @@ class Target(msgspec.Struct, frozen=True, gc=False):
             raise InvalidTargetError("user_id must be 1-30 digits", value=raw)
         return cls("user_id", text)
 
+    @classmethod
+    def highlight(cls, raw: object) -> Target:
+        """Validate a highlight id, ``highlight:<digits>`` or bare digits (kept as the digits)."""
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise InvalidTargetError("highlight id must be a string of digits", value=raw)
+        text = str(raw).strip()
+        if text[: len(_HIGHLIGHT_PREFIX)].lower() == _HIGHLIGHT_PREFIX:
+            text = text[len(_HIGHLIGHT_PREFIX) :]
+        if not _USER_ID.fullmatch(text):
+            raise InvalidTargetError(
+                "highlight id must be 1-30 digits, with or without 'highlight:'", value=raw
+            )
+        return cls("highlight_id", text)
+
+    @property
+    def is_account(self) -> bool:
+        """Whether this target names an account (a username or user id), not a highlight."""
+        return self.kind != "highlight_id"
+
     @property
     def query(self) -> tuple[str, str]:
         """The one query parameter that selects this target."""
         return (self.kind, self.value)
 
     def __str__(self) -> str:
-        return self.value if self.kind == "username" else _ID_PREFIX + self.value
+        if self.kind == "username":
+            return self.value
+        return (_ID_PREFIX if self.kind == "user_id" else _HIGHLIGHT_PREFIX) + self.value
 
 
 def _username_from_url(text: str, raw: object) -> str:
@@ -120,10 +143,21 @@ def as_target(value: object) -> Target:
     if type(value) is str and _USERNAME.fullmatch(value):
         return Target("username", value)  # already canonical: most of any bulk input
     if isinstance(value, Target):
+        if not value.is_account:
+            raise InvalidTargetError("a highlight id names no account", value=value)
         return value
     if isinstance(value, str):
         return parse_target(value)
     raise InvalidTargetError("target must be a username string or a Target", value=value)
+
+
+def as_highlight(value: object) -> Target:
+    """A highlight target from ``highlight:<digits>``, bare digits or a highlight Target."""
+    if isinstance(value, Target):
+        if value.is_account:
+            raise InvalidTargetError("an account is not a highlight id", value=value)
+        return value
+    return Target.highlight(value)
 
 
 def from_arguments(username: str | None, user_id: str | int | None) -> Target:

@@ -2,6 +2,11 @@
 
 Nothing here does I/O or imports aiohttp, so every rule can be unit-tested
 directly and reasoned about on its own.
+
+A bad host entry or template is a bad argument: :class:`~keyapi_async.ConfigurationError`
+(also a ``ValueError``, docs/errors.md#bad-arguments). A name that cannot be
+made for one item (:meth:`NameTemplate.render`, :func:`inside`) is a plain
+``ValueError``: the downloader reports that item ``rejected`` and goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from .._errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_MEDIA_HOSTS",
     "DEFAULT_NAME_TEMPLATE",
+    "HIGHLIGHT_NAME_TEMPLATE",
     "MEDIA_HOSTS_ENV",
     "TEMPLATE_FIELDS",
     "HostAllowlist",
@@ -41,6 +49,11 @@ MEDIA_HOSTS_ENV: Final = "KEYAPI_MEDIA_HOSTS"
 DEFAULT_NAME_TEMPLATE: Final = "{username}/{taken_at:%Y%m%d_%H%M%S}_{story_id}.{ext}"
 """The default layout: ``DIR/<username>/<YYYYMMDD_HHMMSS>_<story_id>.<ext>`` (UTC)."""
 
+HIGHLIGHT_NAME_TEMPLATE: Final = (
+    "{username}/highlights/{highlight_title}/{taken_at:%Y%m%d_%H%M%S}_{story_id}.{ext}"
+)
+"""The default layout of a highlight's items: one folder per (sanitised) highlight title."""
+
 TEMPLATE_FIELDS: Final = frozenset(
     {
         "username",
@@ -56,6 +69,8 @@ TEMPLATE_FIELDS: Final = frozenset(
         "width",
         "height",
         "target",
+        "highlight_id",
+        "highlight_title",
     }
 )
 """Names a ``name_template`` may use (see docs/media.md)."""
@@ -103,16 +118,16 @@ def parse_host_entry(entry: str) -> tuple[str, int | None]:
     """Parse one allowlist entry (``host``, ``host:port``, ``*.domain``, ``[v6]:port``).
 
     Returns ``(host, port)`` with the host lower-cased (a wildcard keeps its
-    ``*.`` prefix). Raises :class:`ValueError` for anything else, e.g. a URL.
+    ``*.`` prefix). Raises :class:`~keyapi_async.ConfigurationError` for anything else, e.g. a URL.
     """
     text = entry.strip().lower()
     if not text or "/" in text or "@" in text:
-        raise ValueError(f"not a media host entry (want host or host:port): {entry!r}")
+        raise ConfigurationError(f"not a media host entry (want host or host:port): {entry!r}")
     port: int | None = None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"not a media host entry: {entry!r}")
+            raise ConfigurationError(f"not a media host entry: {entry!r}")
         port_text = rest[1:] if rest else ""
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
@@ -120,25 +135,31 @@ def parse_host_entry(entry: str) -> tuple[str, int | None]:
         host, port_text = text, ""
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port in media host entry: {entry!r}")
+            raise ConfigurationError(f"bad port in media host entry: {entry!r}")
         port = int(port_text)
     host = host.rstrip(".")
     bare = host[2:] if host.startswith("*.") else host
     if not bare or "*" in bare or not _valid_host(bare):
-        raise ValueError(f"not a media host entry: {entry!r}")
+        raise ConfigurationError(f"not a media host entry: {entry!r}")
     return host, port
 
 
 def media_hosts_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """Return the entries of ``KEYAPI_MEDIA_HOSTS`` (comma separated), validated.
 
-    Empty items are ignored; an invalid one raises :class:`ValueError` naming it.
-    ``environ`` defaults to :data:`os.environ`.
+    Empty items are ignored. ``environ`` defaults to :data:`os.environ`.
+
+    Raises:
+        ConfigurationError: An invalid entry; the message names the variable and the entry.
+
     """
     raw = (os.environ if environ is None else environ).get(MEDIA_HOSTS_ENV, "")
     entries = tuple(item.strip() for item in raw.split(",") if item.strip())
     for item in entries:
-        parse_host_entry(item)
+        try:
+            parse_host_entry(item)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{MEDIA_HOSTS_ENV}: {exc}") from None
     return entries
 
 
@@ -232,26 +253,30 @@ class NameTemplate:
 
     def __init__(self, template: str = DEFAULT_NAME_TEMPLATE) -> None:
         if not isinstance(template, str) or not template.strip():
-            raise ValueError("name_template must be a non-empty string")
+            raise ConfigurationError("name_template must be a non-empty string")
         parts: list[tuple[str, str | None, str]] = []
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as exc:
-            raise ValueError(f"bad name_template {template!r}: {exc}") from None
+            raise ConfigurationError(f"bad name_template {template!r}: {exc}") from None
         for literal, name, spec, conversion in parsed:
             if name is None:
                 parts.append((literal, None, ""))
                 continue
             if name not in TEMPLATE_FIELDS:
                 known = ", ".join(sorted(TEMPLATE_FIELDS))
-                raise ValueError(f"name_template: unknown field {{{name}}} (known: {known})")
+                raise ConfigurationError(
+                    f"name_template: unknown field {{{name}}} (known: {known})"
+                )
             if conversion or (spec and "{" in spec):
-                raise ValueError("name_template: conversions and nested fields are not supported")
+                raise ConfigurationError(
+                    "name_template: conversions and nested fields are not supported"
+                )
             parts.append((literal, name, spec or ""))
         if template.startswith("/") or "\\" in "".join(p[0] for p in parts):
-            raise ValueError("name_template must be a relative path using '/' separators")
+            raise ConfigurationError("name_template must be a relative path using '/' separators")
         if not any(name == "story_id" for _, name, _ in parts):
-            raise ValueError("name_template must contain {story_id} so names are unique")
+            raise ConfigurationError("name_template must contain {story_id} so names are unique")
         self.template = template
         self._parts = tuple(parts)
 
@@ -293,8 +318,14 @@ def template_fields(
     width: int,
     height: int,
     target: str,
+    highlight_id: str = "",
+    highlight_title: str | None = None,
 ) -> dict[str, object]:
-    """Build the field mapping :meth:`NameTemplate.render` takes for one item."""
+    """Build the field mapping :meth:`NameTemplate.render` takes for one item.
+
+    A highlight without a title is filed under its id; the title is made
+    safe like every other field (emoji kept; ``/``, ``..``, NUL, device names not).
+    """
     when = datetime.fromtimestamp(taken_at or 0, tz=UTC)
     return {
         "story_id": story_id,
@@ -310,6 +341,8 @@ def template_fields(
         "width": width,
         "height": height,
         "target": target,
+        "highlight_id": highlight_id,
+        "highlight_title": highlight_title or highlight_id,
     }
 
 

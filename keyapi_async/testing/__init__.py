@@ -1,4 +1,7 @@
-"""An offline emulator of keyapi.ai's Instagram ``fetch_user_stories`` API.
+"""An offline emulator of keyapi.ai's Instagram ``fetch_user_stories`` API and its highlights.
+
+``fetch_user_highlights`` and ``fetch_highlight_stories`` are answered too,
+through the same keys, QPS window, credits and faults (:class:`HighlightConfig`).
 
 A real :mod:`aiohttp.web` server on a loopback port that answers
 ``GET /v1/instagram/fetch_user_stories`` like the real service: Bearer-key
@@ -30,8 +33,8 @@ From the shell, ``python -m keyapi_async.testing --qps 10`` prints
 
 from ._app import Answer, Emulator, RequestRecord
 from ._churn import ChurnConfig
-from ._config import BILLED_FAULTS, DEFAULT_TEST_KEY, EmulatorConfig, Fault
-from ._media import MediaConfig, MediaFault
+from ._config import BILLED_FAULTS, DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, MediaFault
+from ._highlights import HighlightConfig
 from ._runner import run_emulator
 from ._transport import EmulatorTransport
 
@@ -44,6 +47,7 @@ __all__ = [
     "EmulatorConfig",
     "EmulatorTransport",
     "Fault",
+    "HighlightConfig",
     "MediaConfig",
     "MediaFault",
     "RequestRecord",

@@ -17,13 +17,20 @@ import msgspec
 from aiohttp import hdrs, web
 
 from ._churn import churn_reel
-from ._config import BILLED_FAULTS, EmulatorConfig, Fault
+from ._config import BILLED_FAULTS, ENDPOINT, EmulatorConfig, Fault
 from ._data import build_reel, encoded_reel, split_target_key, target_key
+from ._highlights import (
+    HIGHLIGHT_STORIES_PATH,
+    TRAY_PATH,
+    highlight_ids,
+    highlight_stories_data,
+    tray_data,
+)
+from ._highlights import encode as encode_data
 from ._media import install_media
 
 __all__ = ["ENDPOINT", "Answer", "Emulator", "RequestRecord"]
 
-ENDPOINT: Final = "/v1/instagram/fetch_user_stories"
 """The only path the emulator serves (``GET``)."""
 
 CREDITS_PER_SUCCESS: Final = 2
@@ -33,6 +40,9 @@ _MSG_BAD_KEY: Final = "apiKey is invalid"
 _MSG_NO_HANDLE: Final = "Missing required parameter: handle"
 _MSG_BOTH_HANDLES: Final = "Only one of username or user_id may be given"
 _MSG_BAD_USER_ID: Final = "Invalid parameter: user_id"
+_MSG_NO_HIGHLIGHT: Final = "Missing required parameter: highlight_id"
+_MSG_BAD_HIGHLIGHT: Final = "Invalid parameter: highlight_id"
+_HIGHLIGHT_PREFIX: Final = "highlight:"
 _MSG_QPS: Final = "qps limit exceeded"
 _MSG_QUOTA: Final = "apiKey quota is not enough"
 _MSG_SERVER_ERROR: Final = "Internal server error"
@@ -92,10 +102,17 @@ class RequestRecord:
     """The injected fault, if any."""
     authorized: bool
     """Whether the request carried an accepted API key (a forbidden key counts: it got 403)."""
+    path: str = ENDPOINT
+    """The API path asked for: stories, a highlight tray or a highlight's stories."""
+    highlight_id: str | None = None
+    """The ``highlight_id`` query parameter as sent (``fetch_highlight_stories``)."""
 
     @property
     def target(self) -> str | None:
-        """The target key (``"username:NAME"`` / ``"user_id:ID"``), or ``None`` unless exactly one handle was given."""  # noqa: E501
+        """The target key (``"username:NAME"`` / ``"user_id:ID"`` / ``"highlight:ID"``), or ``None`` unless exactly one was given."""  # noqa: E501
+        if self.path == HIGHLIGHT_STORIES_PATH:
+            digits = _highlight_digits(self.highlight_id)
+            return None if digits is None else _HIGHLIGHT_PREFIX + digits
         if (self.username is None) == (self.user_id is None):
             return None
         return target_key(self.username, self.user_id)
@@ -135,6 +152,13 @@ def _bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def _highlight_digits(value: str | None) -> str | None:
+    if value is None:
+        return None
+    digits = value.removeprefix(_HIGHLIGHT_PREFIX)
+    return digits if digits.isascii() and digits.isdigit() else None
 
 
 def _envelope(code: int, message: str, request_id: str) -> bytes:
@@ -217,6 +241,9 @@ class Emulator:
         self._successes: collections.Counter[str] = collections.Counter()
         self._script_positions: dict[str, int] = {}
         self._accepted: collections.deque[float] = collections.deque()
+        # Which account's tray listed each highlight id, so its items name that owner.
+        self._highlight_owners: dict[str, str] = {}
+        self._highlights_since = _loop_time()
         self._config = config if config is not None else EmulatorConfig()
         self._configure(self._config, previous=None)
 
@@ -261,18 +288,31 @@ class Emulator:
             self.credits_remaining = new.credits
         if previous is None or previous.fault_script != new.fault_script:
             self._script_positions.clear()
+        if previous is None or previous.highlights != new.highlights:
+            self._highlights_since = _loop_time()  # grow_every counts from here
 
     # -- inspection helpers ---------------------------------------------------------
 
     def records_for(self, key: str) -> list[RequestRecord]:
-        """Return the logged requests for one target key, e.g. ``"username:javan"``."""
+        """Return the logged requests for one target key, e.g. ``"username:javan"``.
+
+        A highlight key (``"highlight:ID"``) gives that highlight's requests;
+        an account's key gives its stories and tray requests.
+        """
+        if key.startswith(_HIGHLIGHT_PREFIX):
+            return [r for r in self.log if r.target == key]
         kind, value = split_target_key(key)
         if kind == "username":
             return [r for r in self.log if r.username == value and r.user_id is None]
         return [r for r in self.log if r.user_id == value and r.username is None]
 
     def successful_targets(self) -> collections.Counter[str]:
-        """Return target key -> number of HTTP 200 / code 0 answers (a copy; unaffected by ``max_log``)."""  # noqa: E501
+        """Return target key -> number of HTTP 200 / code 0 answers (a copy; unaffected by ``max_log``).
+
+        Stories answers count under the account's key (``"username:javan"``),
+        tray answers under ``"tray:"`` + that key, highlight stories under
+        ``"highlight:ID"``.
+        """  # noqa: E501
         return collections.Counter(self._successes)
 
     def max_in_window(self, window: float = 1.0) -> int:
@@ -321,14 +361,17 @@ class Emulator:
         """Return an :class:`aiohttp.web.Application` serving this emulator."""
         app = web.Application()
         # HEAD would run the full pipeline (and spend credits) for no body.
-        app.router.add_get(ENDPOINT, self._handle, allow_head=False)
+        for path in (ENDPOINT, TRAY_PATH, HIGHLIGHT_STORIES_PATH):
+            app.router.add_get(path, self._handle, allow_head=False)
         install_media(app, self)  # /media/... and signed media URLs in answers
         return app
 
     # -- request handling -----------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        answer = self.decide(request.query, request.headers.get(hdrs.AUTHORIZATION))
+        answer = self.decide(
+            request.query, request.headers.get(hdrs.AUTHORIZATION), path=request.path
+        )
         if answer.delay > 0:
             await asyncio.sleep(answer.delay)
         if answer.fault is Fault.RESET:
@@ -351,13 +394,17 @@ class Emulator:
     def _request_id(self) -> str:
         return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
 
-    def decide(self, query: Mapping[str, str], authorization: str | None) -> Answer:
+    def decide(
+        self, query: Mapping[str, str], authorization: str | None, *, path: str = ENDPOINT
+    ) -> Answer:
         """Decide, log and count the answer to one request; nothing is awaited.
 
-        ``query`` is the request's query parameters (``username``/``user_id``;
-        the first value of a repeated one), ``authorization`` its
-        ``Authorization`` header. The caller waits :attr:`Answer.delay` and then
-        sends the answer (or, for :attr:`Fault.RESET`, cuts the connection).
+        ``query`` is the request's query parameters (``username``/``user_id``,
+        or ``highlight_id`` on the highlight stories ``path``; the first value
+        of a repeated one), ``authorization`` its ``Authorization`` header;
+        every path shares the keys, the QPS window, the credits and the faults.
+        The caller waits :attr:`Answer.delay` and then sends the answer (or,
+        for :attr:`Fault.RESET`, cuts the connection).
         """
         config = self._config
         now = _loop_time()
@@ -365,6 +412,7 @@ class Emulator:
         self.requests_total += 1
         username = query.get("username") or None
         user_id = query.get("user_id") or None
+        highlight_id = query.get("highlight_id") or None
         token = _bearer_token(authorization)
         forbidden = token is not None and token in config.forbidden_keys
         authorized = token is not None and (forbidden or token in config.api_keys)
@@ -375,7 +423,7 @@ class Emulator:
         elif forbidden:
             answer = self._json_error(403, _MSG_FORBIDDEN)
         else:
-            answer = self._decide_authorized(config, now, username, user_id)
+            answer = self._decide_authorized(config, now, username, user_id, path, highlight_id)
         delay = config.latency
         if config.latency_jitter > 0:
             delay += self._latency_rng.uniform(0.0, config.latency_jitter)
@@ -393,6 +441,8 @@ class Emulator:
             body_code=answer.body_code,
             fault=answer.fault,
             authorized=authorized,
+            path=path,
+            highlight_id=highlight_id,
         )
         self._append(record)
         self._outcomes[answer.status, answer.body_code, answer.fault] += 1
@@ -412,15 +462,29 @@ class Emulator:
             del log[: len(log) - max_log + max_log // 8]
 
     def _decide_authorized(
-        self, config: EmulatorConfig, now: float, username: str | None, user_id: str | None
+        self,
+        config: EmulatorConfig,
+        now: float,
+        username: str | None,
+        user_id: str | None,
+        path: str,
+        highlight_id: str | None,
     ) -> Answer:
-        if username is None and user_id is None:
+        if path == HIGHLIGHT_STORIES_PATH:
+            if highlight_id is None:
+                return self._json_error(400, _MSG_NO_HIGHLIGHT)
+            digits = _highlight_digits(highlight_id)
+            if digits is None:
+                return self._json_error(400, _MSG_BAD_HIGHLIGHT)
+            key = _HIGHLIGHT_PREFIX + digits
+        elif username is None and user_id is None:
             return self._json_error(400, _MSG_NO_HANDLE)
-        if username is not None and user_id is not None:
+        elif username is not None and user_id is not None:
             return self._json_error(400, _MSG_BOTH_HANDLES)
-        if user_id is not None and not (user_id.isascii() and user_id.isdigit()):
+        elif user_id is not None and not (user_id.isascii() and user_id.isdigit()):
             return self._json_error(400, _MSG_BAD_USER_ID)
-        key = f"username:{username}" if username is not None else f"user_id:{user_id}"
+        else:
+            key = f"username:{username}" if username is not None else f"user_id:{user_id}"
 
         cap = self._qps_cap
         if cap is not None:
@@ -444,9 +508,11 @@ class Emulator:
                 self.credits_remaining -= CREDITS_PER_SUCCESS
             self.credits_spent += CREDITS_PER_SUCCESS
             if fault is None or fault is Fault.SLOW:
-                self._successes[key] += 1
-                return Answer(200, self._success_body(config, key), _JSON_HEADERS, 0, fault)
-            return Answer(200, self._billed_fault_body(config, key, fault), _JSON_HEADERS, 0, fault)
+                self._successes["tray:" + key if path == TRAY_PATH else key] += 1
+                body = self._success_body(config, key, path)
+                return Answer(200, body, _JSON_HEADERS, 0, fault)
+            body = self._billed_fault_body(config, key, fault, path)
+            return Answer(200, body, _JSON_HEADERS, 0, fault)
         if fault is Fault.SERVER_ERROR_LATIN1:
             body = b"".join(
                 (
@@ -473,7 +539,7 @@ class Emulator:
             return self._rate_limited(config, now, status=429, fault=fault)
         if fault is Fault.EMPTY:
             return Answer(200, b"", _JSON_HEADERS, None, fault)
-        body = self._success_body(config, key)
+        body = self._success_body(config, key, path)
         if fault is Fault.TRUNCATED:
             return Answer(200, body[: len(body) // 2], _JSON_HEADERS, None, fault)
         # Fault.RESET: the handler writes half of this body, then aborts.
@@ -496,24 +562,47 @@ class Emulator:
                 drawn = self._fault_choices[index]
         return scripted if scripted is not None else drawn
 
-    def _success_body(self, config: EmulatorConfig, key: str) -> bytes:
-        if config.churn is not None:  # watch mode: the reel changes with time
-            reel = churn_reel(config.churn, config.seed, key)
+    def _success_body(self, config: EmulatorConfig, key: str, path: str = ENDPOINT) -> bytes:
+        if path == ENDPOINT:
+            if config.churn is not None:  # watch mode: the reel changes with time
+                reel = churn_reel(config.churn, config.seed, key)
+            else:
+                reel = encoded_reel(key, config.seed, config.empty_ratio)
         else:
-            reel = encoded_reel(key, config.seed, config.empty_ratio)
+            reel = encode_data(self._highlights_data(config, key, path))
         request_id = self._request_id().encode()
         return b"".join((_SUCCESS_HEAD, reel, _REQUEST_ID_HEAD, request_id, _SUCCESS_TAIL))
 
-    def _billed_fault_body(self, config: EmulatorConfig, key: str, fault: Fault) -> bytes:
+    def _highlights_data(self, config: EmulatorConfig, key: str, path: str) -> dict[str, Any]:
+        elapsed = _loop_time() - self._highlights_since
+        if path == TRAY_PATH:
+            for digits in highlight_ids(key, config.seed, config.highlights):
+                self._highlight_owners[digits] = key
+            return tray_data(key, config.seed, config.highlights, elapsed)
+        digits = key.removeprefix(_HIGHLIGHT_PREFIX)
+        owner = self._highlight_owners.get(digits)
+        return highlight_stories_data(digits, config.seed, config.highlights, elapsed, owner)
+
+    def _billed_fault_body(
+        self, config: EmulatorConfig, key: str, fault: Fault, path: str = ENDPOINT
+    ) -> bytes:
         """A code-0 body the client cannot use: the hostile answers the API still bills."""
         if fault is Fault.NON_UTF8:
-            body = self._success_body(config, key)
+            body = self._success_body(config, key, path)
             # Into a string the client models (the owner's name, else the
             # message): a byte in a skipped field would pass unnoticed.
             if b'"full_name":"' in body:
                 return body.replace(b'"full_name":"', b'"full_name":"\xff', 1)
             return body.replace(b'"message":"success"', b'"message":"succ\xffss"', 1)
         request_id = self._request_id()
+        if path != ENDPOINT:
+            # The highlight answers' versions: items of the wrong type, or none at all.
+            drift: dict[str, object] = {"items": {"id": 1}} if fault is Fault.SCHEMA_DRIFT else {}
+            if path == TRAY_PATH and fault is not Fault.SCHEMA_DRIFT:
+                drift = {"items": "none"}
+            return msgspec.json.encode(
+                {"code": 0, "message": "success", "data": {"data": drift}, "requestId": request_id}
+            )
         reel: dict[str, Any] = build_reel(key, config.seed, config.empty_ratio)["data"] or {}
         if fault is Fault.SCHEMA_DRIFT:
             items = reel.get("items") or [{"media_type": 1}]

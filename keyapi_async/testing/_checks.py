@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-import math
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-__all__ = ["check_number", "coerce", "fault_rates", "fault_script"]
+from ..engine.validate import check_number
+
+__all__ = ["coerce", "fault_rates", "fault_script"]
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -25,15 +26,6 @@ def coerce(kind: type[_E], value: object, field_name: str, what: str = "fault") 
         raise ValueError(
             f"{field_name}: unknown {what} {value!r} (expected one of {names})"
         ) from None
-
-
-def check_number(value: object, field_name: str, *, positive: bool = False) -> None:
-    """Require a finite number >= 0 (> 0 with ``positive``), naming ``field_name`` if not."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field_name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{field_name} must be a finite number {bound}, got {value!r}")
 
 
 def fault_rates(

@@ -31,7 +31,8 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from ._data import build_reel
+from ..engine.validate import check_number
+from ._data import build_reel, make_item
 
 __all__ = [
     "ChurnConfig",
@@ -62,11 +63,7 @@ class ChurnConfig:
     def __post_init__(self) -> None:
         """Validate the fields."""
         for name in ("every", "lifetime"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"churn.{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"churn.{name} must be a finite number > 0, got {value!r}")
+            check_number(getattr(self, name), f"churn.{name}", positive=True)
         if self.epoch is not None and (
             isinstance(self.epoch, bool)
             or not isinstance(self.epoch, int | float)
@@ -142,8 +139,6 @@ def churn_now(churn: ChurnConfig) -> float:
 
 def churn_reel(churn: ChurnConfig, seed: int, key: str, now: float | None = None) -> bytes:
     """The encoded ``data`` field (``{"data": reel}``) for ``key`` at ``now`` under churn."""
-    from ._data import _make_item  # private helper shared within the emulator
-
     at = churn_now(churn) if now is None else now
     base: dict[str, Any] = build_reel(key, seed, empty_ratio=0.0)
     reel = base["data"]
@@ -151,7 +146,7 @@ def churn_reel(churn: ChurnConfig, seed: int, key: str, now: float | None = None
     items = []
     for story in active_stories(churn, seed, key, at):
         rng = random.Random(f"churn-item:{seed}:{story.story_id}")
-        item = _make_item(rng, story.taken_at, owner)
+        item = make_item(rng, story.taken_at, owner)
         item["id"] = story.story_id
         item["expiring_at"] = math.floor(story.taken_at + churn.lifetime)
         items.append(item)

@@ -3,18 +3,160 @@
 from __future__ import annotations
 
 import enum
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
+from urllib.parse import urlsplit
 
-from ._checks import check_number, fault_rates, fault_script
+from ..engine.validate import check_count, check_number
+from ._checks import fault_rates, fault_script
 from ._churn import ChurnConfig
-from ._media import MediaConfig
+from ._highlights import HIGHLIGHT_STORIES_PATH, TRAY_PATH, HighlightConfig
 
-__all__ = ["BILLED_FAULTS", "DEFAULT_TEST_KEY", "EmulatorConfig", "Fault"]
+__all__ = [
+    "BILLED_FAULTS",
+    "DEFAULT_TEST_KEY",
+    "ENDPOINT",
+    "ENDPOINTS",
+    "EmulatorConfig",
+    "Fault",
+    "MediaConfig",
+    "MediaFault",
+]
+
+ENDPOINT: Final = "/v1/instagram/fetch_user_stories"
+"""The stories path the emulator answers."""
+ENDPOINTS: Final = frozenset({ENDPOINT, TRAY_PATH, HIGHLIGHT_STORIES_PATH})
+"""Every API path the emulator answers: stories, highlight trays, highlight stories."""
+
+_MIN_OVERRIDE_SIZE: Final = 1024  # smaller media overrides could not hold a JPEG/MP4 header
 
 DEFAULT_TEST_KEY = "sk_test_emulator_key"
 """An obviously fake API key that a default :class:`EmulatorConfig` accepts."""
+
+
+class MediaFault(enum.Enum):
+    """A misbehaviour the media CDN can inject instead of a clean answer."""
+
+    TRUNCATED = "truncated"
+    """Full ``Content-Length``, half of the bytes, then the connection is closed."""
+
+    RESET = "reset"
+    """Full ``Content-Length``, a quarter of the bytes, then the connection is aborted."""
+
+    SLOW = "slow"
+    """The right bytes, trickled in :attr:`MediaConfig.slow_chunk` pieces."""
+
+    WRONG_LENGTH = "wrong_length"
+    """``Content-Length`` announces more than the file has; all of it is sent, then close."""
+
+    EXPIRED = "expired"
+    """HTTP 403 ``URL signature expired`` although the URL is still valid."""
+
+    GONE = "gone"
+    """HTTP 410 ``Gone``."""
+
+    SERVER_ERROR = "server_error"
+    """HTTP 503 ``Service Unavailable``."""
+
+    REDIRECT = "redirect"
+    """HTTP 302 to the same media on this emulator (a hop a client may follow)."""
+
+    REDIRECT_OFFSITE = "redirect_offsite"
+    """HTTP 302 to :attr:`MediaConfig.offsite_base` (a host a client must not follow to)."""
+
+
+def _story_key(story_id: object) -> str:
+    if not isinstance(story_id, str) or not story_id:
+        raise ValueError(f"media.fault_script keys must be story ids, got {story_id!r}")
+    return story_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaConfig:
+    """How the emulator's media CDN behaves (the ``media`` field of ``EmulatorConfig``).
+
+    Immutable and validated on construction like ``EmulatorConfig``; fault
+    names may be given as strings.
+    """
+
+    enabled: bool = False
+    """Point story items' image and video URLs at this emulator's ``/media`` route.
+
+    Off by default because the signed URLs carry the emulator's port and an
+    expiry time, so answers would no longer be byte-identical across runs.
+    The route itself is always served.
+    """
+
+    url_ttl: float = 3600.0
+    """Seconds a signed URL stays valid after the answer that carried it (0: expired at once)."""
+
+    fault_rates: Mapping[MediaFault, float] = field(default_factory=dict)
+    """Per-request probability of each fault, drawn from a seeded RNG; sum <= 1."""
+
+    fault_script: Mapping[str, Sequence[MediaFault]] = field(default_factory=dict)
+    """Per story id, the faults applied to its 1st, 2nd, ... valid media request.
+
+    Scripted faults take precedence over random ones.
+    """
+
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    """Per story id, the exact byte size of every rendition (e.g. 60 MB for a memory test).
+
+    Bodies are generated in chunks, so large sizes cost no memory.
+    """
+
+    ranges: bool = True
+    """Honour ``Range: bytes=N-[M]`` with 206 (False: always answer 200 with the whole file)."""
+
+    chunk_size: int = 65536
+    """Bytes per write when streaming a body."""
+
+    slow_chunk: int = 4096
+    """Bytes per write for :attr:`MediaFault.SLOW`."""
+
+    slow_delay: float = 0.02
+    """Pause between writes for :attr:`MediaFault.SLOW`, in seconds."""
+
+    offsite_base: str = "https://media.attacker.invalid"
+    """Where :attr:`MediaFault.REDIRECT_OFFSITE` points (scheme://host[:port])."""
+
+    def __post_init__(self) -> None:
+        """Validate every field and freeze the containers."""
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"media.enabled must be a bool, got {self.enabled!r}")
+        if not isinstance(self.ranges, bool):
+            raise ValueError(f"media.ranges must be a bool, got {self.ranges!r}")
+        check_number(self.url_ttl, "media.url_ttl")
+        check_number(self.slow_delay, "media.slow_delay")
+        for name in ("chunk_size", "slow_chunk"):
+            check_count(getattr(self, name), f"media.{name}", minimum=1)
+
+        rates = fault_rates(MediaFault, self.fault_rates, "media.fault_rates", "media fault")
+        object.__setattr__(self, "fault_rates", rates)
+        script = fault_script(
+            MediaFault, self.fault_script, "media.fault_script", _story_key, "media fault"
+        )
+        object.__setattr__(self, "fault_script", script)
+
+        if not isinstance(self.sizes, Mapping):
+            raise ValueError("media.sizes must be a mapping of story id to byte size")
+        sizes: dict[str, int] = {}
+        for story_id, size in self.sizes.items():
+            if isinstance(size, bool) or not isinstance(size, int) or size < _MIN_OVERRIDE_SIZE:
+                raise ValueError(
+                    f"media.sizes[{story_id!r}] must be an int >= {_MIN_OVERRIDE_SIZE}, "
+                    f"got {size!r}"
+                )
+            sizes[str(story_id)] = size
+        object.__setattr__(self, "sizes", types.MappingProxyType(sizes))
+
+        parts = urlsplit(self.offsite_base) if isinstance(self.offsite_base, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"media.offsite_base must be an http(s) URL, got {self.offsite_base!r}"
+            )
 
 
 class Fault(enum.Enum):
@@ -78,9 +220,10 @@ BILLED_FAULTS: frozenset[Fault] = frozenset(
 
 def _check_target_key(target: object, field_name: str) -> str:
     kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
-    if not sep or not value or kind not in ("username", "user_id"):
+    if not sep or not value or kind not in ("username", "user_id", "highlight"):
         raise ValueError(
-            f"{field_name} keys must look like 'username:NAME' or 'user_id:DIGITS', got {target!r}"
+            f"{field_name} keys must look like 'username:NAME', 'user_id:DIGITS' or "
+            f"'highlight:DIGITS', got {target!r}"
         )
     return f"{kind}:{value}"
 
@@ -168,6 +311,9 @@ class EmulatorConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     """The media CDN: signed ``/media`` URLs in answers, their expiry, sizes and faults."""
 
+    highlights: HighlightConfig = field(default_factory=HighlightConfig)
+    """The highlight endpoints: trays per account, items per highlight, growth, hostile trays."""
+
     churn: ChurnConfig | None = None
     """Story churn (watch mode tests): new stories appear and old ones expire over time.
 
@@ -178,6 +324,10 @@ class EmulatorConfig:
         """Validate every field and normalise the containers."""
         if not isinstance(self.media, MediaConfig):
             raise ValueError(f"media must be a MediaConfig, got {type(self.media).__name__}")
+        if not isinstance(self.highlights, HighlightConfig):
+            raise ValueError(
+                f"highlights must be a HighlightConfig, got {type(self.highlights).__name__}"
+            )
         if self.churn is not None and not isinstance(self.churn, ChurnConfig):
             raise ValueError(
                 f"churn must be a ChurnConfig or None, got {type(self.churn).__name__}"
@@ -205,10 +355,8 @@ class EmulatorConfig:
         if not isinstance(self.retry_after, bool):
             raise ValueError(f"retry_after must be a bool, got {self.retry_after!r}")
 
-        if self.credits is not None and (
-            isinstance(self.credits, bool) or not isinstance(self.credits, int) or self.credits < 0
-        ):
-            raise ValueError(f"credits must be an int >= 0 or None, got {self.credits!r}")
+        if self.credits is not None:
+            check_count(self.credits, "credits")
 
         object.__setattr__(self, "fault_rates", fault_rates(Fault, self.fault_rates, "fault_rates"))
 

@@ -21,8 +21,11 @@ __all__ = [
     "BASE_EPOCH",
     "IMAGE_RENDITIONS",
     "build_reel",
+    "digest",
     "encoded_reel",
     "localize_media",
+    "make_item",
+    "owner_for",
     "split_target_key",
     "target_key",
 ]
@@ -161,7 +164,8 @@ def split_target_key(key: str) -> tuple[str, str]:
     return kind, value
 
 
-def _digest(*parts: str) -> int:
+def digest(*parts: str) -> int:
+    """A stable 64-bit number from ``parts`` (what every synthetic choice is drawn from)."""
     data = "\x00".join(parts).encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
 
@@ -285,9 +289,10 @@ def _video_fields(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _make_item(
+def make_item(
     rng: random.Random, taken_at: int, owner: dict[str, Any], z: int = 0
 ) -> dict[str, Any]:
+    """One synthetic story item posted at ``taken_at`` by ``owner``, drawn from ``rng``."""
     media_id = _digits(rng, 19)
     images = _image_versions(rng, media_id)
     item: dict[str, Any] = {
@@ -351,6 +356,18 @@ def _make_item(
     return item
 
 
+def owner_for(key: str) -> dict[str, Any]:
+    """The account behind target ``key``, the same in every run and for every endpoint."""
+    kind, value = split_target_key(key)
+    # Identity ignores the seed so a handle maps to the same person in every run.
+    identity = random.Random(digest("identity", key))
+    if kind == "username":
+        user_id, username = str(1_000_000 + digest("user_id", key) % 70_000_000_000), value
+    else:
+        user_id, username = value, f"user_{value}"
+    return _make_user(identity, user_id, username)
+
+
 def build_reel(key: str, seed: int = 0, empty_ratio: float = 0.2) -> dict[str, Any]:
     """Build the value of the success envelope's ``data`` field for one target.
 
@@ -358,16 +375,10 @@ def build_reel(key: str, seed: int = 0, empty_ratio: float = 0.2) -> dict[str, A
     "items": [...]}}`` (with ``N == 0`` for some targets without stories, since
     the real API answers both ways).
     """
-    kind, value = split_target_key(key)
-    # Identity ignores the seed so a handle maps to the same person in every run.
-    identity = random.Random(_digest("identity", key))
-    if kind == "username":
-        user_id, username = str(1_000_000 + _digest("user_id", key) % 70_000_000_000), value
-    else:
-        user_id, username = value, f"user_{value}"
-    owner = _make_user(identity, user_id, username)
+    owner = owner_for(key)
+    user_id = owner["id"]
 
-    rng = random.Random(_digest("reel", str(seed), key))
+    rng = random.Random(digest("reel", str(seed), key))
     if rng.random() < empty_ratio:
         if rng.random() < 0.5:
             return {"data": None}
@@ -375,7 +386,7 @@ def build_reel(key: str, seed: int = 0, empty_ratio: float = 0.2) -> dict[str, A
     else:
         count = rng.randint(1, 5)
     taken = sorted(BASE_EPOCH - rng.randrange(0, _DAY - 600) for _ in range(count))
-    items = [_make_item(rng, t, owner) for t in taken]
+    items = [make_item(rng, t, owner) for t in taken]
     latest = taken[-1] if taken else BASE_EPOCH
     return {
         "data": {

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-import enum
 import hashlib
 import hmac
 import math
@@ -29,25 +28,21 @@ import random
 import time
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import msgspec
 from aiohttp import hdrs, web
 
-from ._checks import check_number, fault_rates, fault_script
+from ._config import ENDPOINT, ENDPOINTS, EmulatorConfig, MediaConfig, MediaFault
 from ._data import localize_media
-
-if TYPE_CHECKING:
-    from ._app import Emulator
+from ._highlights import TRAY_PATH
 
 __all__ = [
     "MEDIA_ROUTE",
     "MediaCDN",
-    "MediaConfig",
-    "MediaFault",
     "MediaRequestRecord",
     "install_media",
     "media_bytes",
@@ -56,13 +51,25 @@ __all__ = [
     "media_size",
 ]
 
+
+class Emulator(Protocol):
+    """What the CDN needs of the emulator it serves beside (``testing.Emulator``)."""
+
+    @property
+    def config(self) -> EmulatorConfig:
+        """The emulator's settings; the CDN reads ``config.media``."""
+
+    @property
+    def base_url(self) -> str | None:
+        """Where the emulator listens, once it runs; media URLs point there."""
+
+
 MEDIA_ROUTE: Final = "/media/{name}"
 """The path the CDN serves (``GET``); ``name`` is ``<quoted story id>.<jpg|mp4>``."""
 
 _EXTENSIONS: Final[Mapping[str, str]] = {"jpg": "image/jpeg", "mp4": "video/mp4"}
 _REDACTED: Final = "<redacted>"
 _SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
-_MIN_OVERRIDE_SIZE: Final = 1024
 
 # A real 16x16 baseline JPEG (made once with Pillow). Files are padded to their
 # size with COM segments after the JFIF header, which decoders skip.
@@ -111,131 +118,6 @@ def _mvhd(duration: int) -> bytes:
 _FTYP: Final = (28).to_bytes(4, "big") + b"ftypisom" + (0x200).to_bytes(4, "big") + b"isomiso2mp41"
 _MOOV: Final = (8 + 108).to_bytes(4, "big") + b"moov" + _mvhd(5000)
 _MP4_HEAD: Final = _FTYP + _MOOV
-
-
-class MediaFault(enum.Enum):
-    """A misbehaviour the media CDN can inject instead of a clean answer."""
-
-    TRUNCATED = "truncated"
-    """Full ``Content-Length``, half of the bytes, then the connection is closed."""
-
-    RESET = "reset"
-    """Full ``Content-Length``, a quarter of the bytes, then the connection is aborted."""
-
-    SLOW = "slow"
-    """The right bytes, trickled in :attr:`MediaConfig.slow_chunk` pieces."""
-
-    WRONG_LENGTH = "wrong_length"
-    """``Content-Length`` announces more than the file has; all of it is sent, then close."""
-
-    EXPIRED = "expired"
-    """HTTP 403 ``URL signature expired`` although the URL is still valid."""
-
-    GONE = "gone"
-    """HTTP 410 ``Gone``."""
-
-    SERVER_ERROR = "server_error"
-    """HTTP 503 ``Service Unavailable``."""
-
-    REDIRECT = "redirect"
-    """HTTP 302 to the same media on this emulator (a hop a client may follow)."""
-
-    REDIRECT_OFFSITE = "redirect_offsite"
-    """HTTP 302 to :attr:`MediaConfig.offsite_base` (a host a client must not follow to)."""
-
-
-def _story_key(story_id: object) -> str:
-    if not isinstance(story_id, str) or not story_id:
-        raise ValueError(f"media.fault_script keys must be story ids, got {story_id!r}")
-    return story_id
-
-
-@dataclass(frozen=True, kw_only=True)
-class MediaConfig:
-    """How the emulator's media CDN behaves (the ``media`` field of ``EmulatorConfig``).
-
-    Immutable and validated on construction like ``EmulatorConfig``; fault
-    names may be given as strings.
-    """
-
-    enabled: bool = False
-    """Point story items' image and video URLs at this emulator's ``/media`` route.
-
-    Off by default because the signed URLs carry the emulator's port and an
-    expiry time, so answers would no longer be byte-identical across runs.
-    The route itself is always served.
-    """
-
-    url_ttl: float = 3600.0
-    """Seconds a signed URL stays valid after the answer that carried it (0: expired at once)."""
-
-    fault_rates: Mapping[MediaFault, float] = field(default_factory=dict)
-    """Per-request probability of each fault, drawn from a seeded RNG; sum <= 1."""
-
-    fault_script: Mapping[str, Sequence[MediaFault]] = field(default_factory=dict)
-    """Per story id, the faults applied to its 1st, 2nd, ... valid media request.
-
-    Scripted faults take precedence over random ones.
-    """
-
-    sizes: Mapping[str, int] = field(default_factory=dict)
-    """Per story id, the exact byte size of every rendition (e.g. 60 MB for a memory test).
-
-    Bodies are generated in chunks, so large sizes cost no memory.
-    """
-
-    ranges: bool = True
-    """Honour ``Range: bytes=N-[M]`` with 206 (False: always answer 200 with the whole file)."""
-
-    chunk_size: int = 65536
-    """Bytes per write when streaming a body."""
-
-    slow_chunk: int = 4096
-    """Bytes per write for :attr:`MediaFault.SLOW`."""
-
-    slow_delay: float = 0.02
-    """Pause between writes for :attr:`MediaFault.SLOW`, in seconds."""
-
-    offsite_base: str = "https://media.attacker.invalid"
-    """Where :attr:`MediaFault.REDIRECT_OFFSITE` points (scheme://host[:port])."""
-
-    def __post_init__(self) -> None:
-        """Validate every field and freeze the containers."""
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"media.enabled must be a bool, got {self.enabled!r}")
-        if not isinstance(self.ranges, bool):
-            raise ValueError(f"media.ranges must be a bool, got {self.ranges!r}")
-        check_number(self.url_ttl, "media.url_ttl")
-        check_number(self.slow_delay, "media.slow_delay")
-        for name in ("chunk_size", "slow_chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"media.{name} must be an int >= 1, got {value!r}")
-
-        rates = fault_rates(MediaFault, self.fault_rates, "media.fault_rates", "media fault")
-        object.__setattr__(self, "fault_rates", rates)
-        script = fault_script(
-            MediaFault, self.fault_script, "media.fault_script", _story_key, "media fault"
-        )
-        object.__setattr__(self, "fault_script", script)
-
-        if not isinstance(self.sizes, Mapping):
-            raise ValueError("media.sizes must be a mapping of story id to byte size")
-        sizes: dict[str, int] = {}
-        for story_id, size in self.sizes.items():
-            if isinstance(size, bool) or not isinstance(size, int) or size < _MIN_OVERRIDE_SIZE:
-                raise ValueError(
-                    f"media.sizes[{story_id!r}] must be an int >= {_MIN_OVERRIDE_SIZE}, "
-                    f"got {size!r}"
-                )
-            sizes[str(story_id)] = size
-        object.__setattr__(self, "sizes", types.MappingProxyType(sizes))
-
-        parts = urlsplit(self.offsite_base) if isinstance(self.offsite_base, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"media.offsite_base must be an http(s) URL, got {self.offsite_base!r}"
-            )
 
 
 # -- deterministic bytes ----------------------------------------------------------------
@@ -499,18 +381,47 @@ class MediaCDN:
 
     # -- the API answer's URLs ----------------------------------------------------------
 
-    def localize_body(self, body: bytes) -> bytes:
-        """Rewrite a success envelope so its items' media URLs point at this CDN."""
+    def localize_body(self, body: bytes, path: str = ENDPOINT) -> bytes:
+        """Rewrite a success envelope of ``path`` so its media URLs point at this CDN.
+
+        Stories and highlight stories: every item's renditions (in
+        ``data.data.items`` or each of ``data.data.reels``); a highlight
+        tray: each cover (served as the JPEG of story id ``cover-<id>``).
+        """
         try:
             envelope = msgspec.json.decode(body)
             reel = envelope["data"]["data"]
         # msgspec.DecodeError and bad UTF-8 (UnicodeDecodeError) are both ValueErrors.
         except (ValueError, KeyError, TypeError):
             return body
-        if not isinstance(reel, dict) or not reel.get("items"):
+        if not isinstance(reel, dict):
             return body
-        localize_media(reel, self.url_for)
-        return msgspec.json.encode(envelope)
+        if path == TRAY_PATH:
+            changed = self._localize_covers(reel.get("items"))
+        else:
+            reels = reel.get("reels")
+            found = [reel] + (list(reels.values()) if isinstance(reels, dict) else [])
+            found = [r for r in found if isinstance(r, dict) and r.get("items")]
+            for each in found:
+                localize_media(each, self.url_for)
+            changed = bool(found)
+        return msgspec.json.encode(envelope) if changed else body
+
+    def _localize_covers(self, entries: object) -> bool:
+        if not isinstance(entries, list):
+            return False
+        changed = False
+        for entry in entries:
+            cover = entry.get("cover_media") if isinstance(entry, dict) else None
+            image = cover.get("cropped_image_version") if isinstance(cover, dict) else None
+            hid = entry.get("id") if isinstance(entry, dict) else None
+            if isinstance(image, dict) and isinstance(hid, str) and hid:
+                width, height = image.get("width"), image.get("height")
+                if isinstance(width, int) and isinstance(height, int):
+                    name = "cover-" + hid.removeprefix("highlight:")
+                    image["url"] = self.url_for(name, "jpg", width, height)
+                    changed = True
+        return changed
 
     # -- serving ------------------------------------------------------------------------
 
@@ -685,8 +596,6 @@ def media_cdn(emulator: Emulator) -> MediaCDN:
 
 def install_media(app: web.Application, emulator: Emulator) -> None:
     """Serve ``emulator``'s media route on ``app`` and sign the API answers' media URLs."""
-    from ._app import ENDPOINT  # _app imports this module
-
     cdn = media_cdn(emulator)
     app.router.add_get(MEDIA_ROUTE, cdn.handle, allow_head=False)
 
@@ -696,13 +605,13 @@ def install_media(app: web.Application, emulator: Emulator) -> None:
         if (
             emulator.config.media.enabled
             and emulator.base_url
-            and request.path == ENDPOINT
+            and request.path in ENDPOINTS
             and response.status == 200
             and isinstance(response, web.Response)
             and not response.prepared
             and isinstance(response.body, bytes)
         ):
-            response.body = cdn.localize_body(response.body)
+            response.body = cdn.localize_body(response.body, request.path)
         return response
 
     app.middlewares.append(localize)

@@ -11,8 +11,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .._errors import TransportError
 from ..engine.sansio import Request
 from ..engine.transport import RawResponse
-from ._app import ENDPOINT, Emulator
-from ._config import Fault
+from ._app import Emulator
+from ._config import ENDPOINTS, Fault
 
 __all__ = ["EmulatorTransport"]
 
@@ -54,7 +54,7 @@ class EmulatorTransport:
         if self._closed:
             raise TransportError("transport is closed", target=target)
         parts = urlsplit(request.url)
-        if parts.path != ENDPOINT:
+        if parts.path not in ENDPOINTS:
             return _plain(*_NOT_FOUND)
         if request.method != "GET":
             return _plain(*_NOT_ALLOWED)
@@ -62,7 +62,7 @@ class EmulatorTransport:
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             # First value wins, as with aiohttp's request.query.get().
             query.setdefault(name, value)
-        answer = self.emulator.decide(query, _authorization(request))
+        answer = self.emulator.decide(query, _authorization(request), path=parts.path)
         if answer.delay > 0:
             await asyncio.sleep(answer.delay)
         if answer.fault is Fault.RESET:

@@ -57,17 +57,16 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import msgspec
 
 from .._errors import (
-    AuthenticationError,
     ConfigurationError,
-    InsufficientCreditsError,
     InvalidTargetError,
     KeyAPIError,
     NotFoundError,
-    PermissionDeniedError,
     ResponseDecodeError,
 )
 from ..archive import SchemaExtension, StoryArchive
+from ..engine.fetch import STOP_ERRORS
 from ..engine.targets import parse_target
+from ..engine.validate import check_count, check_number
 from ..models import StoryItem, User
 
 if TYPE_CHECKING:
@@ -288,18 +287,10 @@ class Watcher:
         max_in_flight: int = 64,
         run_kind: str = "watch",
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int | float) or not every > 0:
-            raise ConfigurationError(f"every must be a number of seconds > 0, got {every!r}")
-        if not math.isfinite(every):
-            raise ConfigurationError(f"every must be finite, got {every!r}")
-        if max_credits_per_day is not None and (
-            isinstance(max_credits_per_day, bool) or max_credits_per_day < CREDITS_PER_POLL
-        ):
-            raise ConfigurationError(
-                f"max_credits_per_day must be >= {CREDITS_PER_POLL}, got {max_credits_per_day!r}"
-            )
-        if max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        check_number(every, "every", positive=True)
+        if max_credits_per_day is not None:
+            check_count(max_credits_per_day, "max_credits_per_day", minimum=CREDITS_PER_POLL)
+        check_count(max_in_flight, "max_in_flight", minimum=1)
         self.client = client
         self.archive = archive
         self.every = float(every)
@@ -600,13 +591,8 @@ class Watcher:
         new_events: list[StoryEvent] = []
         try:
             try:
-                parsed = parse_target(target)
-                kind, value = parsed.query
-                if kind == "username":
-                    reel = await self.client.fetch_user_stories(username=value)
-                else:
-                    reel = await self.client.fetch_user_stories(user_id=value)
-            except (AuthenticationError, InsufficientCreditsError, PermissionDeniedError) as exc:
+                reel = await self.client.fetch_target(target)
+            except STOP_ERRORS as exc:
                 status, error_text = "fatal", str(exc)
                 self._fail(exc)
             except KeyAPIError as exc:

@@ -1,0 +1,250 @@
+"""Highlights in the archive: their tables, and saving only what changed.
+
+The tables are a :class:`~keyapi_async.archive.SchemaExtension` named
+``highlights`` (pass :data:`HIGHLIGHTS_SCHEMA` to ``StoryArchive.open``; an
+older archive gains them on open, a newer one is refused as for the core
+schema):
+
+* ``highlights``: one row per highlight id (bare digits): the account, title,
+  cover, counts and created time as the last tray said, first and last seen,
+  and the counts of the last *complete* fetch of its items;
+* ``highlight_items``: membership, ``(highlight_id, story_id, position)``. The
+  story itself is the archive's ``stories`` row: a story captured while
+  active and now in a highlight is one row (and one file).
+
+"Only what changed": a highlight whose ``latest_reel_media`` and
+``media_count`` in the tray equal those of its last complete fetch is not
+fetched again (:func:`save_highlights`), so a second run over N accounts with
+nothing new costs N tray requests. The fetched counts are written only after
+the items are recorded: a run killed in between fetches that highlight again,
+it never skips one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from .._client import KeyAPIClient
+from ..engine.endpoints import HIGHLIGHT_STORIES, USER_HIGHLIGHTS
+from ..engine.targets import TargetLike
+from ..models import Highlight, HighlightStories, HighlightTray, Reel
+from . import SchemaExtension, StoryArchive
+
+__all__ = [
+    "HIGHLIGHTS_SCHEMA",
+    "HighlightsRun",
+    "changed_highlights",
+    "record_highlight_stories",
+    "record_tray",
+    "save_highlights",
+]
+
+HIGHLIGHTS_SCHEMA: Final = SchemaExtension(
+    "highlights",
+    (
+        """
+        CREATE TABLE highlights (
+            id                        TEXT PRIMARY KEY,
+            account                   TEXT NOT NULL,
+            title                     TEXT,
+            cover_url                 TEXT,
+            cover_width               INTEGER,
+            cover_height              INTEGER,
+            created_at                INTEGER,
+            latest_reel_media         INTEGER,
+            media_count               INTEGER,
+            fetched_latest_reel_media INTEGER,
+            fetched_media_count       INTEGER,
+            fetched_at                INTEGER,
+            first_seen_at             INTEGER NOT NULL,
+            last_seen_at              INTEGER NOT NULL
+        );
+        CREATE INDEX highlights_account ON highlights (account);
+        CREATE TABLE highlight_items (
+            highlight_id TEXT NOT NULL,
+            story_id     TEXT NOT NULL,
+            position     INTEGER NOT NULL,
+            PRIMARY KEY (highlight_id, story_id)
+        );
+        CREATE INDEX highlight_items_story ON highlight_items (story_id)
+        """,
+    ),
+)
+
+_UPSERT: Final = """
+INSERT INTO highlights (id, account, title, cover_url, cover_width, cover_height, created_at,
+                        latest_reel_media, media_count, first_seen_at, last_seen_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    account = excluded.account,
+    title = excluded.title,
+    cover_url = excluded.cover_url,
+    cover_width = excluded.cover_width,
+    cover_height = excluded.cover_height,
+    created_at = excluded.created_at,
+    latest_reel_media = excluded.latest_reel_media,
+    media_count = excluded.media_count,
+    first_seen_at = MIN(highlights.first_seen_at, excluded.first_seen_at),
+    last_seen_at = MAX(highlights.last_seen_at, excluded.last_seen_at)
+"""
+
+
+def changed_highlights(
+    tray: HighlightTray, fetched: dict[str, tuple[int | None, int | None]]
+) -> list[Highlight]:
+    """The highlights of ``tray`` to fetch: never fetched in full, or with other counts now.
+
+    ``fetched`` maps a highlight id to the ``(latest_reel_media,
+    media_count)`` of its last complete fetch. A highlight whose tray gives
+    neither count is always fetched (nothing says it is unchanged).
+    """
+    wanted = []
+    for highlight in tray.items:
+        counts = (highlight.latest_reel_media, highlight.media_count)
+        if counts == (None, None) or fetched.get(highlight.id) != counts:
+            wanted.append(highlight)
+    return wanted
+
+
+def _fetched_counts(
+    conn: sqlite3.Connection, ids: list[str]
+) -> dict[str, tuple[int | None, int | None]]:
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT id, fetched_latest_reel_media, fetched_media_count FROM highlights "
+            f"WHERE fetched_at IS NOT NULL AND id IN ({marks})",
+            chunk,
+        )
+        found.update({row[0]: (row[1], row[2]) for row in rows})
+    return found
+
+
+async def record_tray(
+    archive: StoryArchive, account: str, tray: HighlightTray, fetched_at: float | None = None
+) -> list[Highlight]:
+    """Record ``account``'s tray; return its highlights that changed since their last fetch."""
+    seen = round(time.time() if fetched_at is None else fetched_at)
+
+    def job(conn: sqlite3.Connection) -> list[Highlight]:
+        before = _fetched_counts(conn, [h.id for h in tray.items])
+        conn.executemany(
+            _UPSERT,
+            [
+                (
+                    h.id,
+                    account,
+                    h.title,
+                    None if h.cover is None else h.cover.url,
+                    None if h.cover is None else h.cover.width,
+                    None if h.cover is None else h.cover.height,
+                    h.created_at,
+                    h.latest_reel_media,
+                    h.media_count,
+                    seen,
+                    seen,
+                )
+                for h in tray.items
+            ],
+        )
+        return changed_highlights(tray, before)
+
+    return await archive.transact(job)
+
+
+async def record_highlight_stories(
+    archive: StoryArchive,
+    account: str,
+    highlight: Highlight,
+    stories: HighlightStories,
+    fetched_at: float | None = None,
+    *,
+    run_id: int | None = None,
+) -> list[str]:
+    """Record one highlight's items (as stories of ``account``) and its membership.
+
+    Returns the story ids new to the archive. The highlight is marked as
+    fetched with the tray's counts last, so that an interrupted save is redone.
+    """
+    reel = Reel(count=len(stories.items), items=stories.items)
+    new = await archive.record_reel(account, reel, fetched_at, run_id=run_id)
+    when = round(time.time() if fetched_at is None else fetched_at)
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM highlight_items WHERE highlight_id = ?", (highlight.id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO highlight_items (highlight_id, story_id, position) "
+            "VALUES (?, ?, ?)",
+            [(highlight.id, item.id, n) for n, item in enumerate(stories.items)],
+        )
+        conn.execute(
+            "UPDATE highlights SET fetched_latest_reel_media = ?, fetched_media_count = ?, "
+            "fetched_at = ? WHERE id = ?",
+            (highlight.latest_reel_media, highlight.media_count, when, highlight.id),
+        )
+
+    await archive.transact(job)
+    return new
+
+
+@dataclass(slots=True)
+class HighlightsRun:
+    """What one :func:`save_highlights` did."""
+
+    trays: int = 0
+    """Trays fetched and recorded."""
+    highlights_fetched: int = 0
+    """Highlights whose items were fetched (the changed ones)."""
+    unchanged: int = 0
+    """Highlights skipped because their counts equal the last fetch."""
+    new_stories: list[str] = field(default_factory=list)
+    """Story ids new to the archive, in the order they were recorded."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Target (account or ``highlight:ID``) -> why it failed or was not attempted."""
+
+
+async def save_highlights(
+    client: KeyAPIClient,
+    archive: StoryArchive,
+    accounts: Iterable[TargetLike],
+    *,
+    run_id: int | None = None,
+) -> HighlightsRun:
+    """Fetch the trays of ``accounts`` and the items of every changed highlight; record all.
+
+    Every account yields one tray request; only highlights whose counts
+    changed since their last complete fetch cost a highlight-stories request.
+    Both batches go through the client's one gate and credit budget.
+    """
+    run = HighlightsRun()
+    owners: dict[str, tuple[str, Highlight]] = {}
+    async with client.fetch_many(accounts, endpoint=USER_HIGHLIGHTS) as trays:
+        async for result in trays:
+            if result.error is not None:
+                run.errors[result.target] = str(result.error)
+                continue
+            tray = result.unwrap()
+            run.trays += 1
+            changed = await record_tray(archive, result.target, tray)
+            run.unchanged += len(tray.items) - len(changed)
+            owners.update({h.reel_id: (result.target, h) for h in changed})
+    if not owners:
+        return run
+    async with client.fetch_many(list(owners), endpoint=HIGHLIGHT_STORIES) as batch:
+        async for got in batch:
+            if got.error is not None:
+                run.errors[got.target] = str(got.error)
+                continue
+            account, highlight = owners[got.target]
+            stories = got.unwrap()
+            run.highlights_fetched += 1
+            run.new_stories += await record_highlight_stories(
+                archive, account, highlight, stories, run_id=run_id
+            )
+    return run

@@ -1,0 +1,50 @@
+"""The one validator of numbers and counts, and the parts that must call it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from keyapi_async import ClientConfig, ConfigurationError
+from keyapi_async.engine.validate import check_count, check_number
+from keyapi_async.testing import ChurnConfig, EmulatorConfig, MediaConfig
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1, True, "1", None])
+def test_a_bad_number_is_named_with_its_value(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"^timeout must be a") as caught:
+        check_number(bad, "timeout")
+    assert repr(bad) in str(caught.value)
+    assert isinstance(caught.value, ValueError)  # except ValueError keeps working
+
+
+def test_zero_is_allowed_unless_positive() -> None:
+    assert check_number(0, "backoff") == 0.0
+    with pytest.raises(ConfigurationError, match=r"timeout must be a finite number > 0, got 0"):
+        check_number(0, "timeout", positive=True)
+    assert check_number(2, "qps", positive=True) == 2.0
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "2", math.nan])
+def test_a_bad_count_is_named_with_its_value(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^workers must be an int >= 1, got {bad!r}"):
+        check_count(bad, "workers", minimum=1)
+    assert check_count(1, "workers", minimum=1) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: ClientConfig.create("sk_test_x", timeout=math.nan), "timeout"),
+        (lambda: ClientConfig.create("sk_test_x", backoff_base=math.inf), "backoff_base"),
+        (lambda: EmulatorConfig(latency=math.nan), "latency"),
+        (lambda: EmulatorConfig(credits=-1), "credits"),
+        (lambda: MediaConfig(url_ttl=math.inf), "media.url_ttl"),
+        (lambda: MediaConfig(chunk_size=0), "media.chunk_size"),
+        (lambda: ChurnConfig(every=math.nan), "churn.every"),
+    ],
+)
+def test_every_part_calls_the_one_validator(make: object, name: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a"):
+        make()  # type: ignore[operator]
