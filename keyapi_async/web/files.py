@@ -12,19 +12,27 @@ filesystem is asked only by :func:`resolve_media`).
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
+
+from .._errors import ConfigurationError
+from ..archive.writes import _check_relative as check_recorded_path
 
 __all__ = ["is_safe_relative", "resolve_media"]
 
 
 def is_safe_relative(recorded: str) -> bool:
-    """Whether ``recorded`` is a plain relative path with no way up (pure)."""
-    if not recorded or "\x00" in recorded:
+    """Whether ``recorded`` is a plain relative path with no way up (pure).
+
+    The archive's writer's own rule for the paths it records, so a path the
+    writer would refuse is never served either.
+    """
+    if "\x00" in recorded:
         return False
-    posix = PurePosixPath(recorded.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(recorded).drive:
+    try:
+        check_recorded_path(recorded)
+    except ConfigurationError:
         return False
-    return ".." not in posix.parts
+    return True
 
 
 def resolve_media(root: str | os.PathLike[str], recorded: str) -> Path | None:

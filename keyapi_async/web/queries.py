@@ -46,6 +46,7 @@ __all__ = [
     "DAY",
     "AccountRow",
     "ArchiveReader",
+    "HighlightAlbum",
     "MediaKind",
     "MediaTotals",
     "PollRow",
@@ -54,6 +55,7 @@ __all__ = [
     "StoryRow",
     "TimelinePage",
     "decode_cursor",
+    "details_from_raw",
     "encode_cursor",
     "open_reader",
 ]
@@ -138,6 +140,20 @@ class StoryDetails:
 
 
 @dataclass(frozen=True, slots=True)
+class HighlightAlbum:
+    """One highlight as an album: its title and, for a cover, its first saved photo."""
+
+    highlight_id: str
+    account: str
+    title: str | None
+    created_at: int | None
+    stories: int
+    """Stories of the highlight recorded in the archive."""
+    cover_story: str | None
+    """The story whose local file is the cover (``None``: no saved photo)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PollRow:
     """One watched account on the status page."""
 
@@ -207,18 +223,18 @@ def _story_row(row: Sequence[Any]) -> StoryRow:
 
 
 def encode_cursor(story: StoryRow) -> str:
-    """The keyset cursor after ``story``: ``<taken_at>.<story_id>``."""
-    taken = -1 if story.taken_at is None else story.taken_at
-    return f"{taken}.{story.story_id}"
+    """The keyset cursor after ``story``: ``<taken_at>.<seq>`` (``-`` for an unknown time)."""
+    taken = "-" if story.taken_at is None else str(story.taken_at)
+    return f"{taken}.{story.seq}"
 
 
-def decode_cursor(text: str) -> tuple[int, str]:
+def decode_cursor(text: str) -> tuple[int | None, int]:
     """Parse a cursor from :func:`encode_cursor`; ``ValueError`` names a bad one."""
-    taken, sep, story_id = text.partition(".")
-    if not sep or not story_id:
-        raise ValueError(f"not a page cursor: {text!r}")
+    taken, sep, seq = text.partition(".")
     try:
-        return int(taken), story_id
+        if not sep or not seq.isdigit():
+            raise ValueError
+        return (None if taken == "-" else int(taken)), int(seq)
     except ValueError:
         raise ValueError(f"not a page cursor: {text!r}") from None
 
@@ -237,9 +253,10 @@ def _texts(items: object, *keys: str) -> list[str]:
     return found
 
 
-def _details_from_raw(
+def details_from_raw(
     story: StoryRow, prev: str | None, nxt: str | None, raw: str | None
 ) -> StoryDetails:
+    """The player's view of ``story`` from its raw item (pure; a broken raw shows no details)."""
     item: object = None
     if raw:
         with contextlib.suppress(ValueError):
@@ -270,6 +287,95 @@ def _details_from_raw(
         music=music,
         location=place if isinstance(place, str) and place else None,
     )
+
+
+def _kind_clause(kind: MediaKind) -> tuple[str, list[str]]:
+    return ("", []) if kind == "all" else (" AND s.media_type = ?", [kind])
+
+
+def _dated_page(
+    conn: sqlite3.Connection,
+    account: str,
+    kind: MediaKind,
+    since: int | None,
+    until: int | None,
+    after: tuple[int | None, int] | None,
+    limit: int,
+) -> list[StoryRow]:
+    # (account, taken_at) is the archive's stories_account index, and an index
+    # entry ends with the rowid: ORDER BY taken_at DESC, rowid DESC walks it
+    # backwards with no sort, and the (taken_at, rowid) row value seeks into it.
+    where = "s.account = ? AND s.taken_at IS NOT NULL"
+    params: list[str | int] = [account]
+    extra, kinds = _kind_clause(kind)
+    where += extra
+    params += kinds
+    if since is not None:
+        where += " AND s.taken_at >= ?"
+        params.append(since)
+    if until is not None:
+        where += " AND s.taken_at < ?"
+        params.append(until)
+    if after is not None and after[0] is not None:
+        where += " AND (s.taken_at, s.rowid) < (?, ?)"
+        params += [after[0], after[1]]
+    sql = (
+        f"SELECT {_STORY_COLUMNS} FROM stories AS s INDEXED BY stories_account"
+        f" LEFT JOIN media AS m USING (story_id)"
+        f" WHERE {where} ORDER BY s.taken_at DESC, s.rowid DESC LIMIT ?"
+    )
+    return [_story_row(r) for r in conn.execute(sql, (*params, limit))]
+
+
+def _undated_page(
+    conn: sqlite3.Connection, account: str, kind: MediaKind, before: int | None, limit: int
+) -> list[StoryRow]:
+    extra, kinds = _kind_clause(kind)
+    where = f"s.account = ? AND s.taken_at IS NULL{extra}"
+    params: list[str | int] = [account, *kinds]
+    if before is not None:
+        where += " AND s.rowid < ?"
+        params.append(before)
+    sql = (
+        f"SELECT {_STORY_COLUMNS} FROM stories AS s INDEXED BY stories_account"
+        f" LEFT JOIN media AS m USING (story_id)"
+        f" WHERE {where} ORDER BY s.taken_at DESC, s.rowid DESC LIMIT ?"
+    )
+    return [_story_row(r) for r in conn.execute(sql, (*params, limit))]
+
+
+def _neighbour(conn: sqlite3.Connection, story: StoryRow, *, older: bool) -> str | None:
+    # The same order as the timeline: (taken_at, rowid), unknown times last.
+    op, order = ("<", "DESC") if older else (">", "ASC")
+    if story.taken_at is not None:
+        row = conn.execute(
+            "SELECT story_id FROM stories INDEXED BY stories_account"
+            f" WHERE account = ? AND taken_at IS NOT NULL AND (taken_at, rowid) {op} (?, ?)"
+            f" ORDER BY taken_at {order}, rowid {order} LIMIT 1",
+            (story.account, story.taken_at, story.seq),
+        ).fetchone()
+        if row is not None or not older:
+            return None if row is None else str(row[0])
+        row = conn.execute(
+            "SELECT story_id FROM stories INDEXED BY stories_account"
+            " WHERE account = ? AND taken_at IS NULL ORDER BY taken_at DESC, rowid DESC LIMIT 1",
+            (story.account,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+    row = conn.execute(
+        "SELECT story_id FROM stories INDEXED BY stories_account"
+        f" WHERE account = ? AND taken_at IS NULL AND rowid {op} ?"
+        f" ORDER BY taken_at {order}, rowid {order} LIMIT 1",
+        (story.account, story.seq),
+    ).fetchone()
+    if row is not None or older:
+        return None if row is None else str(row[0])
+    row = conn.execute(
+        "SELECT story_id FROM stories INDEXED BY stories_account"
+        " WHERE account = ? AND taken_at IS NOT NULL ORDER BY taken_at ASC, rowid ASC LIMIT 1",
+        (story.account,),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 class ArchiveReader:
@@ -398,30 +504,20 @@ class ArchiveReader:
         cursor: str | None = None,
         limit: int = 60,
     ) -> TimelinePage:
-        """Stories of ``account`` newest first, ``limit`` per page, taken in ``[since, until)``."""
-        clauses: list[str] = ["s.account = ?"]
-        params: list[str | int] = [account]
-        if kind != "all":
-            clauses.append("s.media_type = ?")
-            params.append(kind)
-        if since is not None:
-            clauses.append("s.taken_at >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("s.taken_at < ?")
-            params.append(until)
-        if cursor is not None:
-            taken, story_id = decode_cursor(cursor)
-            clauses.append("(coalesce(s.taken_at, -1), s.story_id) < (?, ?)")
-            params += [taken, story_id]
-        sql = (
-            f"SELECT {_STORY_COLUMNS} FROM stories AS s LEFT JOIN media AS m USING (story_id)"
-            f" WHERE {' AND '.join(clauses)}"
-            " ORDER BY coalesce(s.taken_at, -1) DESC, s.story_id DESC LIMIT ?"
-        )
+        """Stories of ``account`` newest first, ``limit`` per page, taken in ``[since, until)``.
+
+        ``ValueError`` for a bad ``cursor``. Stories with no known time come
+        after every dated one (and only when no date range is asked).
+        """
+        after = None if cursor is None else decode_cursor(cursor)
 
         def fetch(conn: sqlite3.Connection) -> TimelinePage:
-            rows = [_story_row(r) for r in conn.execute(sql, (*params, limit + 1))]
+            rows: list[StoryRow] = []
+            if after is None or after[0] is not None:
+                rows = _dated_page(conn, account, kind, since, until, after, limit + 1)
+            if len(rows) <= limit and since is None and until is None:
+                before = after[1] if after is not None and after[0] is None else None
+                rows += _undated_page(conn, account, kind, before, limit + 1 - len(rows))
             more = len(rows) > limit
             rows = rows[:limit]
             return TimelinePage(rows, encode_cursor(rows[-1]) if more and rows else None)
@@ -448,23 +544,63 @@ class ArchiveReader:
             if row is None:
                 return None
             story = _story_row(row)
-            key = (-1 if story.taken_at is None else story.taken_at, story.story_id)
-            neighbour = (
-                "SELECT story_id FROM stories WHERE account = ?"
-                " AND (coalesce(taken_at, -1), story_id) {op} (?, ?)"
-                " ORDER BY coalesce(taken_at, -1) {order}, story_id {order} LIMIT 1"
-            )
-            newer = conn.execute(
-                neighbour.format(op=">", order="ASC"), (story.account, *key)
-            ).fetchone()
-            older = conn.execute(
-                neighbour.format(op="<", order="DESC"), (story.account, *key)
-            ).fetchone()
-            return _details_from_raw(
-                story, newer[0] if newer else None, older[0] if older else None, row[11]
-            )
+            newer = _neighbour(conn, story, older=False)
+            older = _neighbour(conn, story, older=True)
+            return details_from_raw(story, newer, older, row[11])
 
         return self.read(fetch)
+
+    def highlights(self, account: str | None = None) -> list[HighlightAlbum]:
+        """The highlight albums (of ``account``, or all), newest first; empty without the tables."""
+
+        def fetch(conn: sqlite3.Connection) -> list[HighlightAlbum]:
+            if not {"highlights", "highlight_items"} <= _tables(conn):
+                return []
+            where, params = ("WHERE h.account = ?", [account]) if account else ("", [])
+            sql = f"""
+                SELECT h.id, h.account, h.title, h.created_at, count(i.story_id),
+                       (SELECT i2.story_id FROM highlight_items AS i2
+                        JOIN media AS m ON m.story_id = i2.story_id AND m.status = 'saved'
+                        JOIN stories AS s2 ON s2.story_id = i2.story_id
+                        WHERE i2.highlight_id = h.id AND s2.media_type = 'image'
+                        ORDER BY i2.position LIMIT 1)
+                FROM highlights AS h LEFT JOIN highlight_items AS i ON i.highlight_id = h.id
+                {where} GROUP BY h.id
+                ORDER BY h.created_at IS NULL, h.created_at DESC, h.id
+            """
+            return [HighlightAlbum(*r) for r in conn.execute(sql, params)]
+
+        return self.read(fetch)
+
+    def highlight(self, highlight_id: str) -> tuple[HighlightAlbum, list[StoryRow]] | None:
+        """One album and its stories in the highlight's order (``None``: no such highlight)."""
+
+        def fetch(conn: sqlite3.Connection) -> tuple[HighlightAlbum, list[StoryRow]] | None:
+            if not {"highlights", "highlight_items"} <= _tables(conn):
+                return None
+            albums = self._albums_by_id(conn, highlight_id)
+            if not albums:
+                return None
+            rows = conn.execute(
+                f"SELECT {_STORY_COLUMNS} FROM highlight_items AS i"
+                " JOIN stories AS s ON s.story_id = i.story_id"
+                " LEFT JOIN media AS m ON m.story_id = s.story_id"
+                " WHERE i.highlight_id = ? ORDER BY i.position, s.story_id",
+                (highlight_id,),
+            )
+            return albums[0], [_story_row(r) for r in rows]
+
+        return self.read(fetch)
+
+    @staticmethod
+    def _albums_by_id(conn: sqlite3.Connection, highlight_id: str) -> list[HighlightAlbum]:
+        row = conn.execute(
+            "SELECT h.id, h.account, h.title, h.created_at,"
+            " (SELECT count(*) FROM highlight_items WHERE highlight_id = h.id), NULL"
+            " FROM highlights AS h WHERE h.id = ?",
+            (highlight_id,),
+        ).fetchone()
+        return [] if row is None else [HighlightAlbum(*row)]
 
     def media_path(self, story_id: str) -> str | None:
         """The recorded file of a saved story (relative to the download directory), or ``None``."""

@@ -111,9 +111,11 @@ async def timeline_page(request: web.Request) -> web.Response:
         "to": "" if end is None else end.isoformat(),
     }
     latest = await asyncio.to_thread(reader.latest_seq)
+    albums = await asyncio.to_thread(reader.highlights, account) if cursor is None else []
     return _render(
         request,
         "timeline.html",
+        albums=albums,
         account=account,
         days=_by_day(page.stories),
         count=len(page.stories),
@@ -133,6 +135,17 @@ async def story_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such story in the archive\n")
     latest = await asyncio.to_thread(reader.latest_seq)
     return _render(request, "story.html", d=details, s=details.story, latest=latest)
+
+
+async def album_page(request: web.Request) -> web.Response:
+    """``/h/{highlight_id}``: one highlight as an album, in the highlight's order."""
+    reader = request.app[READER]
+    found = await asyncio.to_thread(reader.highlight, request.match_info["highlight_id"])
+    if found is None:
+        raise web.HTTPNotFound(text="no such highlight in the archive\n")
+    latest = await asyncio.to_thread(reader.latest_seq)
+    album, stories = found
+    return _render(request, "album.html", album=album, stories=stories, latest=latest)
 
 
 async def new_page(request: web.Request) -> web.Response:
@@ -225,6 +238,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", accounts_page)
     app.router.add_get("/a/{account}", timeline_page)
     app.router.add_get("/s/{story_id}", story_page)
+    app.router.add_get("/h/{highlight_id}", album_page)
     app.router.add_get("/new", new_page)
     app.router.add_get("/status", status_page)
     app.router.add_get("/media/{story_id}", media_file)

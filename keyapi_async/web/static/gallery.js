@@ -2,25 +2,31 @@
 (() => {
   "use strict";
   const SEEN = "keyapi-gallery-last-seen";
+  const BASE = "keyapi-gallery-visit-baseline";
   const AUTO = "keyapi-gallery-autoplay";
   const IMAGE_SECONDS = 5;
 
-  // "New since my last visit": the highest story number this browser has been shown.
+  // "New since my last visit": localStorage keeps the highest story number
+  // this browser was shown; a visit (a browser session) starts by taking that
+  // number as its baseline, then moves it up to the archive's latest, so the
+  // "new" view lists what arrived between the last visit and this one.
   const latest = Number(document.body.dataset.latest || "0");
-  let seen = localStorage.getItem(SEEN);
-  if (seen === null || !/^\d+$/.test(seen)) {
-    seen = String(latest);
-    localStorage.setItem(SEEN, seen);
+  let baseline = sessionStorage.getItem(BASE);
+  if (baseline === null || !/^\d+$/.test(baseline)) {
+    const stored = localStorage.getItem(SEEN);
+    baseline = stored !== null && /^\d+$/.test(stored) ? stored : String(latest);
+    sessionStorage.setItem(BASE, baseline);
   }
+  localStorage.setItem(SEEN, String(Math.max(latest, Number(localStorage.getItem(SEEN) || "0"))));
   const newLink = document.getElementById("new-link");
   if (newLink) {
-    newLink.href = "/new?after=" + encodeURIComponent(seen);
-    newLink.classList.toggle("has-new", Number(seen) < latest);
+    newLink.href = "/new?after=" + encodeURIComponent(baseline);
+    newLink.classList.toggle("has-new", Number(baseline) < latest);
   }
   const mark = document.getElementById("mark-seen");
   if (mark) {
     mark.addEventListener("click", () => {
-      localStorage.setItem(SEEN, String(latest));
+      sessionStorage.setItem(BASE, String(latest));
       location.href = "/new?after=" + latest;
     });
   }
