@@ -99,7 +99,8 @@ def build(db: Path, big: int, accounts: int, per_account: int) -> dict[str, str]
     conn.execute(
         "INSERT INTO highlight_items (highlight_id, story_id, position)"
         " SELECT h.id, s.story_id, s.rowid FROM highlights AS h"
-        " JOIN stories AS s ON s.account = h.account AND s.rowid % 500 = CAST(h.id AS INTEGER) % 500"
+        " JOIN stories AS s ON s.account = h.account"
+        " AND s.rowid % 500 = CAST(h.id AS INTEGER) % 500"
     )
     conn.execute("COMMIT")
     ids = {
