@@ -95,7 +95,8 @@ def archive_metrics(report: StatusReport) -> Iterator[Metric]:
     size = GaugeMetricFamily(
         "keyapi_media_bytes", "Bytes of media files by outcome", labels=["outcome"]
     )
-    size.add_metric(["saved"], report.media.saved_bytes)
+    for outcome, total in sorted(report.media.bytes.items()):
+        size.add_metric([outcome], total)
     yield size
     success = GaugeMetricFamily(
         "keyapi_account_last_success_timestamp_seconds",

@@ -176,7 +176,13 @@ class MediaTotals:
 
     files: dict[str, int]
     """Per status (``saved``, ``pending``, ``failed``, ``expired``); every key present."""
-    saved_bytes: int
+    bytes: dict[str, int]
+    """Bytes recorded per status (a failed or expired record may carry a partial size)."""
+
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes of the saved files."""
+        return self.bytes["saved"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,10 +632,11 @@ class ArchiveReader:
             stories = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
             accounts = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
             files = dict.fromkeys(("saved", "pending", "failed", "expired"), 0)
-            files.update(dict(conn.execute("SELECT status, count(*) FROM media GROUP BY status")))
-            saved_bytes = conn.execute(
-                "SELECT coalesce(sum(bytes), 0) FROM media WHERE status = 'saved'"
-            ).fetchone()[0]
+            sizes = dict(files)
+            for status, count, size in conn.execute(
+                "SELECT status, count(*), coalesce(sum(bytes), 0) FROM media GROUP BY status"
+            ):
+                files[status], sizes[status] = count, size
             problems = [
                 (r[0], r[1], r[2], r[3])
                 for r in conn.execute(
@@ -667,7 +674,7 @@ class ArchiveReader:
                 now=at,
                 stories=stories,
                 accounts=accounts,
-                media=MediaTotals(files, int(saved_bytes)),
+                media=MediaTotals(files, sizes),
                 polls=polls,
                 watched=watched,
                 credits_24h=credits,
