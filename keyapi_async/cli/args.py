@@ -429,6 +429,7 @@ def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .serve import parse_address
     from .watch import parse_duration
 
     watch = commands.add_parser(
@@ -490,6 +491,15 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_options(watch.add_argument_group("request settings"))
     add_capture_options(watch)
+    web = watch.add_argument_group("status page and metrics (the web extra)")
+    web.add_argument(
+        "--serve",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="serve /status, /metrics, /healthz and /readyz on ADDR (127.0.0.1:9100 or :9100)",
+    )
+    _web_guard_options(web)
     _verbosity_options(watch)
 
 

@@ -111,11 +111,16 @@ async def _serve(config: GalleryConfig, host: str, port: int) -> int:
 @contextlib.asynccontextmanager
 async def serving_watch(
     args: argparse.Namespace,
-    archive_path: str,
+    archive_path: str | os.PathLike[str],
     client: Callable[[], ClientStats],
     watch: Callable[[], WatchStats],
 ) -> AsyncIterator[None]:
-    """Serve status, metrics and health beside a running watch when ``--serve`` was given."""
+    """Serve status, metrics and health beside a running watch when ``--serve`` was given.
+
+    ``client`` and ``watch`` return the live counters (``client.stats``,
+    ``watcher.stats``); nothing else of the watch is read. An address that
+    cannot be bound is a :class:`CLIError` (exit 2) before any poll.
+    """
     if args.serve is None:
         yield
         return
@@ -125,13 +130,10 @@ async def serving_watch(
     archive = Path(archive_path)
     media_root = Path(args.download) if args.download else archive.parent
     config = _gallery_config(archive, media_root, host, args, client, watch)
-    try:
-        gallery = running_gallery(config, host, port)
-        url = await gallery.__aenter__()
-    except OSError as exc:
-        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(running_gallery(config, host, port))
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         print(f"status page: {_shown_url(url, config.token)}status", file=sys.stderr, flush=True)
         yield
-    finally:
-        await gallery.__aexit__(None, None, None)

@@ -82,6 +82,7 @@ def watch_metrics(stats: WatchStats) -> Iterator[Metric]:
     yield _counter(
         "keyapi_watch_budget_waits", "Times a poll waited for the daily budget", stats.budget_waits
     )
+    yield _gauge("keyapi_watch_polls_in_flight", "Polls running now", stats.in_flight)
 
 
 def archive_metrics(report: StatusReport) -> Iterator[Metric]:
