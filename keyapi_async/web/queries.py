@@ -12,14 +12,18 @@ Design choices:
   threads (``asyncio.to_thread``); each borrows a connection from the pool
   and returns it, so no connection is shared by two threads at once and
   every one is closed when the app stops.
-* **Keyset pagination.** A timeline page asks for the stories of one account
-  older than the last one shown, ``(taken_at, story_id) < (?, ?)``, through
-  the archive's ``stories (account, taken_at)`` index: page 500 costs what
-  page 1 does, which ``OFFSET`` would not.
+* **Keyset pagination on an existing index.** A timeline page asks for the
+  stories of one account older than the last one shown,
+  ``(taken_at, rowid) < (?, ?)``, on the archive's
+  ``stories_account (account, taken_at)`` index, whose entries end with the
+  rowid: the seek and the order are the index's own, so page 500 costs what
+  page 1 does (``OFFSET`` would not) and no migration was needed. Stories
+  without a time come after every dated one.
 * **"New" is by insertion order.** Stories are appended to the table, so
-  its ``rowid`` grows with every story first recorded; the browser
-  remembers the highest one it has shown, and "new since my last visit"
-  is ``rowid > N``, a range of the table's own b-tree.
+  its ``rowid`` grows with every story first recorded (the archive never
+  runs ``VACUUM``, which could renumber them); the browser remembers the
+  highest one it has shown, and "new since my last visit" is ``rowid > N``,
+  a range of the table's own b-tree.
 * **Extension tables are optional.** The watch tables exist only in an
   archive a watch wrote; every query of them checks first and answers with
   nothing rather than failing.
@@ -35,7 +39,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -57,7 +61,6 @@ __all__ = [
     "decode_cursor",
     "details_from_raw",
     "encode_cursor",
-    "open_reader",
 ]
 
 T = TypeVar("T")
@@ -174,9 +177,9 @@ class PollRow:
 class MediaTotals:
     """Media records by outcome: file counts and bytes."""
 
-    files: dict[str, int]
+    files: Mapping[str, int]
     """Per status (``saved``, ``pending``, ``failed``, ``expired``); every key present."""
-    bytes: dict[str, int]
+    bytes: Mapping[str, int]
     """Bytes recorded per status (a failed or expired record may carry a partial size)."""
 
     @property
@@ -203,7 +206,7 @@ class StatusReport:
     recent_errors: list[PollRow]
     media_problems: list[tuple[str, str, str | None, int]]
     """Recent failed or expired media: ``(story_id, status, reason, updated_at)``."""
-    last_success: dict[str, int]
+    last_success: Mapping[str, int]
     """Per account, when a fetch last succeeded (Unix seconds)."""
 
     @property
@@ -626,9 +629,7 @@ class ArchiveReader:
         at = time.time() if now is None else now
 
         def fetch(conn: sqlite3.Connection) -> StatusReport:
-            tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
+            tables = _tables(conn)
             stories = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
             accounts = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
             files = dict.fromkeys(("saved", "pending", "failed", "expired"), 0)
@@ -687,17 +688,6 @@ class ArchiveReader:
 
         return self.read(fetch)
 
-    def has_tables(self, *names: str) -> bool:
-        """Whether every one of ``names`` is a table of the archive."""
-
-        def fetch(conn: sqlite3.Connection) -> bool:
-            tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            return set(names) <= tables
-
-        return self.read(fetch)
-
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -716,13 +706,3 @@ def _float_or_none(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and math.isfinite(value) else None
-
-
-@contextlib.contextmanager
-def open_reader(path: str | os.PathLike[str]) -> Iterator[ArchiveReader]:
-    """Open a reader on ``path`` for a ``with`` block; its connections close at the end."""
-    reader = ArchiveReader(path)
-    try:
-        yield reader
-    finally:
-        reader.close()
