@@ -569,6 +569,9 @@ async def test_serve_command_refuses_remote_and_captured_archive_end_to_end(
         async with aiohttp.ClientSession() as http:
             accounts = await get_text(http, url + "/")
             assert all(f"/a/{name}" in accounts for name in names)
+            status = await get_text(http, url + "/status")
+            assert "Recent runs" in status and "<td>fetch</td>" in status
+            assert f"media saved {len(saved)}" in status  # the run's own counts
             for story_id, sha256, account in saved:
                 async with http.get(f"{url}/media/{story_id}") as response:
                     assert response.status == 200

@@ -54,6 +54,7 @@ __all__ = [
     "MediaKind",
     "MediaTotals",
     "PollRow",
+    "RunRow",
     "StatusReport",
     "StoryDetails",
     "StoryRow",
@@ -189,6 +190,27 @@ class MediaTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRow:
+    """One fetch, watch or import run recorded in the archive."""
+
+    kind: str
+    started_at: int
+    finished_at: int | None
+    counts: tuple[tuple[str, int], ...]
+    """What the run counted (``new_stories``, ``media_saved``, ...), as it recorded them."""
+
+
+def _run_counts(text: str | None) -> tuple[tuple[str, int], ...]:
+    try:
+        counts = json.loads(text or "{}")
+    except ValueError:
+        return ()
+    if not isinstance(counts, dict):
+        return ()
+    return tuple((str(k), v) for k, v in counts.items() if isinstance(v, int))
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     """What the status page and the metrics show."""
 
@@ -208,6 +230,8 @@ class StatusReport:
     """Recent failed or expired media: ``(story_id, status, reason, updated_at)``."""
     last_success: Mapping[str, int]
     """Per account, when a fetch last succeeded (Unix seconds)."""
+    runs: tuple[RunRow, ...] = ()
+    """The latest runs, newest first."""
 
     @property
     def max_lag(self) -> float:
@@ -646,6 +670,13 @@ class ArchiveReader:
                 )
             ]
             last_success = dict(conn.execute("SELECT target, last_seen_at FROM accounts"))
+            runs = tuple(
+                RunRow(r[0], r[1], r[2], _run_counts(r[3]))
+                for r in conn.execute(
+                    "SELECT kind, started_at, finished_at, counts FROM runs"
+                    " ORDER BY id DESC LIMIT 10"
+                )
+            )
             polls: list[PollRow] = []
             errors: list[PollRow] = []
             credits, cap, every = 0, None, None
@@ -684,6 +715,7 @@ class ArchiveReader:
                 recent_errors=errors,
                 media_problems=problems,
                 last_success=last_success,
+                runs=runs,
             )
 
         return self.read(fetch)
