@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .._client import KeyAPIClient
+from .._errors import KeyAPIError
 from ..engine.endpoints import HIGHLIGHT_STORIES, USER_HIGHLIGHTS
+from ..engine.fetch import STOP_ERRORS
 from ..engine.targets import TargetLike
 from ..models import Highlight, HighlightStories, HighlightTray, Reel
 from . import SchemaExtension, StoryArchive
@@ -207,6 +209,15 @@ class HighlightsRun:
     """Story ids new to the archive, in the order they were recorded."""
     errors: dict[str, str] = field(default_factory=dict)
     """Target (account or ``highlight:ID``) -> why it failed or was not attempted."""
+    fatal: KeyAPIError | None = None
+    """The first 401, 402 or 403: the key cannot go on (nothing more was sent)."""
+    deferred: int = 0
+    """Changed highlights left for a later run by ``max_highlights``."""
+
+    def _failed(self, target: str, error: KeyAPIError) -> None:
+        self.errors[target] = str(error)
+        if self.fatal is None and isinstance(error, STOP_ERRORS):
+            self.fatal = error
 
 
 async def save_highlights(
@@ -215,31 +226,37 @@ async def save_highlights(
     accounts: Iterable[TargetLike],
     *,
     run_id: int | None = None,
+    max_highlights: int | None = None,
 ) -> HighlightsRun:
     """Fetch the trays of ``accounts`` and the items of every changed highlight; record all.
 
     Every account yields one tray request; only highlights whose counts
     changed since their last complete fetch cost a highlight-stories request.
     Both batches go through the client's one gate and credit budget.
+    ``max_highlights`` caps the highlight-stories requests (a watch's daily
+    budget): the changed highlights beyond it stay changed for a later run.
     """
     run = HighlightsRun()
     owners: dict[str, tuple[str, Highlight]] = {}
     async with client.fetch_many(accounts, endpoint=USER_HIGHLIGHTS) as trays:
         async for result in trays:
             if result.error is not None:
-                run.errors[result.target] = str(result.error)
+                run._failed(result.target, result.error)
                 continue
             tray = result.unwrap()
             run.trays += 1
             changed = await record_tray(archive, result.target, tray)
             run.unchanged += len(tray.items) - len(changed)
             owners.update({h.reel_id: (result.target, h) for h in changed})
-    if not owners:
+    if max_highlights is not None and len(owners) > max_highlights:
+        run.deferred = len(owners) - max_highlights
+        owners = dict(list(owners.items())[:max_highlights])
+    if not owners or run.fatal is not None:
         return run
     async with client.fetch_many(list(owners), endpoint=HIGHLIGHT_STORIES) as batch:
         async for got in batch:
             if got.error is not None:
-                run.errors[got.target] = str(got.error)
+                run._failed(got.target, got.error)
                 continue
             account, highlight = owners[got.target]
             stories = got.unwrap()

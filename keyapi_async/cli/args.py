@@ -16,6 +16,7 @@ from ..engine.config import (
     REDIS_URL_ENV,
 )
 from ..engine.validate import check_count, check_number
+from ..media import DEFAULT_CONCURRENCY, DEFAULT_MAX_BYTES
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
@@ -33,8 +34,6 @@ __all__ = [
 DEMO_OUTPUT = "keyapi-demo.jsonl"
 DEFAULT_RETRIES = 4
 DEFAULT_GRACE = 10.0
-DEFAULT_MAX_BYTES = 200 * 2**20
-DEFAULT_MEDIA_CONCURRENCY = 8
 
 _DESCRIPTION = """\
 Fetch the active Instagram stories of many accounts through keyapi.ai,
@@ -137,6 +136,12 @@ def _progress_options(parser: argparse._ActionsContainer) -> None:
 
 def add_connection_options(group: argparse._ActionsContainer) -> None:
     """Add the API request options (--qps ... --redis-namespace) shared by fetch and watch."""
+    _add_pacing_options(group)
+    _add_destination_options(group)
+
+
+def _add_pacing_options(group: argparse._ActionsContainer) -> None:
+    """How fast, how much and how persistently to send."""
     group.add_argument(
         "--qps",
         type=_checked(float, "--qps", minimum=0),
@@ -174,6 +179,10 @@ def add_connection_options(group: argparse._ActionsContainer) -> None:
         metavar="N",
         help=f"retries of a transient failure (5xx, 429, network) (default: {DEFAULT_RETRIES})",
     )
+
+
+def _add_destination_options(group: argparse._ActionsContainer) -> None:
+    """Where requests go and with which key: the API, a proxy, the shared gate."""
     group.add_argument(
         "--base-url",
         default=None,
@@ -247,9 +256,9 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--media-concurrency",
         type=_count("--media-concurrency", 1),
-        default=DEFAULT_MEDIA_CONCURRENCY,
+        default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"media downloads in flight (default: {DEFAULT_MEDIA_CONCURRENCY})",
+        help=f"media downloads in flight (default: {DEFAULT_CONCURRENCY})",
     )
     group.add_argument(
         "--refresh-expired",

@@ -24,7 +24,8 @@ from ..testing import DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, Medi
 from .apikey import Redactor
 from .args import DEMO_OUTPUT
 from .capture import capture_settings, open_capture
-from .fetch import FetchSettings, execute, make_client, open_client, prepare_job
+from .client import FetchSettings, make_client, open_client
+from .fetch import execute, prepare_job
 from .inputs import InputPlan, parse_lines
 from .invocation import shell_command
 

@@ -21,8 +21,8 @@ from ..archive.highlights import HIGHLIGHTS_SCHEMA, HighlightsRun, save_highligh
 from ..engine.batch import estimate_credits
 from ..engine.endpoints import USER_HIGHLIGHTS
 from .apikey import Redactor
+from .client import FetchSettings, make_client
 from .exit import CLIError, ExitCode
-from .fetch import FetchSettings, make_client
 from .logs import library_logs
 
 __all__ = ["Mode", "add_highlight_options", "dry_run_lines", "highlight_mode", "run_highlights"]

@@ -59,6 +59,8 @@ from .paths import (
 )
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MEDIA_HOSTS",
     "DEFAULT_NAME_TEMPLATE",
     "MEDIA_HOSTS_ENV",
@@ -74,6 +76,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES: Final = 200 * 2**20
+"""The per-file size cap by default (200 MiB): a story video is far smaller."""
+DEFAULT_CONCURRENCY: Final = 8
+"""Downloads in flight at once by default."""
 
 
 class MediaDownloader:
@@ -126,7 +131,7 @@ class MediaDownloader:
         dest_dir: str | os.PathLike[str],
         *,
         session: aiohttp.ClientSession | None = None,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         allowed_hosts: Iterable[str] = (),
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_attempts: int = 4,
@@ -269,15 +274,24 @@ class MediaDownloader:
         return await queue.gather_reel(self._download, target, reel)
 
     async def download_item(
-        self, item: StoryItem, *, target: str | None = None, owner: User | None = None
+        self,
+        item: StoryItem,
+        *,
+        target: str | None = None,
+        owner: User | None = None,
+        known: SavedMedia | None = None,
     ) -> MediaOutcome:
         """Download one story item (``owner`` names the folder when the item has no user).
+
+        ``known`` is the caller's record of the item's file saved earlier (it
+        takes the place of asking ``known_saved``): the item is skipped when
+        that file is still there at its recorded size.
 
         Raises:
             MediaDiskFullError: The disk filled up.
 
         """
-        return await self._download(target, owner, item)
+        return await self._download(target, owner, item, known)
 
     async def download_many(
         self,
@@ -304,7 +318,11 @@ class MediaDownloader:
     # -- one item ---------------------------------------------------------------------
 
     async def _download(
-        self, target: str | None, owner: User | None, item: StoryItem
+        self,
+        target: str | None,
+        owner: User | None,
+        item: StoryItem,
+        known: SavedMedia | None = None,
     ) -> MediaOutcome:
         http = self._http
         if http is None:
@@ -322,7 +340,7 @@ class MediaDownloader:
             return replace(draft, status=MediaStatus.REJECTED, reason=str(exc))
         # Two items with one name (a story listed twice) must not share a .part.
         async with self._path_locks.hold(path):
-            skipped = await self._skipped(draft, path)
+            skipped = await self._skipped(draft, path, known)
             if skipped is not None:
                 return skipped
             dest = Destination(
@@ -343,9 +361,11 @@ class MediaDownloader:
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    async def _skipped(self, draft: MediaOutcome, path: Path) -> MediaOutcome | None:
+    async def _skipped(
+        self, draft: MediaOutcome, path: Path, known: SavedMedia | None
+    ) -> MediaOutcome | None:
         """The ``skipped`` outcome when the item's file is already there, else None."""
-        record = await lookup_saved(self._known, draft.story_id)
+        record = known if known is not None else await lookup_saved(self._known, draft.story_id)
         if record is not None:
             found = files.recorded_size(self.root, Path(record.path))
             if found is not None and found[1] == record.size:
