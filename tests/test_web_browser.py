@@ -301,3 +301,14 @@ def test_new_since_the_last_visit(browser: Any, served: ServedGallery) -> None:
         assert tile_ids(second) == []
     finally:
         context.close()
+
+
+def test_autoplay_moves_on_when_a_video_ends(page: Any, served: ServedGallery) -> None:
+    order = newest_first(ALICE)
+    video = next(s for s in order if next(a for a in ALICE if a.id == s).video)
+    page.goto(served.url + f"/s/{video}")
+    page.check("#autoplay")  # remembered in localStorage
+    page.wait_for_function("() => document.getElementById('media').readyState >= 1")
+    page.evaluate("() => { document.getElementById('media').currentTime = 2.8; }")
+    page.wait_for_url(f"**/s/{order[order.index(video) + 1]}", timeout=15_000)
+    assert page.is_checked("#autoplay")
