@@ -10,11 +10,14 @@ import contextlib
 import math
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from keyapi_async.watch import DAY, WATCH_SCHEMA
+from keyapi_async.archive import SchemaExtension, StoryArchive
+from keyapi_async.watch import DAY, WATCH_SCHEMA, WatchStats
 from keyapi_async.watch.budget import DailyBudget
+from keyapi_async.watch.dispatch import Dispatcher, Start
 from keyapi_async.watch.schedule import CATCH_UP, Schedule, next_poll_at
 from keyapi_async.watch.store import (
     PollRecord,
@@ -119,3 +122,43 @@ def test_what_the_watcher_writes_is_what_status_reads(conn: sqlite3.Connection) 
     assert state.spends == [(1_000.0, 2)]
     later = read_state(conn, 1_000.0 + DAY)
     assert later is not None and later.spends == []
+
+
+def test_the_dispatcher_picks_the_earliest_lane_and_reserves_a_trays_room() -> None:
+    stories, trays = Schedule(every=100.0), Schedule(every=1_000.0)
+    stories.update(["a"], 10.0, first=True)
+    trays.update(["a"], 0.0, first=True)
+    budget = DailyBudget(limit=12)
+    stats = WatchStats()
+    dispatcher = Dispatcher(stories, trays, budget, stats)
+    start = dispatcher.next(5.0)
+    assert isinstance(start, Start) and start.lane is trays
+    # 12 credits of room: the tray's 2, and 5 changed highlights at 2 each.
+    assert start.most_highlights == 5 and start.reserve == 12
+    trays.begin(start.account, 5.0)
+    budget.reserved += start.reserve
+    assert dispatcher.next(5.0) == 10.0  # the stories poll is due later
+    assert dispatcher.next(10.0) == math.inf  # due, but the tray holds the whole budget
+    assert dispatcher.next(10.0) == math.inf
+    assert stats.budget_waits == 1  # one wait, logged and counted once
+    budget.reserved -= start.reserve
+    budget.add(5.0, 4)  # the tray poll spent 4 of its 12
+    trays.finish(start.account, 1_005.0)
+    again = dispatcher.next(10.0)
+    assert isinstance(again, Start) and again.lane is stories and again.reserve == 2
+    unlimited = Dispatcher(Schedule(every=1.0), Schedule(every=1.0), DailyBudget(None), stats)
+    unlimited.trays.update(["b"], 0.0, first=True)  # type: ignore[union-attr]
+    free = unlimited.next(0.0)
+    assert isinstance(free, Start) and free.most_highlights is None and free.reserve == 2
+
+
+def test_a_version_1_watch_archive_gains_the_tray_table_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    first = SchemaExtension("watch", WATCH_SCHEMA.migrations[:1])
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'watch_%'"
+    with StoryArchive.connect(path, extensions=[first]) as archive:
+        before = {row[0] for row in archive.read(lambda conn: conn.execute(tables).fetchall())}
+    assert before == {"watch_accounts", "watch_credits", "watch_settings"}
+    with StoryArchive.connect(path, extensions=[WATCH_SCHEMA]) as archive:
+        state = archive.read(lambda conn: read_state(conn, 0.0))
+    assert state is not None and state.trays == {}

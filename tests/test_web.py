@@ -559,6 +559,8 @@ async def test_serve_command_refuses_remote_and_captured_archive_end_to_end(
         "serve", str(dest), "--host", "192.0.2.1", "--allow-remote", env=base_env(), cwd=tmp_path
     )
     assert "WARNING" in warned.stderr and warned.code == 2  # 192.0.2.1 is not ours to bind
+    too_far = await run_cli("serve", str(dest), "--port", "70000", env=base_env(), cwd=tmp_path)
+    assert too_far.code == 2 and "--port must be <= 65535" in too_far.stderr
     missing = await run_cli("serve", str(tmp_path / "nothing"), env=base_env(), cwd=tmp_path)
     assert missing.code == 2 and "no archive" in missing.stderr
 

@@ -22,6 +22,7 @@ its downloads started, as tasks of their own. So:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
@@ -52,6 +53,7 @@ __all__ = [
     "Capture",
     "CaptureSettings",
     "capture_settings",
+    "capture_settings_from_args",
     "open_capture",
     "open_downloader",
 ]
@@ -129,6 +131,19 @@ def capture_settings(
         media_concurrency=media_concurrency,
         refresh_expired=refresh_expired,
         fsync=fsync,
+    )
+
+
+def capture_settings_from_args(args: argparse.Namespace) -> CaptureSettings:
+    """The settings of :func:`~.args.add_capture_options` (``fetch`` and ``watch``)."""
+    return capture_settings(
+        download=args.download,
+        archive=args.archive,
+        name_template=args.name_template,
+        media_hosts=args.media_hosts,
+        max_media_bytes=args.max_media_bytes,
+        media_concurrency=args.media_concurrency,
+        refresh_expired=getattr(args, "refresh_expired", False),
     )
 
 

@@ -18,7 +18,7 @@ from .._client import KeyAPIClient
 from ..archive import ArchiveError
 from .apikey import Redactor, resolve_api_key
 from .batch_loop import Run, fetch_all
-from .capture import Capture, CaptureSettings, capture_settings, open_capture
+from .capture import Capture, CaptureSettings, capture_settings_from_args, open_capture
 from .client import FetchSettings, make_client, open_client, settings_from_args
 from .exit import CLIError, ExitCode
 from .highlights import Mode, dry_run_lines, highlight_mode, run_highlights
@@ -207,18 +207,6 @@ def _check_output(args: argparse.Namespace, highlights: Mode) -> None:
         raise CLIError("-o must not be the input file")
 
 
-def _capture_settings(args: argparse.Namespace) -> CaptureSettings:
-    return capture_settings(
-        download=args.download,
-        archive=args.archive,
-        name_template=args.name_template,
-        media_hosts=args.media_hosts,
-        max_media_bytes=args.max_media_bytes,
-        media_concurrency=args.media_concurrency,
-        refresh_expired=args.refresh_expired,
-    )
-
-
 def _dry_run(args: argparse.Namespace, plan: InputPlan, highlights: Mode) -> int:
     """Print what the run would send and cost; send nothing."""
     state = scan_ledger(args.output, repair=False) if args.resume and args.output else None
@@ -239,7 +227,7 @@ def run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     highlights = highlight_mode(args)
     _check_output(args, highlights)
     settings = settings_from_args(args)
-    capture = _capture_settings(args)
+    capture = capture_settings_from_args(args)
     # The key is checked before reading the input: a missing key should not
     # cost a long read from stdin first. --dry-run sends nothing, needs none.
     key = None if args.dry_run else resolve_api_key(args.api_key_file)

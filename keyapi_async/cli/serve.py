@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 __all__ = ["parse_address", "run_serve", "serving_watch"]
 
 _TOKEN_ENV = "KEYAPI_SERVE_TOKEN"
+_MAX_PORT = 65535
 
 
 def parse_address(text: str) -> tuple[str, int]:
     """``127.0.0.1:8080``, ``[::1]:8080`` or ``:8080`` (loopback) -> ``(host, port)``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit() or not 0 <= int(port) <= _MAX_PORT:
         raise argparse.ArgumentTypeError(f"not an address HOST:PORT: {text!r}")
     return host or "127.0.0.1", int(port)
 
@@ -83,6 +84,8 @@ def _shown_url(url: str, token: str | None) -> str:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``keyapi-stories serve``; return the exit status."""
+    if args.port > _MAX_PORT:
+        raise CLIError(f"--port must be <= {_MAX_PORT}, got {args.port}")
     archive, media_root = _locate(args.target)
     if not archive.is_file():
         raise CLIError(f"no archive at {archive} (run fetch --download {media_root} first)")

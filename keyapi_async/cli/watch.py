@@ -193,6 +193,16 @@ def _forecast(args: argparse.Namespace, count: int) -> None:
             "poll (budget wait, outage, restart) can miss stories",
             file=sys.stderr,
         )
+    trays: float | None = args.highlights_every
+    if trays is not None:
+        tray_credits = forecast_credits_per_day(count, trays)
+        per_day += tray_credits
+        print(
+            f"highlight trays every {_human(trays)}: {tray_credits:,.0f} credits/day, plus 2 "
+            "per highlight that changed (each fetched once per change)",
+            file=sys.stderr,
+            flush=True,
+        )
     cap = args.max_credits_per_day
     if cap is not None and cap < per_day:
         print(
@@ -224,6 +234,7 @@ async def _watch(
                 every=args.every,
                 max_credits_per_day=args.max_credits_per_day,
                 downloader=downloader,
+                highlights_every=args.highlights_every,
             )
             stats = (lambda: client.stats, lambda: watcher.stats)
             async with (
@@ -242,23 +253,18 @@ async def _open_parts(
     args: argparse.Namespace, key: str
 ) -> AsyncIterator[tuple[KeyAPIClient, StoryArchive, MediaDownloader | None]]:
     """The client, the archive and the downloader, built from the settings as for ``fetch``."""
+    from ..archive.highlights import HIGHLIGHTS_SCHEMA
     from ..watch import open_watch_archive
-    from .capture import capture_settings, open_downloader
+    from .capture import capture_settings_from_args, open_downloader
     from .client import make_client, open_client, settings_from_args
 
     client = make_client(settings_from_args(args), key)
-    media = capture_settings(
-        download=args.download,
-        archive=args.archive,
-        name_template=args.name_template,
-        media_hosts=args.media_hosts,
-        max_media_bytes=args.max_media_bytes,
-        media_concurrency=args.media_concurrency,
-    )
+    media = capture_settings_from_args(args)
     assert media.archive_path is not None  # run_watch requires --archive or --download
+    extensions = [HIGHLIGHTS_SCHEMA] if args.highlights_every is not None else []
     async with (
         open_downloader(media) as downloader,
-        open_watch_archive(media.archive_path) as archive,
+        open_watch_archive(media.archive_path, extensions=extensions) as archive,
         open_client(client),
     ):
         yield client, archive, downloader
@@ -300,7 +306,9 @@ async def _follow(watcher: Watcher, hooks: _Hooks, grace: float) -> ExitCode:
 
 def _print_stats(stats: WatchStats) -> None:
     print(
-        f"watch stopped: {stats.polls} polls, {stats.new_stories} new stories, "
+        f"watch stopped: {stats.polls} polls"
+        + (f" and {stats.tray_polls} highlight-tray polls" if stats.tray_polls else "")
+        + f", {stats.new_stories} new stories, "
         f"{stats.credits} credits, {stats.errors} errors",
         file=sys.stderr,
         flush=True,

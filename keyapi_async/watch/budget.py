@@ -59,6 +59,13 @@ class DailyBudget:
                 return at + DAY
         return math.inf
 
+    def room(self, now: float) -> int | None:
+        """Credits that may still be reserved now (None: no limit)."""
+        self.trim(now)
+        if self.limit is None:
+            return None
+        return max(0, self.limit - self.spent - self.reserved)
+
     def add(self, at: float, credits: int) -> None:
         """Count a spend of ``credits`` at ``at``."""
         if credits:

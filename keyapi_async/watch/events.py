@@ -58,7 +58,9 @@ class WatchStats:
     """Counters of one :class:`~keyapi_async.watch.Watcher` since it started."""
 
     polls: int = 0
-    """Polls that ended (whatever the outcome)."""
+    """Stories polls that ended (whatever the outcome)."""
+    tray_polls: int = 0
+    """Highlight-tray polls that ended (``highlights_every``)."""
     errors: int = 0
     """Polls that ended in an error (the account is retried later)."""
     new_stories: int = 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Final
+from typing import Final, Unpack
 
-from ..archive import SchemaExtension, StoryArchive
+from ..archive import ArchiveOptions, SchemaExtension, StoryArchive
 
 __all__ = [
     "CREDITS_PER_POLL",
@@ -69,11 +69,11 @@ and the highlight trays' own schedule (``watch_trays``). Open the archive with
 
 
 def open_watch_archive(
-    path: str, **options: Any
+    path: str, **options: Unpack[ArchiveOptions]
 ) -> contextlib.AbstractAsyncContextManager[StoryArchive]:
     """Open the archive at ``path`` with the watch tables (``async with``, like ``open``)."""
-    extensions = [*options.pop("extensions", ()), WATCH_SCHEMA]
-    return StoryArchive.open(path, extensions=extensions, **options)
+    options["extensions"] = [*options.get("extensions", ()), WATCH_SCHEMA]
+    return StoryArchive.open(path, **options)
 
 
 def forecast_credits_per_day(accounts: int, every: float) -> float:

@@ -22,9 +22,10 @@ from ..engine.validate import check_count, check_number
 from . import store
 from .accounts import AccountsSource, read_accounts
 from .budget import DailyBudget
-from .events import StoryEvent, WatchStats, iso_time
+from .dispatch import Dispatcher, Start
+from .events import StoryEvent, WatchStats
 from .poll import Poller
-from .schedule import Account, Schedule
+from .schedule import Schedule
 from .schema import CREDITS_PER_POLL, DAY
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Watcher"]
 
 logger = logging.getLogger("keyapi_async.watch")
+
 
 _PRUNE_AFTER: Final = 2 * DAY  # credit rows older than this can never matter again
 _EVENT_QUEUE: Final = 256
@@ -65,6 +67,11 @@ class Watcher:
             ``min(every, 60)``).
         max_in_flight: Polls running at once (the client's gate paces them anyway).
         run_kind: The archive run's kind.
+        highlights_every: Poll each account's highlight tray once per this many
+            seconds, on a schedule of its own inside the same daily budget, and
+            fetch its changed highlights (``None``: no highlights). The archive
+            needs the highlights tables too
+            (:data:`~keyapi_async.archive.highlights.HIGHLIGHTS_SCHEMA`).
 
     """
 
@@ -81,8 +88,11 @@ class Watcher:
         reload_every: float | None = None,
         max_in_flight: int = 64,
         run_kind: str = "watch",
+        highlights_every: float | None = None,
     ) -> None:
         check_number(every, "every", positive=True)
+        if highlights_every is not None:
+            check_number(highlights_every, "highlights_every", positive=True)
         if max_credits_per_day is not None:
             check_count(max_credits_per_day, "max_credits_per_day", minimum=CREDITS_PER_POLL)
         check_count(max_in_flight, "max_in_flight", minimum=1)
@@ -100,13 +110,14 @@ class Watcher:
         self._max_in_flight = max_in_flight
         self._run_kind = run_kind
         self._schedule = Schedule(self.every)
+        self._trays = None if highlights_every is None else Schedule(float(highlights_every))
         self._budget = DailyBudget(max_credits_per_day)
         self._wake = asyncio.Event()
         self._stopping = False
         self._fatal: BaseException | None = None
         self._started = False
         self._run_id: int | None = None
-        self._waiting_logged: float | None = None
+        self._dispatch = Dispatcher(self._schedule, self._trays, self._budget, self.stats)
 
     # -- public ------------------------------------------------------------------
 
@@ -170,6 +181,8 @@ class Watcher:
                 "extensions=[WATCH_SCHEMA] (or open_watch_archive)"
             )
         self._schedule.load(state.accounts)
+        if self._trays is not None:
+            self._trays.load((target, True, due) for target, due in state.trays.items())
         self._budget.load(state.spends)
         self._run_id = await self.archive.start_run(kind=self._run_kind, started_at=now)
         self._poller.run_id = self._run_id
@@ -187,6 +200,8 @@ class Watcher:
             return
         now = self._clock()
         changes = self._schedule.update(wanted, now, first=first)
+        if self._trays is not None:
+            self._trays.update(wanted, now, first=first)
         if not changes and not first:
             return
         await self.archive.transact(lambda conn: store.save_account_changes(conn, changes, now))
@@ -211,24 +226,13 @@ class Watcher:
             async with asyncio.timeout(delay if math.isfinite(delay) else None):
                 await self._wake.wait()
 
-    async def _next_start(self, next_reload: float) -> tuple[Account, float] | None:
-        """The account to poll now (and now), or None after waiting for whatever comes first."""
-        now = self._clock()
-        account = self._schedule.next_due()
-        if account is None:
-            await self._sleep_until(next_reload)
-            return None
-        start = self._schedule.start_at(account)
-        if start > now:
-            await self._sleep_until(min(start, next_reload))
-            return None
-        ready = self._budget.available_at(now, CREDITS_PER_POLL)
-        if ready > now:
-            self._log_budget_wait(now, ready)
-            await self._sleep_until(min(ready, next_reload))
-            return None
-        self._waiting_logged = None
-        return account, now
+    async def _next_start(self, next_reload: float) -> Start | None:
+        """The poll to start now, or None after waiting for whatever comes first."""
+        decision = self._dispatch.next(self._clock())
+        if isinstance(decision, Start):
+            return decision
+        await self._sleep_until(min(decision, next_reload))
+        return None
 
     async def _run(self, queue: asyncio.Queue[StoryEvent | None]) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -240,17 +244,16 @@ class Watcher:
                     await self._reload()
                     next_reload = self._clock() + self._reload_every
                     continue
-                due = await self._next_start(next_reload)
-                if due is None:
+                start = await self._next_start(next_reload)
+                if start is None:
                     continue
-                account, now = due
                 await room.acquire()
                 if self._stopping:
                     room.release()
                     break
-                self._schedule.begin(account, now)
-                self._budget.reserved += CREDITS_PER_POLL
-                task = asyncio.ensure_future(self._poll(account, now, queue))
+                start.lane.begin(start.account, start.now)
+                self._budget.reserved += start.reserve
+                task = asyncio.ensure_future(self._poll(start, queue))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _t: room.release())
@@ -271,55 +274,55 @@ class Watcher:
             logger.error("stopping: %s", exc)
         self.stop()
 
-    def _log_budget_wait(self, now: float, ready: float) -> None:
-        if self._waiting_logged == ready:
-            return
-        if self._waiting_logged is None:
-            self.stats.budget_waits += 1
-        self._waiting_logged = ready
-        budget = self._budget
-        until = "a poll in flight settles" if not math.isfinite(ready) else iso_time(ready)
-        logger.warning(
-            "daily credit budget reached (%d of %d credits in the last 24 h); polls wait until %s",
-            budget.spent + budget.reserved,
-            budget.limit or 0,
-            until,
-        )
-
     # -- one poll -----------------------------------------------------------------
 
-    async def _poll(
-        self, account: Account, started: float, queue: asyncio.Queue[StoryEvent | None]
-    ) -> None:
+    async def _poll(self, start: Start, queue: asyncio.Queue[StoryEvent | None]) -> None:
+        account, lane = start.account, start.lane
         self.stats.in_flight += 1
         try:
-            outcome = await self._poller.poll(account.target, account.next_at, started)
+            if lane is self._schedule:
+                outcome = await self._poller.poll(account.target, account.next_at, start.now)
+            else:
+                outcome = await self._poller.poll_tray(
+                    account.target,
+                    account.next_at,
+                    start.now,
+                    every=lane.every,
+                    max_highlights=start.most_highlights,
+                )
             if outcome.fatal is not None:
                 self._fail(outcome.fatal)
-            await self._settle(account, outcome.record)
+            await self._settle(start, outcome.record)
             for event in outcome.events:
                 await queue.put(event)
         except Exception as exc:  # the archive or the disk failed: nothing else will work
             self._fail(exc)
         finally:
-            self._budget.reserved -= CREDITS_PER_POLL
+            self._budget.reserved -= start.reserve
             self.stats.in_flight -= 1
             self._wake.set()
 
-    async def _settle(self, account: Account, poll: store.PollRecord) -> None:
-        prune = poll.started - _PRUNE_AFTER if self.stats.polls % 1000 == 0 else None
-        await self.archive.transact(lambda conn: store.record_poll(conn, poll, prune_before=prune))
-        self._budget.add(poll.started, poll.credits)
+    async def _settle(self, start: Start, poll: store.PollRecord) -> None:
+        tray = start.lane is not self._schedule
         stats = self.stats
-        stats.polls += 1
+        prune = poll.started - _PRUNE_AFTER if stats.polls % 1000 == 0 else None
+        await self.archive.transact(
+            lambda conn: store.record_poll(conn, poll, prune_before=prune, tray=tray)
+        )
+        self._budget.add(poll.started, poll.credits)
+        if tray:
+            stats.tray_polls += 1
+        else:
+            stats.polls += 1
         stats.credits += poll.credits
         stats.new_stories += poll.new_stories
         if poll.status != "ok":
             stats.errors += 1
         if poll.new_stories:
-            new = poll.new_stories
-            logger.info("%s: %d new %s", poll.target, new, "story" if new == 1 else "stories")
-        self._schedule.finish(account, poll.next_at)
+            new, where = poll.new_stories, " in highlights" if tray else ""
+            noun = "story" if new == 1 else "stories"
+            logger.info("%s: %d new %s%s", poll.target, new, noun, where)
+        start.lane.finish(start.account, poll.next_at)
 
     async def _finish_run(self) -> None:
         if self._run_id is None or self.archive.closed:
