@@ -552,6 +552,16 @@ async def test_serve_command_refuses_remote_and_captured_archive_end_to_end(
             " USING (story_id) WHERE status = 'saved'"
         ).fetchall()
     assert saved
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        raws = dict(conn.execute("SELECT story_id, raw FROM stories").fetchall())
+    # fetch keeps each story's JSON by default (--keep-raw): the player's details.
+    assert raws and all(raw is not None for raw in raws.values())
+    mentioned: dict[str, str] = {
+        sid: item["reel_mentions"][0]["user"]["username"]
+        for sid, raw in raws.items()
+        if (item := json.loads(raw)).get("reel_mentions")
+    }
+    assert mentioned, "no captured story carries a mention: pick other account names"
 
     refused = await run_cli("serve", str(dest), "--host", "192.0.2.1", env=base_env(), cwd=tmp_path)
     assert refused.code == 2 and "--allow-remote" in refused.stderr
@@ -579,6 +589,8 @@ async def test_serve_command_refuses_remote_and_captured_archive_end_to_end(
                     assert response.status == 200
                     assert hashlib.sha256(await response.read()).hexdigest() == sha256
                 assert story_id in ids_on(await get_text(http, f"{url}/a/{account}"))
+            for story_id, username in mentioned.items():
+                assert f"@{username}" in await get_text(http, f"{url}/s/{story_id}")
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -228,6 +228,13 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-fetch an account once (2 credits) when its media links have expired",
     )
+    group.add_argument(
+        "--keep-raw",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each story's JSON in the archive (captions, mentions, music for "
+        "`serve`; a few kB a story); --no-keep-raw keeps only the typed columns",
+    )
 
 
 def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

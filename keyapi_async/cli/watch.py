@@ -264,7 +264,9 @@ async def _open_parts(
     extensions = [HIGHLIGHTS_SCHEMA] if args.highlights_every is not None else []
     async with (
         open_downloader(media) as downloader,
-        open_watch_archive(media.archive_path, extensions=extensions) as archive,
+        open_watch_archive(
+            media.archive_path, extensions=extensions, keep_raw=media.keep_raw
+        ) as archive,
         open_client(client),
     ):
         yield client, archive, downloader
