@@ -51,7 +51,7 @@ from .schema import (
     forecast_credits_per_day,
     open_watch_archive,
 )
-from .store import WatchStatus, read_status
+from .store import ScheduleRow, WatchStatus, read_status
 from .watcher import Watcher
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "DAY",
     "WATCH_SCHEMA",
     "AccountsSource",
+    "ScheduleRow",
     "StoryEvent",
     "WatchStats",
     "WatchStatus",

@@ -15,8 +15,8 @@ from .schedule import AccountChanges
 from .schema import DAY
 
 __all__ = [
-    "AccountRow",
     "PollRecord",
+    "ScheduleRow",
     "WatchState",
     "WatchStatus",
     "read_state",
@@ -54,7 +54,7 @@ class PollRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class AccountRow:
+class ScheduleRow:
     """One account's schedule as ``status`` shows it."""
 
     target: str
@@ -66,12 +66,16 @@ class AccountRow:
     last_status: str | None
     last_error: str | None
 
+    def lag(self, now: float) -> float:
+        """Seconds the next poll is overdue at ``now`` (0 when on time or removed)."""
+        return max(0.0, now - self.next_poll_at) if self.active else 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class WatchStatus:
     """The watch tables read at one moment (``keyapi-stories status``, status pages)."""
 
-    accounts: list[AccountRow]
+    accounts: list[ScheduleRow]
     """Active accounts first, then by target."""
     spent_last_day: int
     """Credits spent in the 24 h before the read."""
@@ -81,8 +85,18 @@ class WatchStatus:
     @property
     def max_credits_per_day(self) -> int | None:
         """The last watcher's daily cap (None: no cap, or never recorded)."""
-        text = self.settings.get("max_credits_per_day", "None")
-        return None if text == "None" else int(text)
+        try:
+            return int(self.settings.get("max_credits_per_day", ""))
+        except ValueError:  # "None", or not recorded
+            return None
+
+    @property
+    def every(self) -> float | None:
+        """The last watcher's period in seconds (None: never recorded)."""
+        try:
+            return float(self.settings.get("every", ""))
+        except ValueError:
+            return None
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:
@@ -178,7 +192,7 @@ def read_status(conn: sqlite3.Connection, now: float) -> WatchStatus | None:
     if not _has_tables(conn):
         return None
     rows = [
-        AccountRow(str(t), bool(a), last, float(nxt), int(p), int(n), s, e)
+        ScheduleRow(str(t), bool(a), last, float(nxt), int(p), int(n), s, e)
         for t, a, last, nxt, p, n, s, e in conn.execute(
             "SELECT target, active, last_poll_at, next_poll_at, polls, new_stories,"
             " last_status, last_error FROM watch_accounts ORDER BY active DESC, target"

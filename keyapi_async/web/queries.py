@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from ..archive import ArchiveError
+from ..watch import ScheduleRow, read_status
 
 __all__ = [
     "DAY",
@@ -53,7 +54,6 @@ __all__ = [
     "HighlightAlbum",
     "MediaKind",
     "MediaTotals",
-    "PollRow",
     "RunRow",
     "StatusReport",
     "StoryDetails",
@@ -158,23 +158,6 @@ class HighlightAlbum:
 
 
 @dataclass(frozen=True, slots=True)
-class PollRow:
-    """One watched account on the status page."""
-
-    target: str
-    active: bool
-    last_poll_at: float | None
-    next_poll_at: float
-    polls: int
-    last_status: str | None
-    last_error: str | None
-
-    def lag(self, now: float) -> float:
-        """Seconds the next poll is overdue at ``now`` (0 when on time or removed)."""
-        return max(0.0, now - self.next_poll_at) if self.active else 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class MediaTotals:
     """Media records by outcome: file counts and bytes."""
 
@@ -218,14 +201,14 @@ class StatusReport:
     stories: int
     accounts: int
     media: MediaTotals
-    polls: list[PollRow]
+    polls: list[ScheduleRow]
     """Empty when the archive has no watch tables."""
     watched: bool
     """Whether the archive has watch tables."""
     credits_24h: int
     daily_cap: int | None
     every: float | None
-    recent_errors: list[PollRow]
+    recent_errors: list[ScheduleRow]
     media_problems: list[tuple[str, str, str | None, int]]
     """Recent failed or expired media: ``(story_id, status, reason, updated_at)``."""
     last_success: Mapping[str, int]
@@ -651,74 +634,52 @@ class ArchiveReader:
     def status(self, now: float | None = None) -> StatusReport:
         """The schedule, credits, recent errors and media totals, in one snapshot."""
         at = time.time() if now is None else now
+        return self.read(lambda conn: _status(conn, at))
 
-        def fetch(conn: sqlite3.Connection) -> StatusReport:
-            tables = _tables(conn)
-            stories = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
-            accounts = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
-            files = dict.fromkeys(("saved", "pending", "failed", "expired"), 0)
-            sizes = dict(files)
-            for status, count, size in conn.execute(
-                "SELECT status, count(*), coalesce(sum(bytes), 0) FROM media GROUP BY status"
-            ):
-                files[status], sizes[status] = count, size
-            problems = [
-                (r[0], r[1], r[2], r[3])
-                for r in conn.execute(
-                    "SELECT story_id, status, reason, updated_at FROM media"
-                    " WHERE status IN ('failed', 'expired') ORDER BY updated_at DESC LIMIT 20"
-                )
-            ]
-            last_success = dict(conn.execute("SELECT target, last_seen_at FROM accounts"))
-            runs = tuple(
-                RunRow(r[0], r[1], r[2], _run_counts(r[3]))
-                for r in conn.execute(
-                    "SELECT kind, started_at, finished_at, counts FROM runs"
-                    " ORDER BY id DESC LIMIT 10"
-                )
-            )
-            polls: list[PollRow] = []
-            errors: list[PollRow] = []
-            credits, cap, every = 0, None, None
-            watched = {"watch_accounts", "watch_credits", "watch_settings"} <= tables
-            if watched:
-                polls = [
-                    PollRow(r[0], bool(r[1]), r[2], r[3], r[4], r[5], r[6])
-                    for r in conn.execute(
-                        "SELECT target, active, last_poll_at, next_poll_at, polls, last_status,"
-                        " last_error FROM watch_accounts ORDER BY active DESC, next_poll_at"
-                    )
-                ]
-                errors = sorted(
-                    (p for p in polls if p.last_error),
-                    key=lambda p: -(p.last_poll_at or 0.0),
-                )[:20]
-                credits = int(
-                    conn.execute(
-                        "SELECT coalesce(sum(credits), 0) FROM watch_credits WHERE at > ?",
-                        (at - DAY,),
-                    ).fetchone()[0]
-                )
-                settings = dict(conn.execute("SELECT name, value FROM watch_settings"))
-                cap = _int_or_none(settings.get("max_credits_per_day"))
-                every = _float_or_none(settings.get("every"))
-            return StatusReport(
-                now=at,
-                stories=stories,
-                accounts=accounts,
-                media=MediaTotals(files, sizes),
-                polls=polls,
-                watched=watched,
-                credits_24h=credits,
-                daily_cap=cap,
-                every=every,
-                recent_errors=errors,
-                media_problems=problems,
-                last_success=last_success,
-                runs=runs,
-            )
 
-        return self.read(fetch)
+def _status(conn: sqlite3.Connection, at: float) -> StatusReport:
+    files = dict.fromkeys(("saved", "pending", "failed", "expired"), 0)
+    sizes = dict(files)
+    for status, count, size in conn.execute(
+        "SELECT status, count(*), coalesce(sum(bytes), 0) FROM media GROUP BY status"
+    ):
+        files[status], sizes[status] = count, size
+    problems = [
+        (r[0], r[1], r[2], r[3])
+        for r in conn.execute(
+            "SELECT story_id, status, reason, updated_at FROM media"
+            " WHERE status IN ('failed', 'expired') ORDER BY updated_at DESC LIMIT 20"
+        )
+    ]
+    runs = tuple(
+        RunRow(r[0], r[1], r[2], _run_counts(r[3]))
+        for r in conn.execute(
+            "SELECT kind, started_at, finished_at, counts FROM runs ORDER BY id DESC LIMIT 10"
+        )
+    )
+    # The watch tables are read by the watch's own store (one home for that SQL).
+    watch = read_status(conn, at)
+    polls = [] if watch is None else sorted(watch.accounts, key=_schedule_order)
+    errors = sorted((p for p in polls if p.last_error), key=lambda p: -(p.last_poll_at or 0.0))
+    return StatusReport(
+        now=at,
+        stories=conn.execute("SELECT count(*) FROM stories").fetchone()[0],
+        accounts=conn.execute("SELECT count(*) FROM accounts").fetchone()[0],
+        media=MediaTotals(files, sizes),
+        polls=polls,
+        watched=watch is not None,
+        credits_24h=0 if watch is None else watch.spent_last_day,
+        daily_cap=None if watch is None else watch.max_credits_per_day,
+        every=None if watch is None else watch.every,
+        recent_errors=errors[:20],
+        media_problems=problems,
+        last_success=dict(conn.execute("SELECT target, last_seen_at FROM accounts")),
+        runs=runs,
+    )
+
+
+def _schedule_order(row: ScheduleRow) -> tuple[bool, float]:
+    return (not row.active, row.next_poll_at)
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
