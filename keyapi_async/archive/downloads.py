@@ -51,9 +51,7 @@ async def prepare_downloads(
             known[story_id] = SavedMedia(record.path, record.bytes, record.sha256)
         else:
             unsaved.append(story_id)
-    await asyncio.gather(
-        *(archive.record_media(i, None, None, None, "pending") for i in unsaved)
-    )
+    await asyncio.gather(*(archive.record_media(i, None, None, None, "pending") for i in unsaved))
     return known
 
 

@@ -142,9 +142,7 @@ class HighlightMedia:
         fresh = list({i.id: i for i in stories.items if i.id not in self._items}.values())
         known = await prepare_downloads(self.archive, (i.id for i in fresh))
         for item in fresh:
-            self._items[item.id] = self._spawn(
-                self._item(account, owner, item, highlight, known)
-            )
+            self._items[item.id] = self._spawn(self._item(account, owner, item, highlight, known))
         waits = {i.id: self._items[i.id] for i in stories.items}
         self._spawn(self._complete(highlight, waits))
 

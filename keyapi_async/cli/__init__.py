@@ -83,7 +83,7 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return code
     assert key is not None
     if highlights == "only":
-        return run_highlights(settings, key, args.archive, plan.targets)
+        return run_highlights(settings, key, capture, plan.targets)
     client = make_client(settings, key)
     hint = resume_command(argv)
     if args.input == "-":
@@ -103,7 +103,7 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     if highlights == "also" and code in (ExitCode.OK, ExitCode.FAILED):
         # After 401/402/403 or Ctrl-C (exit 3, 130) nothing more is sent.
-        code = max(code, run_highlights(settings, key, args.archive, plan.targets))
+        code = max(code, run_highlights(settings, key, capture, plan.targets))
     return code
 
 
