@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from .._client import KeyAPIClient
+from .._errors import KeyAPIError
 from ..engine.endpoints import HIGHLIGHT_STORIES, USER_HIGHLIGHTS
 from ..engine.targets import TargetLike
 from ..media.outcome import MediaOutcome, SavedMedia
@@ -291,8 +292,8 @@ class HighlightsRun:
     """Highlights skipped because their counts equal the last fetch."""
     new_stories: list[str] = field(default_factory=list)
     """Story ids new to the archive, in the order they were recorded."""
-    errors: dict[str, str] = field(default_factory=dict)
-    """Target (account or ``highlight:ID``) -> why it failed or was not attempted."""
+    errors: dict[str, KeyAPIError] = field(default_factory=dict)
+    """Target (account or ``highlight:ID``) -> the typed error it failed (or was not attempted) with."""  # noqa: E501
     phase: str = "starting"
     """Where the run is: ``trays``, ``highlights``, ``downloading``, ``done``."""
     trays_done: int = 0
@@ -332,7 +333,7 @@ async def save_highlights(
             async for result in trays:
                 run.trays_done += 1
                 if result.error is not None:
-                    run.errors[result.target] = str(result.error)
+                    run.errors[result.target] = result.error
                     continue
                 tray = result.unwrap()
                 run.trays += 1
@@ -368,7 +369,7 @@ async def _fetch_highlights(
     async with client.fetch_many(list(owners), endpoint=HIGHLIGHT_STORIES) as batch:
         async for got in batch:
             if got.error is not None:
-                run.errors[got.target] = str(got.error)
+                run.errors[got.target] = got.error
                 continue
             account, highlight = owners[got.target]
             stories = got.unwrap()

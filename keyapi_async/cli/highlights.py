@@ -212,8 +212,8 @@ def run_highlights(
     run, media = asyncio.run(_save(settings, key, capture, targets))
     redact = Redactor(key)
     if not settings.quiet:
-        for target, reason in list(run.errors.items())[:20]:
-            print(redact(f"highlights: {target}: {reason}"), flush=True)
+        for target, error in list(run.errors.items())[:20]:
+            print(redact(f"highlights: {target}: {type(error).__name__}: {error}"), flush=True)
         if media is not None and media.stopped is not None:
             print(f"highlights: stopped: {media.stopped}", flush=True)
     print(summary_line(run, None if media is None else media.counts()), flush=True)
