@@ -39,6 +39,7 @@ __all__ = [
     "Mode",
     "add_highlight_options",
     "dry_run_lines",
+    "exit_status",
     "highlight_mode",
     "run_highlights",
     "save_with_progress",
@@ -217,5 +218,10 @@ def run_highlights(
         if media is not None and media.stopped is not None:
             print(f"highlights: stopped: {media.stopped}", flush=True)
     print(summary_line(run, None if media is None else media.counts()), flush=True)
+    return exit_status(run, media)
+
+
+def exit_status(run: HighlightsRun, media: HighlightMedia | None) -> int:
+    """The pass's exit status: failed when a target failed or a file was left unfinished."""
     unfinished = media is not None and media.unfinished
     return ExitCode.FAILED if run.errors or unfinished else ExitCode.OK
