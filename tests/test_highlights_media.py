@@ -444,3 +444,42 @@ async def test_record_outcome_and_prepare_downloads(tmp_path: Path) -> None:
         assert record.reason == "media host x is not allowed"
         saved = await archive.media_status("b")
         assert saved is not None and (saved.status, saved.path) == ("saved", "javan/b.jpg")
+
+
+async def test_the_highlights_pass_shows_progress_and_a_summary_with_media(
+    api_key: str, tmp_path: Path
+) -> None:
+    from tests.test_cli import base_env, run_cli, write_targets
+
+    names = [f"prog{n}" for n in range(20)]
+    targets = write_targets(tmp_path / "targets.txt", names)
+    highlights = HighlightConfig(max_highlights=2, max_items=2)
+    # Slow answers, few in flight: the trays alone take about a second, many frames.
+    async with run_emulator(config(api_key, highlights, latency=0.2)) as emu:
+        env = base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
+        args = (
+            "fetch", str(targets), "--highlights-only", "--download", str(tmp_path / "dl"),
+            "--media-hosts", emu.base_url.removeprefix("http://"), "--qps", "0",
+        )  # fmt: skip
+        done = await run_cli(
+            *args,
+            "--concurrency",
+            "4",
+            "--progress",
+            "--progress-interval",
+            "0.01",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.code == 0, done.stderr
+        frames = [x for x in done.stderr.splitlines() if "] highlight" in x]
+        assert frames and "highlights done" in frames[-1]
+        assert "highlight trays: " in done.stderr
+        expected = sum(len(highlight_ids(f"username:{n}", 0, highlights)) for n in names)
+        assert f"20 trays, {expected} highlights fetched" in done.stdout
+        assert f"covers: {expected} saved" in done.stdout
+        quiet = await run_cli(*args, "-q", env=env, cwd=tmp_path)
+        assert quiet.code == 0, quiet.stderr
+        assert quiet.stderr == ""
+        assert "20 trays, 0 highlights fetched" in quiet.stdout
+        assert f"covers: 0 saved, {expected} already saved" in quiet.stdout

@@ -106,6 +106,16 @@ def summary_line(run: HighlightsRun, media: HighlightMediaCounts | None = None) 
     return line
 
 
+#: How each phase of the pass reads on the progress line.
+_PHASES = {
+    "starting": "highlight trays",
+    "trays": "highlight trays",
+    "highlights": "highlight stories",
+    "downloading": "highlight media",
+    "done": "highlights done",
+}
+
+
 def _snapshot(
     run: HighlightsRun,
     total: int,
@@ -130,7 +140,7 @@ def _snapshot(
         credits=stats.credits_spent,
         elapsed=elapsed,
         rate=requests / elapsed if elapsed > 0 else 0.0,
-        phase=f"highlight {run.phase}",
+        phase=_PHASES.get(run.phase, run.phase),
         media=None
         if counts is None
         else MediaCounts(
@@ -174,8 +184,9 @@ async def save_with_progress(
             return _snapshot(run, len(targets), client.stats, media, time.monotonic() - start)
 
         async def tick() -> None:
+            # More often than the display draws: it decides, and a short pass still shows frames.
             while True:
-                await asyncio.sleep(reporter.refresh)
+                await asyncio.sleep(min(reporter.refresh, 0.1))
                 reporter.update(frame())
 
         reporter.start()
