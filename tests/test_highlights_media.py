@@ -483,3 +483,26 @@ async def test_the_highlights_pass_shows_progress_and_a_summary_with_media(
         assert quiet.stderr == ""
         assert "20 trays, 0 highlights fetched" in quiet.stdout
         assert f"covers: 0 saved, {expected} already saved" in quiet.stdout
+
+
+async def test_an_archive_with_the_first_highlights_tables_gains_the_cover_columns(
+    tmp_path: Path,
+) -> None:
+    from keyapi_async.archive import ArchiveError, SchemaExtension
+
+    path = tmp_path / "a.sqlite3"
+    older = SchemaExtension("highlights", HIGHLIGHTS_SCHEMA.migrations[:1])
+    async with StoryArchive.open(path, extensions=[older]) as archive:
+        await archive.transact(
+            lambda c: c.execute(
+                "INSERT INTO highlights (id, account, first_seen_at, last_seen_at) "
+                "VALUES ('7', 'javan', 1, 1)"
+            )
+        )
+    async with StoryArchive.open(path, extensions=[HIGHLIGHTS_SCHEMA]) as archive:
+        rows = covers(archive)
+    assert rows == [("7", None, "javan", None, None, None)]
+    # Opened by a library that knows only the first version: refused, not misread.
+    with pytest.raises(ArchiveError, match="newer"):
+        async with StoryArchive.open(path, extensions=[older]):
+            pass
