@@ -202,6 +202,7 @@ async def test_200_accounts_saved_hash_checked_then_only_what_changed(
         saved = check_saved(archive, root, cdn)
         assert files_below(root) == saved  # no stray file, no .part left
         assert len(cdn.log) == len(saved)  # each file fetched once (no faults configured)
+        assert not [r for r in cdn.log if r.has_credentials]  # the key never reaches the CDN
         assert all(root.resolve() in (root / f).resolve().parents for f in saved)
         # Every hostile title of the emulator was met, and made safe.
         titles = {t for _, t, *_ in covers(archive)}
