@@ -18,10 +18,9 @@ import pytest
 
 from keyapi_async import KeyAPIClient, ResponseDecodeError
 from keyapi_async.archive import StoryArchive
-from keyapi_async.archive.downloads import MAX_FAILURES, prepare_downloads, record_outcome
-from keyapi_async.archive.highlight_media import HighlightMedia
 from keyapi_async.archive.highlights import HIGHLIGHTS_SCHEMA, save_highlights
-from keyapi_async.media import MediaDownloader, MediaOutcome, MediaStatus
+from keyapi_async.highlight_media import HighlightMedia
+from keyapi_async.media import MediaDownloader
 from keyapi_async.media.paths import NameTemplate, template_fields
 from keyapi_async.media.plan import cover_item, cover_story_id
 from keyapi_async.models import Highlight, HighlightCover, User
@@ -248,7 +247,22 @@ async def test_200_accounts_saved_hash_checked_then_only_what_changed(
 # -- active and kept: one row, one file ----------------------------------------------
 
 
-async def test_a_story_kept_from_active_is_one_row_and_one_file_over_the_cli(
+async def highlights_pass(
+    emu_base_url: str, api_key: str, root: Path, names: list[str]
+) -> HighlightMedia:
+    """The highlights pass into ``root`` (the archive at ``root/archive.sqlite3``), in-process."""
+    async with (
+        downloader(root, emu_base_url) as dl,  # first: it creates the directory
+        KeyAPIClient(api_key, base_url=emu_base_url, qps=None) as client,
+        StoryArchive.open(root / "archive.sqlite3", extensions=[HIGHLIGHTS_SCHEMA]) as archive,
+    ):
+        media = HighlightMedia(archive, dl)
+        run = await save_highlights(client, archive, names, media=media)
+        assert run.errors == {} and not media.unfinished
+        return media
+
+
+async def test_a_story_kept_from_active_is_one_row_and_one_file(
     api_key: str, tmp_path: Path
 ) -> None:
     from tests.test_cli import base_env, run_cli, write_targets
@@ -269,11 +283,13 @@ async def test_a_story_kept_from_active_is_one_row_and_one_file_over_the_cli(
         env = base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
         hosts = emu.base_url.removeprefix("http://")
         common = ("--download", str(root), "--media-hosts", hosts, "--qps", "0")
+        # The stories run (the real command) saves the active stories, then the highlights pass.
         done = await run_cli(
-            "fetch", str(targets), "-o", "run.jsonl", "--highlights", *common, env=env, cwd=tmp_path
+            "fetch", str(targets), "-o", "run.jsonl", *common, env=env, cwd=tmp_path
         )
         assert done.code == 0, done.stderr
-        assert f"{len(kept)} already saved" in done.stdout
+        media = await highlights_pass(emu.base_url, api_key, root, names)
+        assert media.counts().skipped == len(kept)
         async with StoryArchive.open(
             root / "archive.sqlite3", extensions=[HIGHLIGHTS_SCHEMA]
         ) as db:
@@ -301,14 +317,11 @@ async def test_a_story_kept_from_active_is_one_row_and_one_file_over_the_cli(
         assert len(cdn.log) == len(paths)
         assert api_key not in done.stdout + done.stderr
 
-        # The other way round: kept first (highlights only), then the stories run skips it.
+        # The other way round: kept first (the highlights pass), then the stories run skips it.
         other = tmp_path / "dl2"
-        common = ("--download", str(other), "--media-hosts", hosts, "--qps", "0")
-        first = await run_cli(
-            "fetch", str(targets), "--highlights-only", *common, env=env, cwd=tmp_path
-        )
-        assert first.code == 0, first.stderr
+        await highlights_pass(emu.base_url, api_key, other, names)
         before = len(cdn.log)
+        common = ("--download", str(other), "--media-hosts", hosts, "--qps", "0")
         stories = await run_cli(
             "fetch", str(targets), "-o", "r2.jsonl", *common, env=env, cwd=tmp_path
         )
@@ -420,70 +433,45 @@ async def test_an_expired_item_leaves_its_highlight_to_be_fetched_again(
         assert third.highlights_fetched == 0
 
 
-async def test_record_outcome_and_prepare_downloads(tmp_path: Path) -> None:
-    from keyapi_async.models import Reel, StoryItem
-
-    items = tuple(StoryItem(id=i) for i in ("a", "b", "c"))
-    async with StoryArchive.open(tmp_path / "a.sqlite3") as archive:
-        await archive.record_reel("javan", Reel(count=3, items=items))
-        await archive.record_media("a", "javan/a.jpg", 5, "0" * 64, "saved")
-        known = await prepare_downloads(archive, ["a", "b", "b"])
-        assert list(known) == ["a"] and known["a"].size == 5
-        assert (await archive.media_status("b")).status == "pending"  # type: ignore[union-attr]
-        assert await archive.media_status("c") is None
-        ok = MediaOutcome(
-            "b", MediaStatus.SAVED, relative_path="javan/b.jpg", size=3, sha256="1" * 64
-        )
-        assert await record_outcome(archive, ok, was_known=False) == "saved"
-        gone = MediaOutcome("c", MediaStatus.EXPIRED, reason="HTTP 403")
-        for _ in range(MAX_FAILURES):
-            assert await record_outcome(archive, gone, was_known=False) == "expired"
-        refused = MediaOutcome("c", MediaStatus.REJECTED, reason="media host x is not allowed")
-        assert await record_outcome(archive, refused, was_known=False) == "failed"
-        record = await archive.media_status("c")
-        assert record is not None and record.failures == MAX_FAILURES + 1
-        assert record.reason == "media host x is not allowed"
-        saved = await archive.media_status("b")
-        assert saved is not None and (saved.status, saved.path) == ("saved", "javan/b.jpg")
-
-
 async def test_the_highlights_pass_shows_progress_and_a_summary_with_media(
     api_key: str, tmp_path: Path
 ) -> None:
-    from tests.test_cli import base_env, run_cli, write_targets
+    import io
+
+    from keyapi_async.cli.capture import capture_settings
+    from keyapi_async.cli.client import FetchSettings
+    from keyapi_async.cli.highlights import save_with_progress, summary_line
+    from keyapi_async.cli.progress import make_reporter
 
     names = [f"prog{n}" for n in range(20)]
-    targets = write_targets(tmp_path / "targets.txt", names)
     highlights = HighlightConfig(max_highlights=2, max_items=2)
     # Slow answers, few in flight: the trays alone take about a second, many frames.
     async with run_emulator(config(api_key, highlights, latency=0.2)) as emu:
-        env = base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
-        args = (
-            "fetch", str(targets), "--highlights-only", "--download", str(tmp_path / "dl"),
-            "--media-hosts", emu.base_url.removeprefix("http://"), "--qps", "0",
-        )  # fmt: skip
-        done = await run_cli(
-            *args,
-            "--concurrency",
-            "4",
-            "--progress",
-            "--progress-interval",
-            "0.01",
-            env=env,
-            cwd=tmp_path,
+        settings = FetchSettings(base_url=emu.base_url, qps=None, concurrency=4, timeout=5.0)
+        capture = capture_settings(
+            download=str(tmp_path / "dl"),
+            archive=None,
+            extra_hosts=[emu.base_url.removeprefix("http://")],
+            fsync=False,
         )
-        assert done.code == 0, done.stderr
-        frames = [x for x in done.stderr.splitlines() if "] highlight" in x]
+        shown = io.StringIO()
+        reporter = make_reporter(True, total=len(names), interval=0.01, stream=shown)
+        run, media = await save_with_progress(settings, api_key, capture, names, reporter)
+        frames = [x for x in shown.getvalue().splitlines() if "] highlight" in x]
         assert frames and "highlights done" in frames[-1]
-        assert "highlight trays: " in done.stderr
+        assert "highlight trays: " in shown.getvalue()
+        assert media is not None
         expected = sum(len(highlight_ids(f"username:{n}", 0, highlights)) for n in names)
-        assert f"20 trays, {expected} highlights fetched" in done.stdout
-        assert f"covers: {expected} saved" in done.stdout
-        quiet = await run_cli(*args, "-q", env=env, cwd=tmp_path)
-        assert quiet.code == 0, quiet.stderr
-        assert quiet.stderr == ""
-        assert "20 trays, 0 highlights fetched" in quiet.stdout
-        assert f"covers: 0 saved, {expected} already saved" in quiet.stdout
+        line = summary_line(run, media.counts())
+        assert f"20 trays, {expected} highlights fetched" in line
+        assert f"covers: {expected} saved" in line
+        again, media = await save_with_progress(
+            settings, api_key, capture, names, make_reporter(False, total=20, interval=1)
+        )
+        assert media is not None
+        line = summary_line(again, media.counts())
+        assert "20 trays, 0 highlights fetched" in line
+        assert f"covers: 0 saved, {expected} already saved" in line
 
 
 async def test_an_archive_with_the_first_highlights_tables_gains_the_cover_columns(

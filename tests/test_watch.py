@@ -23,9 +23,16 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from keyapi_async import AuthenticationError, KeyAPIClient
-from keyapi_async.archive import StoryArchive
+from keyapi_async.archive import SchemaExtension, StoryArchive
+from keyapi_async.archive.highlights import HIGHLIGHTS_SCHEMA
 from keyapi_async.testing import Emulator, EmulatorConfig, EmulatorTransport
 from keyapi_async.testing._churn import ChurnConfig, active_stories, published
+from keyapi_async.testing._highlights import (
+    HIGHLIGHT_STORIES_PATH,
+    TRAY_PATH,
+    HighlightConfig,
+    highlight_ids,
+)
 from keyapi_async.watch import (
     DAY,
     WATCH_SCHEMA,
@@ -128,11 +135,12 @@ async def _watch(
     every: float,
     duration: float,
     epoch: float = EPOCH,
+    extensions: Iterable[SchemaExtension] = (),
     **options: Any,
 ) -> tuple[list[StoryEvent], Watcher]:
     events: list[StoryEvent] = []
     client = KeyAPIClient(key, transport=EmulatorTransport(emulator), qps=20, timeout=30)
-    async with client, open_watch_archive(str(db)) as archive:
+    async with client, open_watch_archive(str(db), extensions=extensions) as archive:
         counted = cast(StoryArchive, _Counted(archive))
         watcher = Watcher(client, counted, accounts, every=every, clock=_clock(epoch), **options)
         asyncio.get_running_loop().call_later(duration, watcher.stop)
@@ -306,3 +314,88 @@ def test_a_rejected_key_stops_the_watch(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationError):
         run_virtual(scenario)
     assert emulator.count() == 1
+
+
+def _billed_times(emulator: Emulator, epoch: float = EPOCH) -> list[float]:
+    """When every answered (billed) request of any endpoint arrived."""
+    return sorted(epoch + r.time for r in emulator.log if r.status == 200)
+
+
+def test_highlight_trays_poll_on_their_own_schedule_and_fetch_only_what_changed(
+    tmp_path: Path,
+) -> None:
+    key = _key()
+    accounts = [f"h{n}" for n in range(12)]
+    config = HighlightConfig(grow_every=30 * HOUR)
+    emulators: list[Emulator] = []
+
+    async def main() -> tuple[list[StoryEvent], Watcher]:
+        # Built inside the virtual loop: grow_every counts on its clock.
+        emulators.append(_emulator(key, highlights=config))
+        return await _watch(
+            emulators[0],
+            key,
+            tmp_path / "h.db",
+            accounts,
+            every=6 * HOUR,
+            duration=2 * DAY - HOUR,
+            highlights_every=DAY,
+            extensions=[HIGHLIGHTS_SCHEMA],
+        )
+
+    _, watcher = run_virtual(main)
+    emulator = emulators[0]
+    trays = collections.Counter(r.username for r in emulator.log if r.path == TRAY_PATH)
+    # Spread over one day (2 h apart), then once more a day later: two each.
+    assert trays == {account: 2 for account in accounts}
+    assert watcher.stats.tray_polls == 24
+    owner = {
+        hid: account
+        for account in accounts
+        for hid in highlight_ids(f"username:{account}", 7, config)
+    }
+    assert owner, "the emulator gave no account a highlight"
+    fetched = collections.Counter(
+        owner[r.highlight_id.removeprefix("highlight:")]
+        for r in emulator.log
+        if r.path == HIGHLIGHT_STORIES_PATH and r.highlight_id
+    )
+    tray_times = collections.defaultdict(list)
+    for record in emulator.log:
+        if record.path == TRAY_PATH and record.username:
+            tray_times[record.username].append(record.time)
+    for account in accounts:
+        count = sum(1 for a in owner.values() if a == account)
+        # The first poll fetches every highlight; the second only the one
+        # that grew (each account's first, at 30 h), if it came after that.
+        grew = count > 0 and max(tray_times[account]) > 30 * HOUR
+        assert fetched[account] == count + (1 if grew else 0), account
+    # Every billed request is counted once, trays and highlights included.
+    assert watcher.stats.credits == 2 * len(_billed_times(emulator))
+
+
+def test_highlights_stay_inside_the_daily_budget(tmp_path: Path) -> None:
+    key = _key()
+    accounts = [f"q{n}" for n in range(12)]  # stories alone: 12 x 12 x 2 = 288 a day
+    emulators: list[Emulator] = []
+
+    async def main() -> tuple[list[StoryEvent], Watcher]:
+        emulators.append(_emulator(key, highlights=HighlightConfig(grow_every=2 * HOUR)))
+        return await _watch(
+            emulators[0],
+            key,
+            tmp_path / "q.db",
+            accounts,
+            every=2 * HOUR,
+            duration=2 * DAY,
+            highlights_every=4 * HOUR,
+            max_credits_per_day=200,
+            extensions=[HIGHLIGHTS_SCHEMA],
+        )
+
+    _, watcher = run_virtual(main)
+    billed = _billed_times(emulators[0])
+    for i, t in enumerate(billed):  # the rolling 24 h window, at every billed request
+        assert 2 * (i + 1 - bisect.bisect_right(billed, t - DAY)) <= 200
+    assert watcher.stats.tray_polls > 0 and watcher.stats.budget_waits > 0
+    assert watcher.stats.credits == 2 * len(billed)

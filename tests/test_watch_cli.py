@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from keyapi_async.testing import EmulatorConfig, MediaConfig, run_emulator
 from keyapi_async.testing._churn import ChurnConfig, published
+from keyapi_async.testing._highlights import TRAY_PATH
 
 ACCOUNTS = 30
 LIFETIME = 25.0
@@ -206,3 +208,31 @@ async def test_a_redis_that_is_not_running_exits_2_naming_it(tmp_path: Path, com
     lines = text.strip().splitlines()
     assert len(lines) == 1 and "Redis" in lines[0] and f"127.0.0.1:{port}" in lines[0], text
     assert not (tmp_path / "o.jsonl").exists()  # nothing written either
+
+
+async def test_watch_polls_highlight_trays_on_their_own_schedule(tmp_path: Path) -> None:
+    key = "sk_test_" + secrets.token_hex(16)
+    config = EmulatorConfig(api_keys=frozenset({key}), seed=5)
+    names = [f"t{n}" for n in range(4)]
+    accounts = tmp_path / "accounts.txt"
+    accounts.write_text("\n".join(names) + "\n")
+    db = tmp_path / "t.db"
+    async with run_emulator(config) as emu:
+        args = [
+            "watch", str(accounts), "--every", "20s", "--highlights-every", "4s",
+            "--archive", str(db), "--base-url", emu.base_url, "--qps", "50",
+        ]  # fmt: skip
+        process = await _start(args, key)
+        await asyncio.sleep(7)
+        code, _, err = await _stop(process)
+    assert code == 0, err
+    assert "highlight trays every 4s: 172,800 credits/day" in err
+    trays = collections.Counter(r.username for r in emu.log if r.path == TRAY_PATH)
+    assert set(trays) == set(names) and set(trays.values()) <= {1, 2}, trays
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        polled = dict(conn.execute("SELECT target, polls FROM watch_trays"))
+        accounts_seen = {row[0] for row in conn.execute("SELECT DISTINCT account FROM highlights")}
+    assert polled == dict(trays)
+    with_highlights = {r.username for r in emu.log if r.path == TRAY_PATH and r.status == 200}
+    assert accounts_seen <= with_highlights
+    assert f"{sum(trays.values())} highlight-tray polls" in err

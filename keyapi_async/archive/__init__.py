@@ -68,7 +68,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Self, TypedDict, TypeVar, Unpack
 
 from .._errors import ArchiveError, ConfigurationError
 from ..engine.validate import check_count, check_number
@@ -92,6 +92,7 @@ __all__ = [
     "AccountRecord",
     "ArchiveCounts",
     "ArchiveError",
+    "ArchiveOptions",
     "LedgerImport",
     "MediaRecord",
     "MediaStatus",
@@ -103,6 +104,21 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class ArchiveOptions(TypedDict, total=False):
+    """The keyword options of :meth:`StoryArchive.open` and :meth:`StoryArchive.connect`."""
+
+    busy_timeout: float
+    """Seconds to wait for another program's write lock (default 5)."""
+    readonly: bool
+    """No writes, no migrations; the archive must exist (default False)."""
+    keep_raw: bool
+    """Store each item's JSON in ``stories.raw`` (default False)."""
+    extensions: Iterable[SchemaExtension]
+    """Tables of later layers (default none)."""
+    max_batch: int
+    """Jobs per transaction (default 256)."""
 
 
 class StoryArchive:
@@ -148,30 +164,14 @@ class StoryArchive:
     # -- opening and closing ------------------------------------------------
 
     @classmethod
-    def connect(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        busy_timeout: float = 5.0,
-        readonly: bool = False,
-        keep_raw: bool = False,
-        extensions: Iterable[SchemaExtension] = (),
-        max_batch: int = 256,
-    ) -> Self:
+    def connect(cls, path: str | os.PathLike[str], **options: Unpack[ArchiveOptions]) -> Self:
         """Open (creating or migrating) the archive at ``path``, blocking; close it after use.
 
         The result is a context manager (``with StoryArchive.connect(p) as a:``).
         Raises :class:`ArchiveError` when the file is locked, not writable, not
         an archive, or from a newer version of the library.
         """
-        archive = cls(
-            path,
-            busy_timeout=busy_timeout,
-            readonly=readonly,
-            keep_raw=keep_raw,
-            extensions=extensions,
-            max_batch=max_batch,
-        )
+        archive = cls(path, **options)
         archive._writer.start()
         try:
             archive._writer.ready.result()
@@ -183,14 +183,7 @@ class StoryArchive:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        busy_timeout: float = 5.0,
-        readonly: bool = False,
-        keep_raw: bool = False,
-        extensions: Iterable[SchemaExtension] = (),
-        max_batch: int = 256,
+        cls, path: str | os.PathLike[str], **options: Unpack[ArchiveOptions]
     ) -> AsyncIterator[Self]:
         """``async with StoryArchive.open(path) as archive:`` opens, yields and closes it.
 
@@ -198,25 +191,12 @@ class StoryArchive:
         loop keeps running while another program's lock is waited for.
         Raises :class:`ArchiveError` like :meth:`connect`.
         """
-        archive = cls(
-            path,
-            busy_timeout=busy_timeout,
-            readonly=readonly,
-            keep_raw=keep_raw,
-            extensions=extensions,
-            max_batch=max_batch,
-        )
-        writer = archive._writer
-        writer.start()
+        archive = cls(path, **options)
+        archive._writer.start()
         try:
-            await asyncio.wrap_future(writer.ready)
+            await archive._writer.opened()
         except BaseException:
-            # Cancelled while opening: the thread finishes opening, sees the
-            # stop request and closes the connection; wait for that off-loop.
-            writer.request_stop()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(asyncio.wrap_future(writer.stopped))
-            if writer.stopped.done():
+            if archive._writer.stopped.done():
                 archive._join()
             raise
         try:

@@ -31,6 +31,7 @@ from typing import Final, Protocol
 from .._client import KeyAPIClient
 from .._errors import KeyAPIError
 from ..engine.endpoints import HIGHLIGHT_STORIES, USER_HIGHLIGHTS
+from ..engine.fetch import STOP_ERRORS
 from ..engine.targets import TargetLike
 from ..media.outcome import MediaOutcome, SavedMedia
 from ..models import Highlight, HighlightStories, HighlightTray, Reel
@@ -294,12 +295,21 @@ class HighlightsRun:
     """Story ids new to the archive, in the order they were recorded."""
     errors: dict[str, KeyAPIError] = field(default_factory=dict)
     """Target (account or ``highlight:ID``) -> the typed error it failed (or was not attempted) with."""  # noqa: E501
+    fatal: KeyAPIError | None = None
+    """The first 401, 402 or 403: the key cannot go on (nothing more was sent)."""
+    deferred: int = 0
+    """Changed highlights left for a later run by ``max_highlights``."""
     phase: str = "starting"
     """Where the run is: ``trays``, ``highlights``, ``downloading``, ``done``."""
     trays_done: int = 0
     """Tray results taken so far (failed ones included)."""
     to_fetch: int = 0
     """Changed highlights to fetch (known once the trays are in)."""
+
+    def _failed(self, target: str, error: KeyAPIError) -> None:
+        self.errors[target] = error
+        if self.fatal is None and isinstance(error, STOP_ERRORS):
+            self.fatal = error
 
 
 async def save_highlights(
@@ -308,6 +318,7 @@ async def save_highlights(
     accounts: Iterable[TargetLike],
     *,
     run_id: int | None = None,
+    max_highlights: int | None = None,
     media: HighlightDownloads | None = None,
     run: HighlightsRun | None = None,
 ) -> HighlightsRun:
@@ -316,9 +327,11 @@ async def save_highlights(
     Every account yields one tray request; only highlights whose counts
     changed since their last complete fetch cost a highlight-stories request.
     Both batches go through the client's one gate and credit budget.
+    ``max_highlights`` caps the highlight-stories requests (a watch's daily
+    budget): the changed highlights beyond it stay changed for a later run.
 
     With ``media`` (a :class:`HighlightDownloads`, e.g.
-    :class:`~keyapi_async.archive.highlight_media.HighlightMedia`)
+    :class:`~keyapi_async.highlight_media.HighlightMedia`)
     the covers and items are downloaded too, beside the batches, and a
     highlight counts as fetched only once its files are on disk; the call
     returns when every download has ended. A full disk or a failing archive
@@ -333,7 +346,7 @@ async def save_highlights(
             async for result in trays:
                 run.trays_done += 1
                 if result.error is not None:
-                    run.errors[result.target] = result.error
+                    run._failed(result.target, result.error)
                     continue
                 tray = result.unwrap()
                 run.trays += 1
@@ -344,9 +357,13 @@ async def save_highlights(
                     await media.covers(result.target, tray.items)
                     if media.stopped is not None:
                         trays.stop(media.stopped)
+        if max_highlights is not None and len(owners) > max_highlights:
+            run.deferred = len(owners) - max_highlights
+            owners = dict(list(owners.items())[:max_highlights])
         run.phase = "highlights"
         run.to_fetch = len(owners)
-        if owners and (media is None or media.stopped is None):
+        stopped = run.fatal is not None or (media is not None and media.stopped is not None)
+        if owners and not stopped:
             await _fetch_highlights(client, archive, owners, run, run_id, media)
         if media is not None:
             run.phase = "downloading"
@@ -369,7 +386,7 @@ async def _fetch_highlights(
     async with client.fetch_many(list(owners), endpoint=HIGHLIGHT_STORIES) as batch:
         async for got in batch:
             if got.error is not None:
-                run.errors[got.target] = got.error
+                run._failed(got.target, got.error)
                 continue
             account, highlight = owners[got.target]
             stories = got.unwrap()

@@ -102,6 +102,21 @@ class Writer:
         )
         self._thread.start()
 
+    async def opened(self) -> None:
+        """Wait (off the loop) for :attr:`ready`; raises what prevented opening.
+
+        Cancelled while opening, the thread is asked to stop: it finishes
+        opening, sees the request and closes the connection; that is awaited
+        (shielded) before the cancellation goes on.
+        """
+        try:
+            await asyncio.wrap_future(self.ready)
+        except BaseException:
+            self.request_stop()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.wrap_future(self.stopped))
+            raise
+
     def request_stop(self) -> None:
         """Let the thread finish the queued jobs, then stop; idempotent."""
         with self._lock:

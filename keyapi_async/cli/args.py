@@ -16,6 +16,7 @@ from ..engine.config import (
     REDIS_URL_ENV,
 )
 from ..engine.validate import check_count, check_number
+from ..media import DEFAULT_CONCURRENCY, DEFAULT_MAX_BYTES
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
@@ -33,8 +34,6 @@ __all__ = [
 DEMO_OUTPUT = "keyapi-demo.jsonl"
 DEFAULT_RETRIES = 4
 DEFAULT_GRACE = 10.0
-DEFAULT_MAX_BYTES = 200 * 2**20
-DEFAULT_MEDIA_CONCURRENCY = 8
 
 _DESCRIPTION = """\
 Fetch the active Instagram stories of many accounts through keyapi.ai,
@@ -137,6 +136,12 @@ def _progress_options(parser: argparse._ActionsContainer) -> None:
 
 def add_connection_options(group: argparse._ActionsContainer) -> None:
     """Add the API request options (--qps ... --redis-namespace) shared by fetch and watch."""
+    _add_pacing_options(group)
+    _add_destination_options(group)
+
+
+def _add_pacing_options(group: argparse._ActionsContainer) -> None:
+    """How fast, how much and how persistently to send."""
     group.add_argument(
         "--qps",
         type=_checked(float, "--qps", minimum=0),
@@ -174,6 +179,10 @@ def add_connection_options(group: argparse._ActionsContainer) -> None:
         metavar="N",
         help=f"retries of a transient failure (5xx, 429, network) (default: {DEFAULT_RETRIES})",
     )
+
+
+def _add_destination_options(group: argparse._ActionsContainer) -> None:
+    """Where requests go and with which key: the API, a proxy, the shared gate."""
     group.add_argument(
         "--base-url",
         default=None,
@@ -247,9 +256,9 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--media-concurrency",
         type=_count("--media-concurrency", 1),
-        default=DEFAULT_MEDIA_CONCURRENCY,
+        default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"media downloads in flight (default: {DEFAULT_MEDIA_CONCURRENCY})",
+        help=f"media downloads in flight (default: {DEFAULT_CONCURRENCY})",
     )
     group.add_argument(
         "--refresh-expired",
@@ -447,34 +456,8 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         allow_abbrev=False,
     )
     watch.add_argument("input", metavar="FILE", help="accounts, one per line (re-read every cycle)")
-    watch.add_argument(
-        "--every",
-        type=parse_duration,
-        required=True,
-        metavar="PERIOD",
-        help="poll each account once per PERIOD (90s, 15m, 12h; under 24h)",
-    )
-    watch.add_argument(
-        "--max-credits-per-day",
-        type=_count("--max-credits-per-day", 2),
-        default=None,
-        metavar="N",
-        help="rolling 24-hour credit cap kept in the archive; polls wait when it is reached",
-    )
-    watch.add_argument(
-        "--on-new",
-        metavar="CMD",
-        default=None,
-        help="run CMD (split like a shell line, never run by a shell) for each new story, "
-        "with the story's JSON on stdin",
-    )
-    watch.add_argument(
-        "--on-new-timeout",
-        type=_checked(float, "--on-new-timeout", minimum=0, strict=True),
-        default=60.0,
-        metavar="SECONDS",
-        help="kill an --on-new command after this long (default: 60)",
-    )
+    _add_watch_schedule(watch, parse_duration)
+    _add_watch_hooks(watch)
     watch.add_argument(
         "--force", action="store_true", help="accept a period of 24h or more (misses stories)"
     )
@@ -491,6 +474,52 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_connection_options(watch.add_argument_group("request settings"))
     add_capture_options(watch)
     _verbosity_options(watch)
+
+
+def _add_watch_schedule(
+    watch: argparse.ArgumentParser, parse_duration: Callable[[str], float]
+) -> None:
+    """When ``watch`` polls and what it may spend."""
+    watch.add_argument(
+        "--every",
+        type=parse_duration,
+        required=True,
+        metavar="PERIOD",
+        help="poll each account once per PERIOD (90s, 15m, 12h; under 24h)",
+    )
+    watch.add_argument(
+        "--max-credits-per-day",
+        type=_count("--max-credits-per-day", 2),
+        default=None,
+        metavar="N",
+        help="rolling 24-hour credit cap kept in the archive; polls wait when it is reached",
+    )
+    watch.add_argument(
+        "--highlights-every",
+        type=parse_duration,
+        default=None,
+        metavar="PERIOD",
+        help="also poll each account's highlight tray once per PERIOD (e.g. 24h; default: "
+        "off) and fetch the highlights that changed, inside the same daily budget",
+    )
+
+
+def _add_watch_hooks(watch: argparse.ArgumentParser) -> None:
+    """What ``watch`` runs for each new story."""
+    watch.add_argument(
+        "--on-new",
+        metavar="CMD",
+        default=None,
+        help="run CMD (split like a shell line, never run by a shell) for each new story, "
+        "with the story's JSON on stdin",
+    )
+    watch.add_argument(
+        "--on-new-timeout",
+        type=_checked(float, "--on-new-timeout", minimum=0, strict=True),
+        default=60.0,
+        metavar="SECONDS",
+        help="kill an --on-new command after this long (default: 60)",
+    )
 
 
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

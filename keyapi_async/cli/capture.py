@@ -22,6 +22,7 @@ its downloads started, as tasks of their own. So:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
@@ -33,16 +34,16 @@ from typing import Any, Final
 
 from .._errors import KeyAPIError
 from ..archive import ArchiveError, StoryArchive, StoryRecord
+from ..capture import MediaRecorder
 from ..media import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BYTES,
     MediaDiskFullError,
     MediaDownloader,
     MediaOutcome,
     MediaStatus,
-    SavedMedia,
     media_hosts_from_env,
 )
-from ..media.paths import MEDIA_HOSTS_ENV
 from ..models import ImageCandidate, ImageVersions, Reel, StoryItem, User, VideoVersion
 from .exit import CLIError, setting_errors
 from .progress import MediaCounts
@@ -52,6 +53,7 @@ __all__ = [
     "Capture",
     "CaptureSettings",
     "capture_settings",
+    "capture_settings_from_args",
     "open_capture",
     "open_downloader",
 ]
@@ -81,7 +83,7 @@ class CaptureSettings:
     media_hosts: tuple[str, ...] = ()
     """Extra allowed CDN hosts (``--media-hosts``, ``KEYAPI_MEDIA_HOSTS``, the demo's loopback)."""
     max_media_bytes: int = DEFAULT_MAX_BYTES
-    media_concurrency: int = 8
+    media_concurrency: int = DEFAULT_CONCURRENCY
     refresh_expired: bool = False
     fsync: bool = True
     """Flush each media file to disk before its rename (off for the throwaway demo)."""
@@ -112,14 +114,13 @@ def capture_settings(
     name_template: str | None = None,
     media_hosts: str | None = None,
     max_media_bytes: int = DEFAULT_MAX_BYTES,
-    media_concurrency: int = 8,
+    media_concurrency: int = DEFAULT_CONCURRENCY,
     refresh_expired: bool = False,
     extra_hosts: Iterable[str] = (),
     fsync: bool = True,
 ) -> CaptureSettings:
     """Build the settings from the command line (a bad ``KEYAPI_MEDIA_HOSTS`` is a usage error)."""
-    # ValueError today, ConfigurationError (a ValueError) once media says so.
-    with setting_errors(f"{MEDIA_HOSTS_ENV}: "):
+    with setting_errors():  # the message names the variable already
         from_env = media_hosts_from_env()
     return CaptureSettings(
         download=download,
@@ -130,6 +131,19 @@ def capture_settings(
         media_concurrency=media_concurrency,
         refresh_expired=refresh_expired,
         fsync=fsync,
+    )
+
+
+def capture_settings_from_args(args: argparse.Namespace) -> CaptureSettings:
+    """The settings of :func:`~.args.add_capture_options` (``fetch`` and ``watch``)."""
+    return capture_settings(
+        download=args.download,
+        archive=args.archive,
+        name_template=args.name_template,
+        media_hosts=args.media_hosts,
+        max_media_bytes=args.max_media_bytes,
+        media_concurrency=args.media_concurrency,
+        refresh_expired=getattr(args, "refresh_expired", False),
     )
 
 
@@ -195,11 +209,11 @@ class Capture:
         settings: CaptureSettings,
         archive: StoryArchive,
         downloader: MediaDownloader | None,
-        known: dict[str, SavedMedia],
     ) -> None:
         self.settings = settings
         self.archive = archive
         self.downloader = downloader
+        self._media = None if downloader is None else MediaRecorder(archive, downloader)
         self.run_id: int | None = None
         self.refetch: Refetch | None = None
         """Set by the fetch loop while its client is open (``--refresh-expired``)."""
@@ -211,7 +225,6 @@ class Capture:
         """An archive (or other unexpected) failure inside a download task."""
         self.stopped: str | None = None
         """Why no new download starts any more."""
-        self._known = known
         self._tally = _Tally()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_target: dict[str, list[asyncio.Task[None]]] = collections.defaultdict(list)
@@ -320,20 +333,9 @@ class Capture:
         # A story already handled in this run (a duplicate in the reel, an
         # account that is also being resumed) is not downloaded twice.
         wanted = list({i.id: i for i in items if tally.statuses.get(i.id) not in _HANDLED}.values())
-        if not wanted:
+        if not wanted or self._media is None:
             return 0
-        records = await self.archive.media_records(i.id for i in wanted)
-        unsaved = []
-        for item in wanted:
-            record = records.get(item.id)
-            if record is not None and record.status == "saved" and record.path and record.bytes:
-                self._known[item.id] = SavedMedia(record.path, record.bytes, record.sha256)
-            else:
-                unsaved.append(item.id)
-        # Marked before the first byte, so a crash leaves them findable.
-        await asyncio.gather(
-            *(self.archive.record_media(i, None, None, None, "pending") for i in unsaved)
-        )
+        await self._media.claim(wanted)
         for item in wanted:
             tally.set(item.id, "pending")
             if self.stopped is None:
@@ -374,29 +376,21 @@ class Capture:
     async def _download(
         self, target: str, owner: User | None, item: StoryItem, allow_refresh: bool
     ) -> None:
-        assert self.downloader is not None
+        assert self._media is not None
         if self.stopped is not None:
             return
-        outcome = await self.downloader.download_item(item, target=target, owner=owner)
-        known = self._known.pop(item.id, None)
-        await self._settle(target, outcome, known is not None, allow_refresh)
+        outcome = await self._media.download(item, target=target, owner=owner)
+        self._count(target, outcome, allow_refresh)
 
-    async def _settle(
-        self, target: str, outcome: MediaOutcome, was_known: bool, allow_refresh: bool
-    ) -> None:
-        tally, archive = self._tally, self.archive
+    def _count(self, target: str, outcome: MediaOutcome, allow_refresh: bool) -> None:
+        """Tally an outcome the recorder has recorded; start a refresh for an expired one."""
+        tally = self._tally
         story_id = outcome.story_id
         tally.received += outcome.bytes
         status = outcome.status
         if outcome.ok and outcome.relative_path:
-            size = outcome.size if outcome.size is not None else outcome.bytes
-            if not was_known and outcome.sha256 is not None:
-                await archive.record_media(
-                    story_id, outcome.relative_path, size, outcome.sha256, "saved"
-                )
             tally.set(story_id, "saved" if status is MediaStatus.SAVED else "skipped")
         elif status is MediaStatus.EXPIRED:
-            await archive.record_media(story_id, None, None, None, "expired", outcome.reason)
             tally.set(story_id, "expired")
             if allow_refresh and self.refetch is not None:
                 self._expired[target].add(story_id)
@@ -405,7 +399,6 @@ class Capture:
                     self._spawn(self._refresh(target))
         else:
             reason = outcome.reason or "unknown reason"
-            await archive.record_media(story_id, None, None, None, "failed", reason)
             tally.set(story_id, "failed")
             tally.reasons[reason.split(":", 1)[0][:60]] += 1
 
@@ -463,15 +456,13 @@ class Capture:
 
 
 @contextlib.asynccontextmanager
-async def open_downloader(
-    settings: CaptureSettings, known: dict[str, SavedMedia] | None = None
-) -> AsyncIterator[MediaDownloader | None]:
+async def open_downloader(settings: CaptureSettings) -> AsyncIterator[MediaDownloader | None]:
     """Start the media downloader of ``settings`` (None without ``--download``); close it after.
 
     The one place the CLI builds a downloader (``fetch``, ``demo`` and
     ``watch``): a directory that cannot be created or written, a bad name
-    template or host is a usage error (exit status 2). ``known`` is the
-    capture's lookup of files the archive records as saved.
+    template or host is a usage error (exit status 2). Files saved before are
+    skipped by the capture pipeline, which hands each download the archive's record.
     """
     if settings.download is None:
         yield None
@@ -483,9 +474,6 @@ async def open_downloader(
             allowed_hosts=settings.media_hosts,
             max_bytes=settings.max_media_bytes,
             name_template=settings.name_template,
-            # Looked up per item: filled from the archive just before the
-            # item's download starts.
-            known_saved=(known if known is not None else {}).get,
             fsync=settings.fsync,
             user_agent="keyapi-stories-media",
         )
@@ -509,10 +497,9 @@ async def open_capture(settings: CaptureSettings) -> AsyncIterator[Capture | Non
         yield None
         return
     async with contextlib.AsyncExitStack() as stack:
-        known: dict[str, SavedMedia] = {}
-        downloader = await stack.enter_async_context(open_downloader(settings, known))
+        downloader = await stack.enter_async_context(open_downloader(settings))
         try:
             archive = await stack.enter_async_context(StoryArchive.open(path))
         except ArchiveError as exc:
             raise CLIError(str(exc)) from None
-        yield Capture(settings, archive, downloader, known)
+        yield Capture(settings, archive, downloader)

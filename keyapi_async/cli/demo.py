@@ -37,8 +37,9 @@ from ..testing import (
 from .apikey import Redactor
 from .args import DEMO_OUTPUT
 from .capture import CaptureSettings, capture_settings, open_capture
+from .client import FetchSettings, make_client, open_client
 from .exit import ExitCode
-from .fetch import FetchSettings, execute, make_client, open_client, prepare_job
+from .fetch import execute, prepare_job
 from .highlights import exit_status, save_with_progress, summary_line
 from .inputs import InputPlan, parse_lines
 from .invocation import shell_command

@@ -18,20 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Literal
 
 from ..archive import StoryArchive
-from ..archive.highlight_media import HighlightMedia, HighlightMediaCounts
 from ..archive.highlights import HIGHLIGHTS_SCHEMA, HighlightsRun, save_highlights
 from ..engine.batch import estimate_credits
 from ..engine.endpoints import USER_HIGHLIGHTS
 from ..engine.fetch import ClientStats
+from ..highlight_media import HighlightMedia, HighlightMediaCounts
 from .apikey import Redactor
 from .capture import CaptureSettings, open_downloader
+from .client import FetchSettings, make_client, open_client
 from .exit import CLIError, ExitCode
-from .fetch import FetchSettings, make_client, open_client
 from .logs import library_logs
 from .progress import MediaCounts, Reporter, Snapshot, byte_size, make_reporter
 
@@ -218,9 +219,25 @@ async def _save(
 
 
 def run_highlights(
-    settings: FetchSettings, key: str, capture: CaptureSettings, targets: Sequence[str]
+    settings: FetchSettings,
+    key: str,
+    archive: str | None,
+    targets: Sequence[str],
+    *,
+    capture: CaptureSettings | None = None,
 ) -> int:
-    """Run the highlights pass over ``targets``; print its summary; return the exit status."""
+    """Run the highlights pass over ``targets``; print its summary; return the exit status.
+
+    ``capture`` is the run's archive and download settings (with
+    ``--download`` the highlights' media is saved too); without it only the
+    ``archive`` file is used and nothing is downloaded.
+    """
+    if capture is None:
+        capture = CaptureSettings(archive=archive)
+    elif archive is not None and capture.archive is None:
+        capture = dataclasses.replace(capture, archive=archive)
+    if capture.archive_path is None:
+        raise CLIError("the highlights pass needs --archive FILE (or --download DIR)")
     run, media = asyncio.run(_save(settings, key, capture, targets))
     redact = Redactor(key)
     if not settings.quiet:

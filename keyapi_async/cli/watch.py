@@ -15,7 +15,6 @@ import contextlib
 import logging
 import re
 import shlex
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -194,6 +193,16 @@ def _forecast(args: argparse.Namespace, count: int) -> None:
             "poll (budget wait, outage, restart) can miss stories",
             file=sys.stderr,
         )
+    trays: float | None = args.highlights_every
+    if trays is not None:
+        tray_credits = forecast_credits_per_day(count, trays)
+        per_day += tray_credits
+        print(
+            f"highlight trays every {_human(trays)}: {tray_credits:,.0f} credits/day, plus 2 "
+            "per highlight that changed (each fetched once per change)",
+            file=sys.stderr,
+            flush=True,
+        )
     cap = args.max_credits_per_day
     if cap is not None and cap < per_day:
         print(
@@ -224,6 +233,7 @@ async def _watch(
                 every=args.every,
                 max_credits_per_day=args.max_credits_per_day,
                 downloader=downloader,
+                highlights_every=args.highlights_every,
             )
             async with _Hooks(hook, args.on_new_timeout) as hooks:
                 code = await _follow(watcher, hooks, args.grace)
@@ -238,23 +248,18 @@ async def _open_parts(
     args: argparse.Namespace, key: str
 ) -> AsyncIterator[tuple[KeyAPIClient, StoryArchive, MediaDownloader | None]]:
     """The client, the archive and the downloader, built from the settings as for ``fetch``."""
+    from ..archive.highlights import HIGHLIGHTS_SCHEMA
     from ..watch import open_watch_archive
-    from .capture import capture_settings, open_downloader
-    from .fetch import make_client, open_client, settings_from_args
+    from .capture import capture_settings_from_args, open_downloader
+    from .client import make_client, open_client, settings_from_args
 
     client = make_client(settings_from_args(args), key)
-    media = capture_settings(
-        download=args.download,
-        archive=args.archive,
-        name_template=args.name_template,
-        media_hosts=args.media_hosts,
-        max_media_bytes=args.max_media_bytes,
-        media_concurrency=args.media_concurrency,
-    )
+    media = capture_settings_from_args(args)
     assert media.archive_path is not None  # run_watch requires --archive or --download
+    extensions = [HIGHLIGHTS_SCHEMA] if args.highlights_every is not None else []
     async with (
         open_downloader(media) as downloader,
-        open_watch_archive(media.archive_path) as archive,
+        open_watch_archive(media.archive_path, extensions=extensions) as archive,
         open_client(client),
     ):
         yield client, archive, downloader
@@ -296,7 +301,9 @@ async def _follow(watcher: Watcher, hooks: _Hooks, grace: float) -> ExitCode:
 
 def _print_stats(stats: WatchStats) -> None:
     print(
-        f"watch stopped: {stats.polls} polls, {stats.new_stories} new stories, "
+        f"watch stopped: {stats.polls} polls"
+        + (f" and {stats.tray_polls} highlight-tray polls" if stats.tray_polls else "")
+        + f", {stats.new_stories} new stories, "
         f"{stats.credits} credits, {stats.errors} errors",
         file=sys.stderr,
         flush=True,
@@ -357,48 +364,33 @@ def run_status(args: argparse.Namespace) -> int:
         archive = StoryArchive.connect(args.archive, readonly=True)
     except ArchiveError as exc:
         raise CLIError(str(exc)) from None
-    now = time.time()
-
-    def read(
-        conn: sqlite3.Connection,
-    ) -> tuple[list[tuple[str, int, float | None, float, int, str | None]], int, dict[str, str]]:
-        has = conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'watch_accounts'"
-        ).fetchone()[0]
-        if not has:
-            return [], 0, {}
-        rows = conn.execute(
-            "SELECT target, active, last_poll_at, next_poll_at, polls, last_status"
-            " FROM watch_accounts ORDER BY active DESC, target"
-        ).fetchall()
-        spent = conn.execute(
-            "SELECT coalesce(sum(credits), 0) FROM watch_credits WHERE at > ?", (now - 86_400,)
-        ).fetchone()[0]
-        settings = dict(conn.execute("SELECT name, value FROM watch_settings").fetchall())
-        return rows, int(spent), settings
+    from ..watch import read_status
 
     with archive:
-        rows, spent, settings = archive.read(read)
+        status = archive.read(lambda conn: read_status(conn, time.time()))
         stories = {a.target: (a.stories, a.saved) for a in archive.accounts()}
-    if not rows:
+    if status is None or not status.accounts:
         print(f"{args.archive}: no watch schedule (run keyapi-stories watch with this archive)")
         return ExitCode.OK
-    width = max(7, *(len(r[0]) for r in rows))
+    rows = status.accounts
+    width = max(7, *(len(r.target) for r in rows))
     print(
         f"{'account':<{width}}  {'last poll':<20}  {'next poll':<20}  {'polls':>5}  "
         f"{'stories':>7}  {'saved':>5}  status"
     )
-    for target, active, last, nxt, polls, status in rows:
-        count, saved = stories.get(target, (0, 0))
-        shown = (status or "-") if active else "removed"
+    for row in rows:
+        count, saved = stories.get(row.target, (0, 0))
+        shown = (row.last_status or "-") if row.active else "removed"
+        upcoming = _iso(row.next_poll_at) if row.active else "-"
         print(
-            f"{target:<{width}}  {_iso(last):<20}  {_iso(nxt) if active else '-':<20}  "
-            f"{polls:>5}  {count:>7}  {saved:>5}  {shown}"
+            f"{row.target:<{width}}  {_iso(row.last_poll_at):<20}  {upcoming:<20}  "
+            f"{row.polls:>5}  {count:>7}  {saved:>5}  {shown}"
         )
-    cap = settings.get("max_credits_per_day", "None")
-    limit = "no cap" if cap == "None" else f"cap {cap}"
-    active_count = sum(1 for r in rows if r[1])
+    cap = status.max_credits_per_day
+    limit = "no cap" if cap is None else f"cap {cap}"
+    active_count = sum(1 for r in rows if r.active)
     print(
-        f"{active_count} accounts watched; credits used in the last 24 h: {spent} ({limit})",
+        f"{active_count} accounts watched; credits used in the last 24 h: "
+        f"{status.spent_last_day} ({limit})",
     )
     return ExitCode.OK

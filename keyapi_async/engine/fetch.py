@@ -183,6 +183,10 @@ class Fetcher(Generic[R]):
 
     async def fetch(self, target: Target, stop: Stop | None = None, key: str = "") -> Outcome[R]:
         """Fetch ``target`` (rendered as ``key``) with retries; returns any KeyAPIError."""
+        # One function on purpose: every resume of a request waiting on the
+        # network passes through each frame of its chain, so the send and the
+        # bookkeeping around it stay in this frame; only the rare paths
+        # (429, cancellation, failures, debug logging) are helpers.
         counters = self.counters
         gate = self.gate
         endpoint = self.endpoint
@@ -208,9 +212,6 @@ class Fetcher(Generic[R]):
                     verdict = Verdict.NO_ANSWER
                     reel: R | None = None
                     error: KeyAPIError | None = None
-                    # Sent from this frame, not a helper's: every resume of a
-                    # request waiting on the network passes through each frame
-                    # of its chain, and that is most of the engine's cost.
                     try:
                         request = self.builder.build(target)
                         raw = await self.transport.send(request, target=rendered)
@@ -223,40 +224,27 @@ class Fetcher(Generic[R]):
                         if isinstance(exc, RateLimitError):
                             verdict = Verdict.THROTTLED
                     except BaseException:
-                        # Cancelled mid-flight: the place is given back
-                        # (shielded: a shared gate needs a round trip).
-                        counters.in_flight -= 1
-                        with anyio.CancelScope(shield=True):
-                            await gate.release(ticket, verdict)
+                        await self._abandon(ticket, verdict)
                         raise
                     counters.in_flight -= 1
                     if isinstance(error, RateLimitError):
-                        counters.rate_limited += 1
-                        # Even a target out of retries makes everyone else pause.
-                        await gate.release(
-                            ticket,
-                            verdict,
-                            cooldown=self.policy.wait_for(attempt, error),
-                            server_said=error.retry_after is not None,
-                        )
+                        await self._release_throttled(ticket, attempt, error)
                     else:
                         await gate.release(ticket, verdict)
                     if error is None or (isinstance(error, ResponseDecodeError) and error.billed):
                         credits.charge(price)
                         counters.credits_spent += price
             except GateUnavailableError as exc:
-                # The shared gate or budget is gone past its grace: nothing
-                # may be sent, for this target or any other.
                 exc.target = rendered
                 if stop is None:
                     counters.failures += 1
                     return None, last_error or exc, attempt
+                # The shared gate or budget is gone past its grace: nothing
+                # may be sent, for this target or any other.
                 stop.cancel(exc.message, cause=exc)
                 continue
             if debug:
-                said = "ok" if error is None else type(error).__name__
-                elapsed = time.perf_counter() - started
-                _log.debug("GET %s attempt=%d %s latency=%.3fs", rendered, attempt, said, elapsed)
+                _log_attempt(rendered, attempt, error, started)
             if error is None:
                 assert reel is not None
                 counters.successes += 1
@@ -267,19 +255,29 @@ class Fetcher(Generic[R]):
                 return reel, None, attempt
             last_error = error
             if stop is not None:
-                if isinstance(error, ConnectError):
-                    stop.connect_failed(error)
-                elif verdict is not Verdict.NO_ANSWER:
-                    stop.answered()
-                why = STOPS_A_BATCH.get(type(error)) if isinstance(error, STOP_ERRORS) else None
-                if why is not None:
-                    stop.cancel(why, cause=error)
+                _tell_batch(stop, error, verdict)
             delay = self.policy.delay_for(attempt, error)
             if delay is None:
                 counters.failures += 1
                 return None, error, attempt
             if delay > 0:
                 await anyio.sleep(delay)
+
+    async def _abandon(self, ticket: Ticket, verdict: Verdict) -> None:
+        """Cancelled mid-flight: give the place back (shielded: a shared gate may need Redis)."""
+        self.counters.in_flight -= 1
+        with anyio.CancelScope(shield=True):
+            await self.gate.release(ticket, verdict)
+
+    async def _release_throttled(self, ticket: Ticket, attempt: int, error: RateLimitError) -> None:
+        """Give back a 429's place: even a target out of retries makes everyone else pause."""
+        self.counters.rate_limited += 1
+        await self.gate.release(
+            ticket,
+            Verdict.THROTTLED,
+            cooldown=self.policy.wait_for(attempt, error),
+            server_said=error.retry_after is not None,
+        )
 
     def _unsent(
         self, reason: NotAttemptedError, target: str, last_error: KeyAPIError | None, attempts: int
@@ -323,3 +321,20 @@ class Fetcher(Generic[R]):
             await gate.release(ticket, Verdict.UNUSED)
             return stop.reason
         return ticket
+
+
+def _log_attempt(target: str, attempt: int, error: KeyAPIError | None, started: float) -> None:
+    said = "ok" if error is None else type(error).__name__
+    elapsed = time.perf_counter() - started
+    _log.debug("GET %s attempt=%d %s latency=%.3fs", target, attempt, said, elapsed)
+
+
+def _tell_batch(stop: Stop, error: KeyAPIError, verdict: Verdict) -> None:
+    """What a failed attempt tells the batch: the API is down, answering, or refusing the key."""
+    if isinstance(error, ConnectError):
+        stop.connect_failed(error)
+    elif verdict is not Verdict.NO_ANSWER:
+        stop.answered()
+    why = STOPS_A_BATCH.get(type(error)) if isinstance(error, STOP_ERRORS) else None
+    if why is not None:
+        stop.cancel(why, cause=error)

@@ -65,6 +65,7 @@ from .gate import (
     is_cold,
     paced_rate,
 )
+from .validate import check_count
 
 __all__ = [
     "KEY_PREFIX",
@@ -785,9 +786,23 @@ async def connect_shared(
     against a peer with a different setting).
     """
     keys = redis_keys(key_fingerprint, namespace)
-    if concurrency < 1:
-        raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
-    where = shown_redis(url)
+    check_count(concurrency, "concurrency", minimum=1)
+    client = _redis_client(url)
+    state = SharedState(client, url=url, keys=keys, grace=grace)
+    await _check_server(state, client, url)
+    state.gate = RedisGate(
+        state,
+        qps=qps,
+        margin=margin,
+        concurrency=concurrency,
+        retry_after_cap=retry_after_cap,
+    )
+    state.budget = RedisBudget(state, max_credits=max_credits)
+    return state
+
+
+def _redis_client(url: str) -> aioredis.Redis:
+    """A redis-py client for ``url`` (not connected yet); a bad URL is a ConfigurationError."""
     # No timeouts inside redis-py: with socket_timeout set, redis-py 8.1
     # swallows the cancellation of a task waiting for a reply (the call
     # completes, so a cancelled acquire would be granted a turn). Every call
@@ -804,9 +819,13 @@ async def connect_shared(
         )
     except (ValueError, redis.exceptions.RedisError) as exc:
         raise ConfigurationError(
-            f"invalid redis_url for {where}: {_scrub(str(exc), url)}"
+            f"invalid redis_url for {shown_redis(url)}: {_scrub(str(exc), url)}"
         ) from None
-    state = SharedState(client, url=url, keys=keys, grace=grace)
+    return client
+
+
+async def _check_server(state: SharedState, client: aioredis.Redis, url: str) -> None:
+    """Reach the server and load the scripts, or close the client and raise ConfigurationError."""
     try:
         async with asyncio.timeout(state.timeout):
             await client.ping()
@@ -822,15 +841,6 @@ async def connect_shared(
     except _LOST as exc:
         await client.aclose()
         raise ConfigurationError(
-            f"cannot use Redis at {where} for the shared rate gate: "
+            f"cannot use Redis at {shown_redis(url)} for the shared rate gate: "
             f"{_scrub(str(exc), url) or type(exc).__name__}"
         ) from None
-    state.gate = RedisGate(
-        state,
-        qps=qps,
-        margin=margin,
-        concurrency=concurrency,
-        retry_after_cap=retry_after_cap,
-    )
-    state.budget = RedisBudget(state, max_credits=max_credits)
-    return state

@@ -60,6 +60,8 @@ from .paths import (
 )
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MEDIA_HOSTS",
     "DEFAULT_NAME_TEMPLATE",
     "HIGHLIGHT_NAME_TEMPLATE",
@@ -76,6 +78,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES: Final = 200 * 2**20
+"""The per-file size cap by default (200 MiB): a story video is far smaller."""
+DEFAULT_CONCURRENCY: Final = 8
+"""Downloads in flight at once by default."""
 
 
 class MediaDownloader:
@@ -131,7 +136,7 @@ class MediaDownloader:
         dest_dir: str | os.PathLike[str],
         *,
         session: aiohttp.ClientSession | None = None,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         allowed_hosts: Iterable[str] = (),
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_attempts: int = 4,
@@ -297,7 +302,7 @@ class MediaDownloader:
             MediaDiskFullError: The disk filled up.
 
         """
-        return await self._download(target, owner, item, highlight, known)
+        return await self._download(target, owner, item, known, highlight)
 
     async def download_cover(
         self,
@@ -320,7 +325,7 @@ class MediaDownloader:
 
         """
         item = plan.cover_item(highlight)
-        return await self._download(target, owner, item, highlight, known)
+        return await self._download(target, owner, item, known, highlight)
 
     async def download_many(
         self,
@@ -351,8 +356,8 @@ class MediaDownloader:
         target: str | None,
         owner: User | None,
         item: StoryItem,
-        highlight: Highlight | None = None,
         known: SavedMedia | None = None,
+        highlight: Highlight | None = None,
     ) -> MediaOutcome:
         http = self._http
         if http is None:
@@ -393,7 +398,7 @@ class MediaDownloader:
         self, draft: MediaOutcome, path: Path, known: SavedMedia | None
     ) -> MediaOutcome | None:
         """The ``skipped`` outcome when the item's file is already there, else None."""
-        record = known or await lookup_saved(self._known, draft.story_id)
+        record = known if known is not None else await lookup_saved(self._known, draft.story_id)
         if record is not None:
             found = files.recorded_size(self.root, Path(record.path))
             if found is not None and found[1] == record.size:

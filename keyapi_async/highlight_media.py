@@ -4,8 +4,9 @@
 hands the trays and highlights it records to when downloads are asked for
 (``media=``). It uses the one :class:`~keyapi_async.media.MediaDownloader`
 (its ``highlight_template``: ``{username}/highlights/{highlight_title}/...``
-by default) and the archive's one way of recording outcomes
-(:mod:`keyapi_async.archive.downloads`), so:
+by default) through the one capture pipeline,
+:class:`~keyapi_async.capture.MediaRecorder` (claimed ``pending`` before the
+first byte, skipped when saved, every outcome recorded), so:
 
 * a story is one file. Its archive record is looked up before its download:
   a story already saved (while active, by the stories layout, or from another
@@ -16,8 +17,8 @@ by default) and the archive's one way of recording outcomes
   there), filed like an item of its highlight whose story id is
   ``cover_<id>``;
 * a highlight is marked fetched only once the downloads of all its items
-  ended with the file on disk (or were given up after
-  :data:`~keyapi_async.archive.downloads.MAX_FAILURES` failures in a row): one
+  ended with the file on disk (or were given up after :data:`MAX_FAILURES`
+  failures in a row): one
   left unfinished (an expired link, a CDN failure, a full disk, a killed run)
   is fetched again by the next run, for fresh media URLs;
 * downloads run beside the API batch as tasks of their own, limited by the
@@ -32,16 +33,23 @@ import collections
 import logging
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 
-from .._errors import MediaDiskFullError
-from ..media import MediaDownloader, MediaOutcome, SavedMedia
-from ..models import Highlight, HighlightStories, StoryItem, User
-from . import StoryArchive
-from .downloads import MAX_FAILURES, Settled, prepare_downloads, record_outcome
-from .highlights import mark_fetched, record_cover, saved_covers
+from ._errors import MediaDiskFullError
+from .archive import StoryArchive
+from .archive.highlights import mark_fetched, record_cover, saved_covers
+from .capture import MediaRecorder
+from .media import MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
+from .models import Highlight, HighlightStories, StoryItem, User
 
-__all__ = ["HighlightMedia", "HighlightMediaCounts"]
+__all__ = ["MAX_FAILURES", "HighlightMedia", "HighlightMediaCounts"]
+
+#: Failed (or expired) records in a row after which a file no longer holds its
+#: highlight back: a transient CDN problem heals, a URL off the allowlist never will.
+#: The same rule as the stories capture's retries of failed files.
+MAX_FAILURES: Final = 3
+
+Settled: TypeAlias = Literal["saved", "skipped", "expired", "failed"]
 
 _log = logging.getLogger("keyapi_async")
 _ON_DISK: frozenset[Settled] = frozenset({"saved", "skipped"})
@@ -86,6 +94,7 @@ class HighlightMedia:
     def __init__(self, archive: StoryArchive, downloader: MediaDownloader) -> None:
         self.archive = archive
         self.downloader = downloader
+        self._recorder = MediaRecorder(archive, downloader)
         self.stopped: str | None = None
         """Why no new download starts any more (a full disk, an archive failure)."""
         self.disk_full: MediaDiskFullError | None = None
@@ -140,9 +149,9 @@ class HighlightMedia:
         """
         owner = stories.user or highlight.user
         fresh = list({i.id: i for i in stories.items if i.id not in self._items}.values())
-        known = await prepare_downloads(self.archive, (i.id for i in fresh))
+        await self._recorder.claim(fresh)
         for item in fresh:
-            self._items[item.id] = self._spawn(self._item(account, owner, item, highlight, known))
+            self._items[item.id] = self._spawn(self._item(account, owner, item, highlight))
         waits = {i.id: self._items[i.id] for i in stories.items}
         self._spawn(self._complete(highlight, waits))
 
@@ -192,20 +201,14 @@ class HighlightMedia:
             self._reasons[(outcome.reason or "unknown reason").split(":", 1)[0][:60]] += 1
 
     async def _item(
-        self,
-        account: str,
-        owner: User | None,
-        item: StoryItem,
-        highlight: Highlight,
-        known: dict[str, SavedMedia],
+        self, account: str, owner: User | None, item: StoryItem, highlight: Highlight
     ) -> Settled | None:
         if self.stopped is not None:
             return None
-        record = known.get(item.id)
-        outcome = await self.downloader.download_item(
-            item, target=account, owner=owner, highlight=highlight, known=record
+        outcome = await self._recorder.download(
+            item, target=account, owner=owner, highlight=highlight
         )
-        settled = await record_outcome(self.archive, outcome, was_known=record is not None)
+        settled = _settled(outcome)
         self._count(outcome, settled)
         return settled
 
@@ -240,3 +243,10 @@ class HighlightMedia:
             ):
                 return  # fresh URLs next run may heal it
         await mark_fetched(self.archive, highlight)
+
+
+def _settled(outcome: MediaOutcome) -> Settled:
+    """What a recorded outcome counts as in a run's tally."""
+    if outcome.ok:
+        return "saved" if outcome.status is MediaStatus.SAVED else "skipped"
+    return "expired" if outcome.status is MediaStatus.EXPIRED else "failed"
