@@ -13,8 +13,9 @@ from pathlib import Path
 
 from keyapi_async.archive import StoryArchive
 from keyapi_async.capture import MediaRecorder
-from keyapi_async.media import MediaDownloader, MediaStatus
-from keyapi_async.models import Reel
+from keyapi_async.media import MediaDownloader, MediaOutcome, MediaStatus
+from keyapi_async.models import Reel, StoryItem
+from keyapi_async.testing import Emulator
 
 from .test_media import FAST, fetch_reels, loopback, media_emulator
 
@@ -26,6 +27,19 @@ def sha(path: Path) -> str:
 async def _record(archive: StoryArchive, reels: list[tuple[str, Reel]]) -> None:
     for target, reel in reels:
         await archive.record_reel(target, reel, 1.0)
+
+
+Items = list[tuple[str, Reel, StoryItem]]
+
+
+async def _capture(
+    archive: StoryArchive, emu: Emulator, dest: Path, items: Items
+) -> list[MediaOutcome]:
+    """Claim, then download through the pipeline, one item after another."""
+    async with MediaDownloader(dest, allowed_hosts=loopback(emu), **FAST) as dl:
+        recorder = MediaRecorder(archive, dl)
+        await recorder.claim(i for _, _, i in items)
+        return [await recorder.download(i, target=t, owner=r.user) for t, r, i in items]
 
 
 async def test_claimed_then_saved_then_skipped_without_a_second_write(tmp_path: Path) -> None:
@@ -61,10 +75,7 @@ async def test_claimed_then_saved_then_skipped_without_a_second_write(tmp_path: 
                     at=1_000.0,
                 )
             requests = len(cdn.log)
-            async with MediaDownloader(dest, allowed_hosts=loopback(emu), **FAST) as dl:
-                recorder = MediaRecorder(archive, dl)
-                await recorder.claim(i for _, _, i in items)
-                second = [await recorder.download(i, target=t, owner=r.user) for t, r, i in items]
+            second = await _capture(archive, emu, dest, items)
             assert {o.status for o in second} == {MediaStatus.SKIPPED}
             assert len(cdn.log) == requests
             after = await archive.media_records(o.story_id for o in second)
@@ -84,10 +95,7 @@ async def test_a_file_on_disk_without_a_record_is_recorded_with_its_hash(tmp_pat
         requests = len(cdn.log)
         async with StoryArchive.open(tmp_path / "a.sqlite3") as archive:
             await _record(archive, reels)
-            async with MediaDownloader(dest, allowed_hosts=loopback(emu), **FAST) as dl:
-                recorder = MediaRecorder(archive, dl)
-                await recorder.claim(i for _, _, i in items)
-                found = [await recorder.download(i, target=t, owner=r.user) for t, r, i in items]
+            found = await _capture(archive, emu, dest, items)
             assert {o.status for o in found} == {MediaStatus.SKIPPED}
             assert len(cdn.log) == requests
             records = await archive.media_records(o.story_id for o in found)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import pytest
 
 from keyapi_async import ClientConfig, ConfigurationError
-from keyapi_async.engine.validate import check_count, check_number
+from keyapi_async.engine.validate import check_count, check_number, count_option, number_option
 from keyapi_async.testing import ChurnConfig, EmulatorConfig, MediaConfig
 
 
@@ -48,3 +49,34 @@ def test_a_bad_count_is_named_with_its_value(bad: object) -> None:
 def test_every_part_calls_the_one_validator(make: object, name: str) -> None:
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a"):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--latency", "inf"], "--latency must be a finite number >= 0, got inf"),
+        (["--qps", "0"], "--qps must be a finite number > 0, got 0.0"),
+        (["--port", "80.5"], "--port must be an int >= 0, got '80.5'"),
+        (["--max-log", "0"], "--max-log must be an int >= 1, got 0"),
+    ],
+)
+def test_the_emulators_command_line_checks_numbers_by_the_one_rule(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keyapi_async.testing.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_the_option_converters_word_errors_as_the_validator_does() -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        number_option("--grace")("nan")
+    with pytest.raises(ConfigurationError) as direct:
+        check_number(math.nan, "--grace")
+    assert str(caught.value) == str(direct.value)
+    assert number_option("--grace")("2.5") == 2.5
+    assert count_option("--retries", minimum=0)("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--retries must be an int >= 0, got 'x'"):
+        count_option("--retries")("x")

@@ -10,9 +10,11 @@ import contextlib
 import math
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from keyapi_async.archive import SchemaExtension, StoryArchive
 from keyapi_async.watch import DAY, WATCH_SCHEMA, WatchStats
 from keyapi_async.watch.budget import DailyBudget
 from keyapi_async.watch.dispatch import Dispatcher, Start
@@ -148,3 +150,15 @@ def test_the_dispatcher_picks_the_earliest_lane_and_reserves_a_trays_room() -> N
     unlimited.trays.update(["b"], 0.0, first=True)  # type: ignore[union-attr]
     free = unlimited.next(0.0)
     assert isinstance(free, Start) and free.most_highlights is None and free.reserve == 2
+
+
+def test_a_version_1_watch_archive_gains_the_tray_table_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    first = SchemaExtension("watch", WATCH_SCHEMA.migrations[:1])
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'watch_%'"
+    with StoryArchive.connect(path, extensions=[first]) as archive:
+        before = {row[0] for row in archive.read(lambda conn: conn.execute(tables).fetchall())}
+    assert before == {"watch_accounts", "watch_credits", "watch_settings"}
+    with StoryArchive.connect(path, extensions=[WATCH_SCHEMA]) as archive:
+        state = archive.read(lambda conn: read_state(conn, 0.0))
+    assert state is not None and state.trays == {}

@@ -6,7 +6,6 @@ import argparse
 from collections.abc import Callable
 
 from .. import __version__
-from .._errors import ConfigurationError
 from ..engine.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -15,7 +14,7 @@ from ..engine.config import (
     DEFAULT_TIMEOUT,
     REDIS_URL_ENV,
 )
-from ..engine.validate import check_count, check_number
+from ..engine.validate import count_option, number_option
 from ..media import DEFAULT_CONCURRENCY, DEFAULT_MAX_BYTES
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
@@ -58,42 +57,6 @@ writes everything and prints the command to resume; a second Ctrl-C exits at onc
 """
 
 
-def _checked(
-    kind: Callable[[str], float], name: str, *, minimum: float, strict: bool = False
-) -> Callable[[str], float]:
-    """An argparse type: ``kind(text)`` checked by the one number validator (engine/validate.py)."""
-    if minimum != 0:
-        raise ValueError("the number validator knows the bounds >= 0 and > 0 only")
-
-    def convert(text: str) -> float:
-        try:
-            value: object = kind(text)
-        except ValueError:
-            value = text  # not a number: the validator says so, naming the option
-        try:
-            return check_number(value, name, positive=strict)
-        except ConfigurationError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
-def _count(name: str, minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer checked by the one count validator (engine/validate.py)."""
-
-    def convert(text: str) -> int:
-        try:
-            value: object = int(text)
-        except ValueError:
-            value = text
-        try:
-            return check_count(value, name, minimum=minimum)
-        except ConfigurationError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-wrapped descriptions and shows defaults where they help."""
 
@@ -127,7 +90,7 @@ def _progress_options(parser: argparse._ActionsContainer) -> None:
     )
     parser.add_argument(
         "--progress-interval",
-        type=_checked(float, "--progress-interval", minimum=0, strict=True),
+        type=number_option("--progress-interval", positive=True),
         default=10.0,
         metavar="SECONDS",
         help="seconds between plain progress lines when not on a terminal (default: 10)",
@@ -144,13 +107,13 @@ def _add_pacing_options(group: argparse._ActionsContainer) -> None:
     """How fast, how much and how persistently to send."""
     group.add_argument(
         "--qps",
-        type=_checked(float, "--qps", minimum=0),
+        type=number_option("--qps"),
         default=DEFAULT_QPS,
         help=f"max requests per second; 0 = no client-side cap (default: {DEFAULT_QPS:g})",
     )
     group.add_argument(
         "--concurrency",
-        type=_count("--concurrency", 1),
+        type=count_option("--concurrency", minimum=1),
         default=None,
         metavar="N",
         help=(
@@ -160,21 +123,21 @@ def _add_pacing_options(group: argparse._ActionsContainer) -> None:
     )
     group.add_argument(
         "--max-credits",
-        type=_count("--max-credits", 0),
+        type=count_option("--max-credits", minimum=0),
         default=None,
         metavar="N",
         help="never spend more than N credits (2 per account); the rest are not_attempted",
     )
     group.add_argument(
         "--timeout",
-        type=_checked(float, "--timeout", minimum=0, strict=True),
+        type=number_option("--timeout", positive=True),
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"per-request timeout (default: {DEFAULT_TIMEOUT:g})",
     )
     group.add_argument(
         "--retries",
-        type=_count("--retries", 0),
+        type=count_option("--retries", minimum=0),
         default=DEFAULT_RETRIES,
         metavar="N",
         help=f"retries of a transient failure (5xx, 429, network) (default: {DEFAULT_RETRIES})",
@@ -248,14 +211,14 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-media-bytes",
-        type=_count("--max-media-bytes", 1),
+        type=count_option("--max-media-bytes", minimum=1),
         default=DEFAULT_MAX_BYTES,
         metavar="N",
         help=f"per-file size cap (default: {DEFAULT_MAX_BYTES})",
     )
     group.add_argument(
         "--media-concurrency",
-        type=_count("--media-concurrency", 1),
+        type=count_option("--media-concurrency", minimum=1),
         default=DEFAULT_CONCURRENCY,
         metavar="N",
         help=f"media downloads in flight (default: {DEFAULT_CONCURRENCY})",
@@ -309,7 +272,7 @@ def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _progress_options(run)
     run.add_argument(
         "--grace",
-        type=_checked(float, "--grace", minimum=0),
+        type=number_option("--grace"),
         default=DEFAULT_GRACE,
         metavar="SECONDS",
         help=f"after Ctrl-C, wait this long for in-flight requests (default: {DEFAULT_GRACE:g})",
@@ -336,14 +299,14 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     demo.add_argument(
         "--accounts",
-        type=_count("--accounts", 1),
+        type=count_option("--accounts", minimum=1),
         default=300,
         metavar="N",
         help="synthetic accounts to fetch (default: 300, about 15 s)",
     )
     demo.add_argument(
         "--qps",
-        type=_checked(float, "--qps", minimum=0, strict=True),
+        type=number_option("--qps", positive=True),
         default=25.0,
         help="the emulator's QPS cap; the client runs 20%% above it to provoke 429s (default: 25)",
     )
@@ -466,7 +429,7 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     watch.add_argument(
         "--grace",
-        type=_checked(float, "--grace", minimum=0),
+        type=number_option("--grace"),
         default=2.5,
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, wait this long for polls in flight (default: 2.5)",
@@ -489,7 +452,7 @@ def _add_watch_schedule(
     )
     watch.add_argument(
         "--max-credits-per-day",
-        type=_count("--max-credits-per-day", 2),
+        type=count_option("--max-credits-per-day", minimum=2),
         default=None,
         metavar="N",
         help="rolling 24-hour credit cap kept in the archive; polls wait when it is reached",
@@ -515,7 +478,7 @@ def _add_watch_hooks(watch: argparse.ArgumentParser) -> None:
     )
     watch.add_argument(
         "--on-new-timeout",
-        type=_checked(float, "--on-new-timeout", minimum=0, strict=True),
+        type=number_option("--on-new-timeout", positive=True),
         default=60.0,
         metavar="SECONDS",
         help="kill an --on-new command after this long (default: 60)",

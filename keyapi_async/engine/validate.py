@@ -12,11 +12,13 @@ Bad arguments raise :class:`~keyapi_async.ConfigurationError`, which is also a
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable
 
 from .._errors import ConfigurationError
 
-__all__ = ["check_count", "check_number"]
+__all__ = ["check_count", "check_number", "count_option", "number_option"]
 
 
 def check_number(value: object, name: str, *, positive: bool = False) -> float:
@@ -34,3 +36,35 @@ def check_count(value: object, name: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def number_option(name: str, *, positive: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: the option's text as a float, by :func:`check_number`'s rule."""
+
+    def convert(text: str) -> float:
+        try:
+            value: object = float(text)
+        except ValueError:
+            value = text  # not a number: the validator says so, naming the option
+        try:
+            return check_number(value, name, positive=positive)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def count_option(name: str, *, minimum: int = 0) -> Callable[[str], int]:
+    """An argparse ``type``: the option's text as an int, by :func:`check_count`'s rule."""
+
+    def convert(text: str) -> int:
+        try:
+            value: object = int(text)
+        except ValueError:
+            value = text
+        try:
+            return check_count(value, name, minimum=minimum)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert

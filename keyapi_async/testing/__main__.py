@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from ..engine.validate import count_option, number_option
 from ._config import DEFAULT_TEST_KEY, EmulatorConfig, Fault
 from ._runner import run_emulator
 
@@ -76,29 +76,12 @@ class _DeprecatedFaults(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or ()), values])
 
 
-def _number(
-    name: str, *, minimum: float, strict: bool = False, integer: bool = False
-) -> Callable[[str], Any]:
-    def convert(text: str) -> float | int:
-        try:
-            value: float | int = int(text) if integer else float(text)
-        except ValueError:
-            kind = "an integer" if integer else "a number"
-            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
-        return value
-
-    return convert
-
-
 def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to ``parser`` (shared by both spellings of the command)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback)")
     parser.add_argument(
         "--port",
-        type=_number("--port", minimum=0, integer=True),
+        type=count_option("--port"),
         default=0,
         help="TCP port; 0 picks a free one (default: 0)",
     )
@@ -109,13 +92,13 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--qps",
-        type=_number("--qps", minimum=0, strict=True),
+        type=number_option("--qps", positive=True),
         default=None,
         help="accepted requests per second; more get 429 (default: no cap)",
     )
     parser.add_argument(
         "--credits",
-        type=_number("--credits", minimum=0, integer=True),
+        type=count_option("--credits"),
         default=None,
         help="starting quota, 2 per success; then 402 (default: unlimited)",
     )
@@ -145,21 +128,21 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--latency",
-        type=_number("--latency", minimum=0),
+        type=number_option("--latency"),
         default=0.0,
         metavar="SECONDS",
         help="delay before every answer (default: 0)",
     )
     parser.add_argument(
         "--slow-seconds",
-        type=_number("--slow-seconds", minimum=0),
+        type=number_option("--slow-seconds"),
         default=2.0,
         metavar="SECONDS",
         help="delay of the 'slow' fault (default: 2)",
     )
     parser.add_argument(
         "--empty-ratio",
-        type=_number("--empty-ratio", minimum=0),
+        type=number_option("--empty-ratio"),
         default=0.2,
         metavar="RATIO",
         help="share of accounts with no active stories (default: 0.2)",
@@ -177,7 +160,7 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-log",
-        type=_number("--max-log", minimum=1, integer=True),
+        type=count_option("--max-log", minimum=1),
         default=None,
         metavar="N",
         help="bound the in-memory request log (default: unbounded)",
