@@ -29,6 +29,7 @@ from benchmarks import (
     bench_ratecap,
     bench_shared_gate,
     bench_throughput,
+    bench_web,
 )
 from benchmarks._common import RESULTS_DIR, environment, say
 
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_latency,
         bench_memory,
         bench_shared_gate,
+        bench_web,
     )
 }
 

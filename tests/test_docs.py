@@ -390,11 +390,13 @@ def test_benchmark_results_are_included_at_build_time(tmp_path: Path) -> None:
 
 
 _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
-CLI_SUBCOMMANDS = ("fetch", "demo", "emulator", "export", "import-ledger", "watch", "status")
+CLI_SUBCOMMANDS = (
+    "fetch", "demo", "emulator", "export", "import-ledger", "watch", "status", "serve",
+)  # fmt: skip
 
 
 # Subcommands with a page of their own, which describes their options there.
-CLI_PAGES = {"watch": "watch.md", "status": "watch.md"}
+CLI_PAGES = {"watch": "watch.md", "status": "watch.md", "serve": "serve.md"}
 # Subcommands that take positional arguments only.
 CLI_WITHOUT_OPTIONS = {"status"}
 

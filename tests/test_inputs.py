@@ -83,18 +83,36 @@ def test_story_urls_are_targets_and_foreign_urls_are_not() -> None:
 def test_number_options_use_the_one_validator() -> None:
     import argparse
 
-    from keyapi_async.cli.args import _checked, _count
     from keyapi_async.cli.watch import parse_duration
+    from keyapi_async.engine.validate import count_option, number_option
 
     # The validator's own wording (engine/validate.py), naming the option.
     with pytest.raises(argparse.ArgumentTypeError, match=r"--qps must be a finite number >= 0"):
-        _checked(float, "--qps", minimum=0)("nan")
+        number_option("--qps")("nan")
     with pytest.raises(argparse.ArgumentTypeError, match=r"--timeout must be a finite number > 0"):
-        _checked(float, "--timeout", minimum=0, strict=True)("0")
+        number_option("--timeout", positive=True)("0")
     with pytest.raises(argparse.ArgumentTypeError, match=r"--retries must be an int >= 0, got 'x'"):
-        _count("--retries", 0)("x")
+        count_option("--retries")("x")
     with pytest.raises(argparse.ArgumentTypeError, match=r"'0s' must be a finite number > 0"):
         parse_duration("0s")
-    assert _checked(float, "--qps", minimum=0)("2.5") == 2.5
-    assert _count("--retries", 0)("3") == 3
+    assert number_option("--qps")("2.5") == 2.5
+    assert count_option("--retries")("3") == 3
     assert parse_duration("15m") == 900.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--qps", "nan", "--qps must be a finite number >= 0, got nan"),
+        ("--timeout", "0", "--timeout must be a finite number > 0, got 0.0"),
+        ("--retries", "x", "--retries must be an int >= 0, got 'x'"),
+    ],
+)
+def test_the_fetch_parser_words_bad_numbers_by_the_validator(
+    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keyapi_async.cli.args import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fetch", "t.txt", "-o", "o.jsonl", option, value])
+    assert message in capsys.readouterr().err

@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .watch import run_status
 
             return run_status(args)
+        if args.command == "serve":
+            from .serve import run_serve
+
+            return run_serve(args)
         if args.command == "emulator":
             from .emulator import run_emulator_command
 

@@ -228,6 +228,13 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-fetch an account once (2 credits) when its media links have expired",
     )
+    group.add_argument(
+        "--keep-raw",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each story's JSON in the archive (captions, mentions, music for "
+        "`serve`; a few kB a story); --no-keep-raw keeps only the typed columns",
+    )
 
 
 def _add_fetch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -401,6 +408,7 @@ def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .serve import parse_address
     from .watch import parse_duration
 
     watch = commands.add_parser(
@@ -436,7 +444,56 @@ def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_options(watch.add_argument_group("request settings"))
     add_capture_options(watch)
+    web = watch.add_argument_group("status page and metrics (the web extra)")
+    web.add_argument(
+        "--serve",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="serve /status, /metrics, /healthz and /readyz on ADDR (127.0.0.1:9100 or :9100)",
+    )
+    _web_guard_options(web)
     _verbosity_options(watch)
+
+
+def _web_guard_options(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow an address other than loopback (reachable from other machines)",
+    )
+    group.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="require TOKEN on every page (also KEYAPI_SERVE_TOKEN); open /?token=TOKEN once",
+    )
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="browse a capture in a local web gallery, with status page and /metrics",
+        description=(
+            "Serve a local gallery over a capture: DIR (a download directory with its\n"
+            "DIR/archive.sqlite3) or an archive file (its media relative to its folder).\n"
+            "Read-only, works while fetch or watch writes. Pages: accounts, timelines,\n"
+            "a story player, new since your last visit, /status; and /metrics,\n"
+            "/healthz, /readyz. Binds 127.0.0.1 unless told otherwise."
+        ),
+        epilog=STATUS_EXIT_CODES_HELP.replace("the report was printed", "stopped by Ctrl-C"),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    serve.add_argument("target", metavar="DIR_OR_ARCHIVE", help="download directory or archive")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port",
+        type=count_option("--port", minimum=0),
+        default=8080,
+        help="port to bind (default: 8080; 0 picks a free one)",
+    )
+    _web_guard_options(serve)
 
 
 def _add_watch_schedule(
@@ -521,4 +578,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_ledger(commands)
     _add_watch(commands)
     _add_status(commands)
+    _add_serve(commands)
     return parser

@@ -87,6 +87,8 @@ class CaptureSettings:
     refresh_expired: bool = False
     fsync: bool = True
     """Flush each media file to disk before its rename (off for the throwaway demo)."""
+    keep_raw: bool = True
+    """Keep each story's JSON in the archive (``--no-keep-raw``: the typed columns only)."""
 
     @property
     def enabled(self) -> bool:
@@ -118,6 +120,7 @@ def capture_settings(
     refresh_expired: bool = False,
     extra_hosts: Iterable[str] = (),
     fsync: bool = True,
+    keep_raw: bool = True,
 ) -> CaptureSettings:
     """Build the settings from the command line (a bad ``KEYAPI_MEDIA_HOSTS`` is a usage error)."""
     with setting_errors():  # the message names the variable already
@@ -131,6 +134,7 @@ def capture_settings(
         media_concurrency=media_concurrency,
         refresh_expired=refresh_expired,
         fsync=fsync,
+        keep_raw=keep_raw,
     )
 
 
@@ -144,6 +148,7 @@ def capture_settings_from_args(args: argparse.Namespace) -> CaptureSettings:
         max_media_bytes=args.max_media_bytes,
         media_concurrency=args.media_concurrency,
         refresh_expired=getattr(args, "refresh_expired", False),
+        keep_raw=getattr(args, "keep_raw", True),
     )
 
 
@@ -499,7 +504,9 @@ async def open_capture(settings: CaptureSettings) -> AsyncIterator[Capture | Non
     async with contextlib.AsyncExitStack() as stack:
         downloader = await stack.enter_async_context(open_downloader(settings))
         try:
-            archive = await stack.enter_async_context(StoryArchive.open(path))
+            archive = await stack.enter_async_context(
+                StoryArchive.open(path, keep_raw=settings.keep_raw)
+            )
         except ArchiveError as exc:
             raise CLIError(str(exc)) from None
         yield Capture(settings, archive, downloader)

@@ -222,6 +222,7 @@ async def _watch(
     """Open the parts (each unusable one is exit 2, before any poll), follow the watch, report."""
     from ..archive import ArchiveError
     from ..watch import Watcher
+    from .serve import serving_watch
 
     try:
         async with _open_parts(args, key) as (client, archive, downloader):
@@ -235,7 +236,11 @@ async def _watch(
                 downloader=downloader,
                 highlights_every=args.highlights_every,
             )
-            async with _Hooks(hook, args.on_new_timeout) as hooks:
+            stats = (lambda: client.stats, lambda: watcher.stats)
+            async with (
+                serving_watch(args, archive.path, *stats),
+                _Hooks(hook, args.on_new_timeout) as hooks,
+            ):
                 code = await _follow(watcher, hooks, args.grace)
             _print_stats(watcher.stats)
     except ArchiveError as exc:
@@ -259,7 +264,9 @@ async def _open_parts(
     extensions = [HIGHLIGHTS_SCHEMA] if args.highlights_every is not None else []
     async with (
         open_downloader(media) as downloader,
-        open_watch_archive(media.archive_path, extensions=extensions) as archive,
+        open_watch_archive(
+            media.archive_path, extensions=extensions, keep_raw=media.keep_raw
+        ) as archive,
         open_client(client),
     ):
         yield client, archive, downloader
