@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 from .archive import StoryArchive
 from .media import MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
-from .models import StoryItem, User
+from .models import Highlight, StoryItem, User
 
 __all__ = ["MediaRecorder"]
 
@@ -65,9 +65,17 @@ class MediaRecorder:
         )
 
     async def download(
-        self, item: StoryItem, *, target: str | None = None, owner: User | None = None
+        self,
+        item: StoryItem,
+        *,
+        target: str | None = None,
+        owner: User | None = None,
+        highlight: Highlight | None = None,
     ) -> MediaOutcome:
         """Download ``item``'s media (skipped when saved before) and record the outcome.
+
+        With ``highlight`` the item is saved as part of that highlight (the
+        downloader's highlight layout), unless it is saved already.
 
         Raises:
             MediaDiskFullError: The disk filled up (the item stays ``pending``).
@@ -75,7 +83,9 @@ class MediaRecorder:
 
         """
         known = self._known.pop(item.id, None)
-        outcome = await self.downloader.download_item(item, target=target, owner=owner, known=known)
+        outcome = await self.downloader.download_item(
+            item, target=target, owner=owner, highlight=highlight, known=known
+        )
         await self.record(outcome, known)
         return outcome
 

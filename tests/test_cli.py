@@ -835,8 +835,16 @@ async def test_demo_downloads_media_and_reports_files_and_bytes(tmp_path: Path) 
     saved = int(rows["media files saved"])
     assert saved > 0 and rows["failed downloads"] == "0" and rows["bytes downloaded"] != "0 B (0)"
     files = [p for p in dest.rglob("*") if p.is_file() and not p.name.startswith("archive.")]
-    assert len(files) == saved and not [p for p in files if p.name.endswith(".part")]
+    assert not [p for p in files if p.name.endswith(".part")]
+    # The stories run's files; the highlights pass saves its own below */highlights/.
+    highlight_files = [p for p in files if "highlights" in p.relative_to(dest).parts[1:2]]
+    assert len(files) - len(highlight_files) == saved
     assert (dest / "archive.sqlite3").is_file()
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("highlights: ")]
+    items = re.search(r"media: (\d+) saved", line)
+    covers = re.search(r"covers: (\d+) saved", line)
+    assert items is not None and covers is not None and highlight_files
+    assert int(items.group(1)) + int(covers.group(1)) == len(highlight_files)
     # Without --download the files go to a temporary directory, removed at the end.
     quiet = await run_cli("demo", "--accounts", "4", "-q", env=base_env(), cwd=tmp_path)
     assert quiet.code == 0 and "files " in quiet.stderr

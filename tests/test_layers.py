@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"engine", "_client", ""},
     {"media.paths", "media.outcome", "media.plan"},
     {"archive", "media", "export"},
-    {"capture"},
+    {"capture", "highlight_media"},
     {"watch"},
     {"testing"},
     {"web"},

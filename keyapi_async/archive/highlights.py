@@ -24,25 +24,30 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from .._client import KeyAPIClient
 from .._errors import KeyAPIError
 from ..engine.endpoints import HIGHLIGHT_STORIES, USER_HIGHLIGHTS
 from ..engine.fetch import STOP_ERRORS
 from ..engine.targets import TargetLike
+from ..media.outcome import MediaOutcome, SavedMedia
 from ..models import Highlight, HighlightStories, HighlightTray, Reel
 from . import SchemaExtension, StoryArchive
 
 __all__ = [
     "HIGHLIGHTS_SCHEMA",
+    "HighlightDownloads",
     "HighlightsRun",
     "changed_highlights",
+    "mark_fetched",
+    "record_cover",
     "record_highlight_stories",
     "record_tray",
     "save_highlights",
+    "saved_covers",
 ]
 
 HIGHLIGHTS_SCHEMA: Final = SchemaExtension(
@@ -73,6 +78,12 @@ HIGHLIGHTS_SCHEMA: Final = SchemaExtension(
             PRIMARY KEY (highlight_id, story_id)
         );
         CREATE INDEX highlight_items_story ON highlight_items (story_id)
+        """,
+        # 2: the cover's file, once saved (covers are not stories: no media row).
+        """
+        ALTER TABLE highlights ADD COLUMN cover_path TEXT;
+        ALTER TABLE highlights ADD COLUMN cover_bytes INTEGER;
+        ALTER TABLE highlights ADD COLUMN cover_sha256 TEXT
         """,
     ),
 )
@@ -168,15 +179,17 @@ async def record_highlight_stories(
     fetched_at: float | None = None,
     *,
     run_id: int | None = None,
+    complete: bool = True,
 ) -> list[str]:
     """Record one highlight's items (as stories of ``account``) and its membership.
 
     Returns the story ids new to the archive. The highlight is marked as
-    fetched with the tray's counts last, so that an interrupted save is redone.
+    fetched with the tray's counts last (:func:`mark_fetched`), so that an
+    interrupted save is redone; ``complete=False`` leaves that to the caller
+    (the downloads of its items are not over yet).
     """
     reel = Reel(count=len(stories.items), items=stories.items)
     new = await archive.record_reel(account, reel, fetched_at, run_id=run_id)
-    when = round(time.time() if fetched_at is None else fetched_at)
 
     def job(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM highlight_items WHERE highlight_id = ?", (highlight.id,))
@@ -185,6 +198,20 @@ async def record_highlight_stories(
             "VALUES (?, ?, ?)",
             [(highlight.id, item.id, n) for n, item in enumerate(stories.items)],
         )
+
+    await archive.transact(job)
+    if complete:
+        await mark_fetched(archive, highlight, fetched_at)
+    return new
+
+
+async def mark_fetched(
+    archive: StoryArchive, highlight: Highlight, fetched_at: float | None = None
+) -> None:
+    """Record that ``highlight`` is saved as the tray counted it: unchanged, it is not fetched again."""  # noqa: E501
+    when = round(time.time() if fetched_at is None else fetched_at)
+
+    def job(conn: sqlite3.Connection) -> None:
         conn.execute(
             "UPDATE highlights SET fetched_latest_reel_media = ?, fetched_media_count = ?, "
             "fetched_at = ? WHERE id = ?",
@@ -192,7 +219,66 @@ async def record_highlight_stories(
         )
 
     await archive.transact(job)
-    return new
+
+
+async def saved_covers(archive: StoryArchive, ids: Iterable[str]) -> dict[str, SavedMedia]:
+    """The recorded cover files of the highlights ``ids`` (those saved), by highlight id."""
+    wanted = list(dict.fromkeys(ids))
+
+    def job(conn: sqlite3.Connection) -> dict[str, SavedMedia]:
+        found: dict[str, SavedMedia] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT id, cover_path, cover_bytes, cover_sha256 FROM highlights "
+                f"WHERE cover_path IS NOT NULL AND id IN ({marks})",
+                chunk,
+            )
+            found.update({r[0]: SavedMedia(r[1], r[2], r[3]) for r in rows})
+        return found
+
+    return await archive.transact(job)
+
+
+async def record_cover(archive: StoryArchive, highlight_id: str, outcome: MediaOutcome) -> None:
+    """Record the saved cover file of ``highlight_id`` (an outcome without a file changes nothing)."""  # noqa: E501
+    if not (outcome.ok and outcome.relative_path and outcome.sha256):
+        return
+    size = outcome.size if outcome.size is not None else outcome.bytes
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE highlights SET cover_path = ?, cover_bytes = ?, cover_sha256 = ? WHERE id = ?",
+            (outcome.relative_path, size, outcome.sha256, highlight_id),
+        )
+
+    await archive.transact(job)
+
+
+class HighlightDownloads(Protocol):
+    """What :func:`save_highlights` hands the trays and highlights to when downloading."""
+
+    @property
+    def stopped(self) -> str | None:
+        """Why no download starts any more (then the batches stop too), or None."""
+        ...
+
+    async def covers(self, account: str, highlights: Sequence[Highlight]) -> None:
+        """Start the cover downloads of one recorded tray."""
+        ...
+
+    async def items(self, account: str, highlight: Highlight, stories: HighlightStories) -> None:
+        """Start the item downloads of one recorded highlight; mark it fetched when done."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait for every download to end."""
+        ...
+
+    async def cancel(self) -> None:
+        """Cancel what still runs."""
+        ...
 
 
 @dataclass(slots=True)
@@ -207,15 +293,21 @@ class HighlightsRun:
     """Highlights skipped because their counts equal the last fetch."""
     new_stories: list[str] = field(default_factory=list)
     """Story ids new to the archive, in the order they were recorded."""
-    errors: dict[str, str] = field(default_factory=dict)
-    """Target (account or ``highlight:ID``) -> why it failed or was not attempted."""
+    errors: dict[str, KeyAPIError] = field(default_factory=dict)
+    """Target (account or ``highlight:ID``) -> the typed error it failed (or was not attempted) with."""  # noqa: E501
     fatal: KeyAPIError | None = None
     """The first 401, 402 or 403: the key cannot go on (nothing more was sent)."""
     deferred: int = 0
     """Changed highlights left for a later run by ``max_highlights``."""
+    phase: str = "starting"
+    """Where the run is: ``trays``, ``highlights``, ``downloading``, ``done``."""
+    trays_done: int = 0
+    """Tray results taken so far (failed ones included)."""
+    to_fetch: int = 0
+    """Changed highlights to fetch (known once the trays are in)."""
 
     def _failed(self, target: str, error: KeyAPIError) -> None:
-        self.errors[target] = str(error)
+        self.errors[target] = error
         if self.fatal is None and isinstance(error, STOP_ERRORS):
             self.fatal = error
 
@@ -227,6 +319,8 @@ async def save_highlights(
     *,
     run_id: int | None = None,
     max_highlights: int | None = None,
+    media: HighlightDownloads | None = None,
+    run: HighlightsRun | None = None,
 ) -> HighlightsRun:
     """Fetch the trays of ``accounts`` and the items of every changed highlight; record all.
 
@@ -235,24 +329,60 @@ async def save_highlights(
     Both batches go through the client's one gate and credit budget.
     ``max_highlights`` caps the highlight-stories requests (a watch's daily
     budget): the changed highlights beyond it stay changed for a later run.
+
+    With ``media`` (a :class:`HighlightDownloads`, e.g.
+    :class:`~keyapi_async.highlight_media.HighlightMedia`)
+    the covers and items are downloaded too, beside the batches, and a
+    highlight counts as fetched only once its files are on disk; the call
+    returns when every download has ended. A full disk or a failing archive
+    stops both batches (what is left is not attempted). ``run`` is the
+    record to fill (pass one to watch its counters while this runs).
     """
-    run = HighlightsRun()
+    run = HighlightsRun() if run is None else run
     owners: dict[str, tuple[str, Highlight]] = {}
-    async with client.fetch_many(accounts, endpoint=USER_HIGHLIGHTS) as trays:
-        async for result in trays:
-            if result.error is not None:
-                run._failed(result.target, result.error)
-                continue
-            tray = result.unwrap()
-            run.trays += 1
-            changed = await record_tray(archive, result.target, tray)
-            run.unchanged += len(tray.items) - len(changed)
-            owners.update({h.reel_id: (result.target, h) for h in changed})
-    if max_highlights is not None and len(owners) > max_highlights:
-        run.deferred = len(owners) - max_highlights
-        owners = dict(list(owners.items())[:max_highlights])
-    if not owners or run.fatal is not None:
-        return run
+    try:
+        run.phase = "trays"
+        async with client.fetch_many(accounts, endpoint=USER_HIGHLIGHTS) as trays:
+            async for result in trays:
+                run.trays_done += 1
+                if result.error is not None:
+                    run._failed(result.target, result.error)
+                    continue
+                tray = result.unwrap()
+                run.trays += 1
+                changed = await record_tray(archive, result.target, tray)
+                run.unchanged += len(tray.items) - len(changed)
+                owners.update({h.reel_id: (result.target, h) for h in changed})
+                if media is not None:
+                    await media.covers(result.target, tray.items)
+                    if media.stopped is not None:
+                        trays.stop(media.stopped)
+        if max_highlights is not None and len(owners) > max_highlights:
+            run.deferred = len(owners) - max_highlights
+            owners = dict(list(owners.items())[:max_highlights])
+        run.phase = "highlights"
+        run.to_fetch = len(owners)
+        stopped = run.fatal is not None or (media is not None and media.stopped is not None)
+        if owners and not stopped:
+            await _fetch_highlights(client, archive, owners, run, run_id, media)
+        if media is not None:
+            run.phase = "downloading"
+            await media.drain()
+    finally:
+        if media is not None:
+            await media.cancel()
+    run.phase = "done"
+    return run
+
+
+async def _fetch_highlights(
+    client: KeyAPIClient,
+    archive: StoryArchive,
+    owners: dict[str, tuple[str, Highlight]],
+    run: HighlightsRun,
+    run_id: int | None,
+    media: HighlightDownloads | None,
+) -> None:
     async with client.fetch_many(list(owners), endpoint=HIGHLIGHT_STORIES) as batch:
         async for got in batch:
             if got.error is not None:
@@ -262,6 +392,9 @@ async def save_highlights(
             stories = got.unwrap()
             run.highlights_fetched += 1
             run.new_stories += await record_highlight_stories(
-                archive, account, highlight, stories, run_id=run_id
+                archive, account, highlight, stories, run_id=run_id, complete=media is None
             )
-    return run
+            if media is not None:
+                await media.items(account, highlight, stories)
+                if media.stopped is not None:
+                    batch.stop(media.stopped)

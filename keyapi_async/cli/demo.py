@@ -9,6 +9,10 @@ The emulator serves the stories' media too, so the demo also shows the
 capture side: every story is recorded in an archive and its photo or video
 downloaded (into a temporary directory unless ``--download DIR`` is given),
 with the emulator's loopback address as the only extra allowed media host.
+Then the highlights pass of ``fetch --highlights`` runs over the first
+:data:`DEMO_HIGHLIGHT_ACCOUNTS` accounts: their trays, each highlight's items
+and cover in ``DIR/<username>/highlights/<title>/``, and a story each account
+keeps from its active ones, which is not downloaded a second time.
 """
 
 from __future__ import annotations
@@ -19,17 +23,34 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 
-from ..testing import DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, MediaFault, run_emulator
+from ..testing import (
+    DEFAULT_TEST_KEY,
+    EmulatorConfig,
+    Fault,
+    HighlightConfig,
+    MediaConfig,
+    MediaFault,
+    run_emulator,
+)
 from .apikey import Redactor
 from .args import DEMO_OUTPUT
-from .capture import capture_settings, open_capture
+from .capture import CaptureSettings, capture_settings, open_capture
 from .client import FetchSettings, make_client, open_client
+from .exit import ExitCode
 from .fetch import execute, prepare_job
+from .highlights import exit_status, save_with_progress, summary_line
 from .inputs import InputPlan, parse_lines
 from .invocation import shell_command
+from .progress import make_reporter
 
-__all__ = ["DEMO_FAULTS", "DEMO_MEDIA_FAULTS", "run_demo"]
+__all__ = ["DEMO_FAULTS", "DEMO_HIGHLIGHT_ACCOUNTS", "DEMO_MEDIA_FAULTS", "run_demo"]
+
+#: Accounts whose highlights the demo saves (a few seconds at the demo's rate).
+DEMO_HIGHLIGHT_ACCOUNTS = 40
+#: The demo's highlights: small trays, and each account's newest active story kept.
+_DEMO_HIGHLIGHTS = HighlightConfig(max_highlights=2, max_items=3, keep_active=True)
 
 #: Faults the demo injects, so retries show up in the summary.
 DEMO_FAULTS = {Fault.SERVER_ERROR: 0.03, Fault.RESET: 0.01, Fault.TRUNCATED: 0.01}
@@ -80,6 +101,7 @@ async def _demo(
         fault_rates=DEMO_FAULTS,
         latency=_LATENCY,
         media=MediaConfig(enabled=True, fault_rates=DEMO_MEDIA_FAULTS),
+        highlights=_DEMO_HIGHLIGHTS,
     )
     async with run_emulator(config) as emulator:
         settings = FetchSettings(
@@ -118,6 +140,8 @@ async def _demo(
             code = await execute(
                 client, job, settings, redact=Redactor(None), resume_hint=None, capture=opened
             )
+        if code in (ExitCode.OK, ExitCode.FAILED):  # not after Ctrl-C
+            code = max(code, await _highlights(args, settings, capture, plan.targets))
         if not args.quiet:
             print(
                 f"emulator saw {emulator.requests_total} requests: "
@@ -127,3 +151,27 @@ async def _demo(
                 file=sys.stderr,
             )
     return code, job.writer.written
+
+
+async def _highlights(
+    args: argparse.Namespace,
+    settings: FetchSettings,
+    capture: CaptureSettings,
+    targets: Sequence[str],
+) -> int:
+    """The highlights pass of ``fetch --highlights`` over the first accounts; its summary."""
+    subset = targets[:DEMO_HIGHLIGHT_ACCOUNTS]
+    if not args.quiet:
+        print(
+            f"demo: saving the highlights of {len(subset)} accounts "
+            "(only changed ones are fetched; kept stories are not downloaded twice)",
+            file=sys.stderr,
+            flush=True,
+        )
+    reporter = make_reporter(
+        args.progress, total=len(subset), interval=args.progress_interval, quiet=args.quiet
+    )
+    run, media = await save_with_progress(settings, DEFAULT_TEST_KEY, capture, subset, reporter)
+    if not args.quiet:
+        print(summary_line(run, None if media is None else media.counts()), file=sys.stderr)
+    return exit_status(run, media)

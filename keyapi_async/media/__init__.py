@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -42,13 +42,14 @@ import aiohttp
 
 from .._errors import ConfigurationError, MediaDiskFullError
 from ..engine.validate import check_count, check_number
-from ..models import Reel, StoryItem, User
+from ..models import Highlight, Reel, StoryItem, User
 from . import files, plan, queue
 from .http import Destination, HTTPDownload
 from .outcome import KnownSaved, MediaOutcome, MediaStatus, SavedMedia, lookup_saved
 from .paths import (
     DEFAULT_MEDIA_HOSTS,
     DEFAULT_NAME_TEMPLATE,
+    HIGHLIGHT_NAME_TEMPLATE,
     MEDIA_HOSTS_ENV,
     TEMPLATE_FIELDS,
     HostAllowlist,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MEDIA_HOSTS",
     "DEFAULT_NAME_TEMPLATE",
+    "HIGHLIGHT_NAME_TEMPLATE",
     "MEDIA_HOSTS_ENV",
     "TEMPLATE_FIELDS",
     "KnownSaved",
@@ -103,6 +105,9 @@ class MediaDownloader:
             cut-off bodies (resumed with ``Range`` where the CDN allows).
         name_template: Layout below ``dest_dir`` (default
             :data:`DEFAULT_NAME_TEMPLATE`); fields in :data:`TEMPLATE_FIELDS`.
+        highlight_template: Layout of the items and covers of a highlight
+            (``download_item(..., highlight=)``, :meth:`download_cover`;
+            default :data:`HIGHLIGHT_NAME_TEMPLATE`).
         known_saved: Story id -> :class:`SavedMedia` (or ``(path, size)``) of
             files saved earlier; such an item is skipped when its file still
             has the recorded size.
@@ -136,6 +141,7 @@ class MediaDownloader:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_attempts: int = 4,
         name_template: str | None = None,
+        highlight_template: str | None = None,
         known_saved: KnownSaved | None = None,
         skip_existing: bool = True,
         timeout: float = 60.0,
@@ -166,6 +172,7 @@ class MediaDownloader:
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
         self._template = NameTemplate(name_template or DEFAULT_NAME_TEMPLATE)
+        self._highlight_template = NameTemplate(highlight_template or HIGHLIGHT_NAME_TEMPLATE)
         self.dest_dir = Path(dest_dir)
         """The download directory as given (files land below its resolved form)."""
         self.concurrency = concurrency
@@ -279,19 +286,46 @@ class MediaDownloader:
         *,
         target: str | None = None,
         owner: User | None = None,
+        highlight: Highlight | None = None,
         known: SavedMedia | None = None,
     ) -> MediaOutcome:
         """Download one story item (``owner`` names the folder when the item has no user).
 
-        ``known`` is the caller's record of the item's file saved earlier (it
-        takes the place of asking ``known_saved``): the item is skipped when
-        that file is still there at its recorded size.
+        With ``highlight`` the item is saved as part of that highlight: named
+        by the highlight template, whose ``{highlight_id}`` and
+        ``{highlight_title}`` are the highlight's. ``known`` is the record of
+        the item's file saved earlier (anywhere below the directory, e.g. by
+        the stories layout): it is skipped while that file has the recorded
+        size, before ``known_saved`` is asked.
 
         Raises:
             MediaDiskFullError: The disk filled up.
 
         """
-        return await self._download(target, owner, item, known)
+        return await self._download(target, owner, item, known, highlight)
+
+    async def download_cover(
+        self,
+        highlight: Highlight,
+        *,
+        target: str | None = None,
+        owner: User | None = None,
+        known: SavedMedia | None = None,
+    ) -> MediaOutcome:
+        """Download a highlight's cover image, filed like an item of that highlight.
+
+        The outcome's ``story_id`` is ``cover_<highlight id>``
+        (:func:`~keyapi_async.media.plan.cover_story_id`), the name the
+        highlight template gives an item of that id taken when the highlight
+        was created; ``known`` as for :meth:`download_item`. A highlight
+        without a cover gives a ``failed`` outcome saying so.
+
+        Raises:
+            MediaDiskFullError: The disk filled up.
+
+        """
+        item = plan.cover_item(highlight)
+        return await self._download(target, owner, item, known, highlight)
 
     async def download_many(
         self,
@@ -323,6 +357,7 @@ class MediaDownloader:
         owner: User | None,
         item: StoryItem,
         known: SavedMedia | None = None,
+        highlight: Highlight | None = None,
     ) -> MediaOutcome:
         http = self._http
         if http is None:
@@ -333,9 +368,10 @@ class MediaDownloader:
         refused = self._allow.check(draft.url)
         if refused is not None:
             return replace(draft, status=MediaStatus.REJECTED, reason=refused)
-        fields = plan.name_fields(item, draft, owner)
+        fields = plan.name_fields(item, draft, owner, highlight)
+        template = self._template if highlight is None else self._highlight_template
         try:
-            path = self._path_for(fields)
+            path = inside(self.root, template.render(fields))
         except ValueError as exc:
             return replace(draft, status=MediaStatus.REJECTED, reason=str(exc))
         # Two items with one name (a story listed twice) must not share a .part.
@@ -347,16 +383,13 @@ class MediaDownloader:
                 path=path,
                 ext=str(fields["ext"]),
                 mtime=item.taken_at,
-                rename=lambda ext: self._path_for({**fields, "ext": ext}),
+                rename=lambda ext: inside(self.root, template.render({**fields, "ext": ext})),
             )
             async with self._slots:
                 outcome = await http.download(draft, dest)
         if outcome.path is None:
             return outcome
         return replace(outcome, relative_path=self._relative(outcome.path))
-
-    def _path_for(self, fields: Mapping[str, object]) -> Path:
-        return inside(self.root, self._template.render(fields))
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from ..engine.retry import backoff_delay
 from ..engine.sansio import parse_retry_after
-from ..models import StoryItem, User, VideoVersion
+from ..models import Highlight, ImageCandidate, ImageVersions, StoryItem, User, VideoVersion
 from .outcome import MediaOutcome, MediaStatus
 from .paths import template_fields
 
@@ -35,6 +35,8 @@ __all__ = [
     "Redirect",
     "Retry",
     "Verdict",
+    "cover_item",
+    "cover_story_id",
     "draft",
     "ext_for_content_type",
     "judge",
@@ -87,8 +89,14 @@ def draft(item: StoryItem, *, target: str | None, owner: User | None) -> MediaOu
     )
 
 
-def name_fields(item: StoryItem, outcome: MediaOutcome, owner: User | None) -> dict[str, object]:
-    """The name template's fields for ``item``, whose :func:`draft` is ``outcome``."""
+def name_fields(
+    item: StoryItem, outcome: MediaOutcome, owner: User | None, highlight: Highlight | None = None
+) -> dict[str, object]:
+    """The name template's fields for ``item``, whose :func:`draft` is ``outcome``.
+
+    ``highlight`` is the highlight the item is saved as part of (its id and
+    title fill ``{highlight_id}`` and ``{highlight_title}``; empty otherwise).
+    """
     assert outcome.url is not None
     assert outcome.media_type is not None
     user = item.user or item.owner or owner
@@ -103,6 +111,37 @@ def name_fields(item: StoryItem, outcome: MediaOutcome, owner: User | None) -> d
         width=outcome.width or 0,
         height=outcome.height or 0,
         target=outcome.target or "",
+        highlight_id="" if highlight is None else highlight.id,
+        highlight_title=None if highlight is None else highlight.title,
+    )
+
+
+def cover_story_id(highlight_id: str) -> str:
+    """The story id a highlight's cover is filed (and looked up) under: ``cover_<id>``."""
+    return f"cover_{highlight_id}"
+
+
+def cover_item(highlight: Highlight) -> StoryItem:
+    """A highlight's cover as a one-image story item, so it is named and saved like one.
+
+    Its id is :func:`cover_story_id`, its time the highlight's creation and
+    its owner the highlight's; without a cover it has no media URL (its
+    :func:`draft` says so).
+    """
+    cover = highlight.cover
+    images = (
+        None
+        if cover is None or not cover.url
+        else ImageVersions(
+            items=(ImageCandidate(url=cover.url, width=cover.width or 0, height=cover.height or 0),)
+        )
+    )
+    return StoryItem(
+        id=cover_story_id(highlight.id),
+        media_type=1,
+        taken_at=highlight.created_at,
+        image_versions=images,
+        user=highlight.user,
     )
 
 

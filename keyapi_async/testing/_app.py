@@ -161,6 +161,19 @@ def _highlight_digits(value: str | None) -> str | None:
     return digits if digits.isascii() and digits.isdigit() else None
 
 
+def _kept_story(config: EmulatorConfig, key: str) -> dict[str, Any] | None:
+    """The active story ``key``'s first highlight also holds (``keep_active``), or None.
+
+    The newest item of the account's static reel; in churn (watch) mode the
+    active reel moves with time, so no story is kept there.
+    """
+    if not config.highlights.keep_active or config.churn is not None:
+        return None
+    reel = build_reel(key, config.seed, config.empty_ratio)["data"]
+    items = None if reel is None else reel.get("items")
+    return items[-1] if items else None
+
+
 def _envelope(code: int, message: str, request_id: str) -> bytes:
     return msgspec.json.encode(
         {"code": code, "data": None, "message": message, "requestId": request_id}
@@ -578,10 +591,12 @@ class Emulator:
         if path == TRAY_PATH:
             for digits in highlight_ids(key, config.seed, config.highlights):
                 self._highlight_owners[digits] = key
-            return tray_data(key, config.seed, config.highlights, elapsed)
+            kept = _kept_story(config, key)
+            return tray_data(key, config.seed, config.highlights, elapsed, kept)
         digits = key.removeprefix(_HIGHLIGHT_PREFIX)
         owner = self._highlight_owners.get(digits)
-        return highlight_stories_data(digits, config.seed, config.highlights, elapsed, owner)
+        kept = None if owner is None else _kept_story(config, owner)
+        return highlight_stories_data(digits, config.seed, config.highlights, elapsed, owner, kept)
 
     def _billed_fault_body(
         self, config: EmulatorConfig, key: str, fault: Fault, path: str = ENDPOINT

@@ -6,6 +6,9 @@ A highlight's content is a function of its id and the seed only, so that a
 appear over time: :attr:`HighlightConfig.grow_every` adds one item to each
 account's first highlight per period, and :attr:`HighlightConfig.added` adds
 items to named highlights (what a test sets to make exactly one change).
+With :attr:`HighlightConfig.keep_active` an account's first highlight also
+holds the newest of its active stories: the very item (id, time, media) its
+``fetch_user_stories`` answer carries, as when a live story is kept.
 The wire shape is the one the client assumes (docs/highlights.md).
 """
 
@@ -36,7 +39,8 @@ HIGHLIGHT_STORIES_PATH: Final = "/v1/instagram/fetch_highlight_stories"
 #: The title length of a hostile tray's absurd entry (5 MB).
 HOSTILE_TITLE_LENGTH: Final = 5 * 1024 * 1024
 
-# Titles a media layout must survive: emoji, separators, dots, a Windows device name.
+# Titles a media layout must survive: emoji, separators, dots, a way up and out,
+# an absolute path, a NUL byte, a Windows device name.
 _TITLES: Final = (
     "Travel ✈️",
     "Food",
@@ -47,6 +51,9 @@ _TITLES: Final = (
     "CON",
     "Work: notes",
     "",
+    "../../escape",
+    "/etc",
+    "nul\x00byte",
 )
 _HOUR: Final = 3600
 
@@ -68,6 +75,9 @@ class HighlightConfig:
     hostile: frozenset[str] = frozenset()
     """Target keys whose tray also holds hostile entries: no id, wrong types, a 5 MB title,
     a repeated id."""
+    keep_active: bool = False
+    """Each account's first highlight also holds the newest of its active stories (the same
+    item), counted in the tray's ``media_count`` and ``latest_reel_media``."""
 
     def __post_init__(self) -> None:
         """Validate every field."""
@@ -116,10 +126,21 @@ def _items(hid: str, seed: int, count: int, owner: dict[str, Any]) -> list[dict[
 
 
 def _entry(
-    hid: str, seed: int, config: HighlightConfig, elapsed: float, position: int, owner: Any
+    hid: str,
+    seed: int,
+    config: HighlightConfig,
+    elapsed: float,
+    position: int,
+    owner: Any,
+    kept: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    count = _count(hid, seed, config, elapsed, position == 0)
+    own = _count(hid, seed, config, elapsed, position == 0)
     created = _created_at(hid)
+    latest = created + (own - 1) * _HOUR
+    count = own
+    if kept is not None and position == 0:
+        count += 1
+        latest = max(latest, int(kept["taken_at"]))
     width, height = 150, 150
     return {
         "cover_media": {
@@ -133,7 +154,7 @@ def _entry(
         "created_at": created,
         "id": f"highlight:{hid}" if digest("prefix", hid) % 2 == 0 else hid,
         "is_pinned_highlight": False,
-        "latest_reel_media": created + (count - 1) * _HOUR,
+        "latest_reel_media": latest,
         "media_count": count,
         "reel_type": "highlight_reel",
         "title": _TITLES[digest("title", hid) % len(_TITLES)],
@@ -154,34 +175,51 @@ def _hostile_entries(good: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return entries
 
 
-def tray_data(key: str, seed: int, config: HighlightConfig, elapsed: float) -> dict[str, Any]:
+def tray_data(
+    key: str,
+    seed: int,
+    config: HighlightConfig,
+    elapsed: float,
+    kept: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``data`` field of a ``fetch_user_highlights`` success for ``key``.
 
     ``elapsed`` is the seconds since the emulator's configuration took
-    effect (what :attr:`HighlightConfig.grow_every` counts against).
+    effect (what :attr:`HighlightConfig.grow_every` counts against);
+    ``kept`` is the active story item the first highlight also holds
+    (:attr:`HighlightConfig.keep_active`), or None.
     """
     owner = owner_for(key)
     ids = highlight_ids(key, seed, config)
-    items = [_entry(hid, seed, config, elapsed, n, owner) for n, hid in enumerate(ids)]
+    items = [_entry(hid, seed, config, elapsed, n, owner, kept) for n, hid in enumerate(ids)]
     if key in config.hostile:
         items = items + _hostile_entries(items)
     return {"data": {"items": items}}
 
 
 def highlight_stories_data(
-    hid: str, seed: int, config: HighlightConfig, elapsed: float, owner_key: str | None
+    hid: str,
+    seed: int,
+    config: HighlightConfig,
+    elapsed: float,
+    owner_key: str | None,
+    kept: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``data`` field of a ``fetch_highlight_stories`` success for highlight ``hid``.
 
     ``owner_key`` is the target key of the account whose tray listed it
-    (``None`` when no tray did: the items then name a synthetic owner).
+    (``None`` when no tray did: the items then name a synthetic owner);
+    ``kept`` as for :func:`tray_data` (the owner's kept active story).
     """
     owner = owner_for(owner_key or f"user_id:{hid[-9:]}")
     first = owner_key is not None and highlight_ids(owner_key, seed, config)[:1] == [hid]
     count = _count(hid, seed, config, elapsed, first)
+    items = _items(hid, seed, count, owner)
+    if first and kept is not None:
+        items.append(kept)
     reel: dict[str, Any] = {
         "id": f"highlight:{hid}",
-        "items": _items(hid, seed, count, owner),
+        "items": items,
         "title": _TITLES[digest("title", hid) % len(_TITLES)],
         "user": {"pk": owner["id"], "username": owner["username"]},
     }

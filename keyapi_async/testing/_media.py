@@ -401,7 +401,8 @@ class MediaCDN:
         else:
             reels = reel.get("reels")
             found = [reel] + (list(reels.values()) if isinstance(reels, dict) else [])
-            found = [r for r in found if isinstance(r, dict) and r.get("items")]
+            # A hostile answer's items may be anything: only lists of items are localised.
+            found = [r for r in found if isinstance(r, dict) and isinstance(r.get("items"), list)]
             for each in found:
                 localize_media(each, self.url_for)
             changed = bool(found)
