@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Final
 
 from .archive import StoryArchive
 from .media import MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
 from .models import Highlight, StoryItem, User
 
-__all__ = ["MediaRecorder"]
+__all__ = ["MAX_FAILURES", "MediaRecorder"]
+
+MAX_FAILURES: Final = 3
+"""A file that failed this many times in a row is not retried by later runs: a transient
+CDN problem heals, a URL off the allowlist never will."""
 
 
 class MediaRecorder:

@@ -17,7 +17,7 @@ first byte, skipped when saved, every outcome recorded), so:
   there), filed like an item of its highlight whose story id is
   ``cover_<id>``;
 * a highlight is marked fetched only once the downloads of all its items
-  ended with the file on disk (or were given up after :data:`MAX_FAILURES`
+  ended with the file on disk (or were given up after :data:`~keyapi_async.capture.MAX_FAILURES`
   failures in a row): one
   left unfinished (an expired link, a CDN failure, a full disk, a killed run)
   is fetched again by the next run, for fresh media URLs;
@@ -33,21 +33,20 @@ import collections
 import logging
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ._errors import MediaDiskFullError
 from .archive import StoryArchive
 from .archive.highlights import mark_fetched, record_cover, saved_covers
-from .capture import MediaRecorder
+from .capture import MAX_FAILURES, MediaRecorder
 from .media import MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
 from .models import Highlight, HighlightStories, StoryItem, User
 
-__all__ = ["MAX_FAILURES", "HighlightMedia", "HighlightMediaCounts"]
+__all__ = ["HighlightMedia", "HighlightMediaCounts"]
 
 #: Failed (or expired) records in a row after which a file no longer holds its
 #: highlight back: a transient CDN problem heals, a URL off the allowlist never will.
 #: The same rule as the stories capture's retries of failed files.
-MAX_FAILURES: Final = 3
 
 Settled: TypeAlias = Literal["saved", "skipped", "expired", "failed"]
 

@@ -212,15 +212,16 @@ async def test_a_redis_that_is_not_running_exits_2_naming_it(tmp_path: Path, com
 
 async def test_watch_polls_highlight_trays_on_their_own_schedule(tmp_path: Path) -> None:
     key = "sk_test_" + secrets.token_hex(16)
-    config = EmulatorConfig(api_keys=frozenset({key}), seed=5)
+    config = EmulatorConfig(api_keys=frozenset({key}), seed=5, media=MediaConfig(enabled=True))
     names = [f"t{n}" for n in range(4)]
     accounts = tmp_path / "accounts.txt"
     accounts.write_text("\n".join(names) + "\n")
-    db = tmp_path / "t.db"
+    db, media = tmp_path / "t.db", tmp_path / "media"
     async with run_emulator(config) as emu:
         args = [
             "watch", str(accounts), "--every", "20s", "--highlights-every", "4s",
             "--archive", str(db), "--base-url", emu.base_url, "--qps", "50",
+            "--download", str(media), "--media-hosts", emu.base_url.removeprefix("http://"),
         ]  # fmt: skip
         process = await _start(args, key)
         await asyncio.sleep(7)
@@ -232,7 +233,16 @@ async def test_watch_polls_highlight_trays_on_their_own_schedule(tmp_path: Path)
     with contextlib.closing(sqlite3.connect(db)) as conn:
         polled = dict(conn.execute("SELECT target, polls FROM watch_trays"))
         accounts_seen = {row[0] for row in conn.execute("SELECT DISTINCT account FROM highlights")}
+        kept = conn.execute(
+            "SELECT m.path, m.bytes FROM highlight_items AS h JOIN media AS m USING (story_id)"
+            " WHERE m.status = 'saved'"
+        ).fetchall()
     assert polled == dict(trays)
     with_highlights = {r.username for r in emu.log if r.path == TRAY_PATH and r.status == 200}
     assert accounts_seen <= with_highlights
     assert f"{sum(trays.values())} highlight-tray polls" in err
+    # The highlights' items are saved beside the stories, each file at its recorded size.
+    assert accounts_seen and kept
+    for path, size in kept:
+        assert (media / path).stat().st_size == size
+    assert any("/highlights/" in path for path, _ in kept)

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from .._errors import KeyAPIError
 from ..archive import ArchiveError, StoryArchive, StoryRecord
-from ..capture import MediaRecorder
+from ..capture import MAX_FAILURES, MediaRecorder
 from ..media import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BYTES,
@@ -60,9 +60,6 @@ __all__ = [
 
 ARCHIVE_NAME: Final = "archive.sqlite3"
 """The archive's file name inside the download directory when ``--archive`` is not given."""
-#: A failed file is retried by later runs until it failed this many times in a
-#: row: a transient CDN problem heals, a URL off the allowlist never will.
-_MAX_FAILURES: Final = 3
 #: Media statuses of this run that mean "handled": not downloaded again when
 #: the same story turns up a second time in the run.
 _HANDLED: Final = frozenset({"pending", "saved", "skipped"})
@@ -320,7 +317,7 @@ class Capture:
         by_account: dict[str, list[StoryItem]] = collections.defaultdict(list)
         for story in stories:
             media = story.media
-            if media is not None and media.status == "failed" and media.failures >= _MAX_FAILURES:
+            if media is not None and media.status == "failed" and media.failures >= MAX_FAILURES:
                 continue
             item = _item_of(story)
             if item is not None:

@@ -237,7 +237,7 @@ def run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if key is None:
         return _dry_run(args, plan, highlights)
     if highlights == "only":
-        return run_highlights(settings, key, args.archive, plan.targets)
+        return run_highlights(settings, key, args.archive, plan.targets, capture=capture)
     hint = resume_command(argv)
     if args.input == "-":
         hint += "   # with the same targets on stdin"
@@ -256,5 +256,5 @@ def run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     if highlights == "also" and code in (ExitCode.OK, ExitCode.FAILED):
         # After 401/402/403 or Ctrl-C (exit 3, 130) nothing more is sent.
-        code = max(code, run_highlights(settings, key, args.archive, plan.targets))
+        code = max(code, run_highlights(settings, key, args.archive, plan.targets, capture=capture))
     return code

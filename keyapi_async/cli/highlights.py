@@ -175,7 +175,7 @@ async def save_with_progress(
     async with contextlib.AsyncExitStack() as stack:
         downloader = await stack.enter_async_context(open_downloader(capture))
         archive = await stack.enter_async_context(
-            StoryArchive.open(path, extensions=[HIGHLIGHTS_SCHEMA])
+            StoryArchive.open(path, extensions=[HIGHLIGHTS_SCHEMA], keep_raw=capture.keep_raw)
         )
         client = await stack.enter_async_context(open_client(make_client(settings, key)))
         media = None if downloader is None else HighlightMedia(archive, downloader)

@@ -15,6 +15,7 @@ from ..archive import StoryArchive
 from ..archive.highlights import save_highlights
 from ..capture import MediaRecorder
 from ..engine.fetch import STOP_ERRORS
+from ..highlight_media import HighlightMedia
 from ..models import Reel
 from .events import StoryEvent
 from .schedule import next_poll_at
@@ -45,7 +46,7 @@ class PollOutcome:
 class Poller:
     """Polls accounts with ``client``, recording into ``archive`` (and saving media)."""
 
-    __slots__ = ("_media", "archive", "client", "every", "run_id")
+    __slots__ = ("_downloader", "_media", "archive", "client", "every", "run_id")
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class Poller:
         self.every = every
         self.run_id: int | None = None
         """The archive run new stories are recorded under."""
+        self._downloader = downloader
         self._media = None if downloader is None else MediaRecorder(archive, downloader)
 
     async def poll(self, target: str, due: float, started: float) -> PollOutcome:
@@ -96,9 +98,19 @@ class Poller:
         At most ``max_highlights`` of them (the budget's room); ``every`` is
         the trays' period. Archive errors propagate; API errors end in the outcome.
         """
+        downloader = self._downloader
+        media = None if downloader is None else HighlightMedia(self.archive, downloader)
         run = await save_highlights(
-            self.client, self.archive, [target], run_id=self.run_id, max_highlights=max_highlights
+            self.client,
+            self.archive,
+            [target],
+            run_id=self.run_id,
+            max_highlights=max_highlights,
+            media=media,
         )
+        failure = None if media is None else media.disk_full or media.error
+        if failure is not None:
+            raise failure  # as for a stories poll: a full disk or a failing archive stops it
         # Every answered request is billed (a tray, or a highlight's items).
         spent = CREDITS_PER_POLL * (run.trays + run.highlights_fetched)
         status = "fatal" if run.fatal else "error" if run.errors else "ok"
