@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -649,6 +650,62 @@ async def test_ledger_import_stops_at_a_bad_middle_line(db: Path, tmp_path: Path
         assert await archive.known_story_ids() == {"s1"}
         with pytest.raises(ArchiveError, match="cannot read ledger"):
             await import_ledger(archive, tmp_path / "missing.jsonl")
+
+
+def story_rows(path: Path) -> list[tuple[Any, ...]]:
+    """Every column of every story and account but the run ids, which differ by design."""
+    conn = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(stories)")]
+        kept = ", ".join(c for c in columns if c not in ("first_run_id", "last_run_id"))
+        stories = conn.execute(f"SELECT {kept} FROM stories ORDER BY story_id").fetchall()
+        accounts = conn.execute("SELECT * FROM accounts ORDER BY target").fetchall()
+        return stories + accounts
+    finally:
+        conn.close()
+
+
+async def test_ledger_import_rows_equal_recording_each_line_in_order(
+    db: Path, tmp_path: Path
+) -> None:
+    # An import inserts ids new to the archive and upserts the rest; the
+    # rows must be those of one record_reel per line, in ledger order: the
+    # same id twice in one chunk (newer then older fetch, two accounts at one
+    # fetched_at) and an id archived before the import.
+    t1, t2 = "2026-03-10T02:00:00.000Z", "2026-03-10T03:00:00.000Z"
+    lines = [
+        ledger_line("javan", "ok", make_reel("javan", "1", video_item("s1", tag="new")), at=t2),
+        ledger_line(
+            "javan",
+            "ok",
+            make_reel("javan", "1", image_item("s1", tag="old"), image_item("s3")),
+            at=t1,
+        ),
+        ledger_line("anna", "ok", make_reel("anna", "2", image_item("s1", tag="anna")), at=t2),
+        ledger_line(
+            "anna", "ok", make_reel("anna", "2", image_item("s2"), image_item("s2")), at=t1
+        ),
+    ]
+    before = make_reel("javan", "1", image_item("s3", tag="before"))
+    ledger = write_ledger(tmp_path / "dups.jsonl", lines)
+    async with StoryArchive.open(db) as archive:
+        await archive.record_reel("javan", before, T0)
+        result = await import_ledger(archive, ledger)
+    assert (result.stories, result.new_stories) == (6, 2)
+    assert result.new_story_ids == ["s1", "s2"]
+    one_by_one = tmp_path / "one_by_one.sqlite3"
+    async with StoryArchive.open(one_by_one) as archive:
+        await archive.record_reel("javan", before, T0)
+        for line in lines:
+            seconds = int(datetime.fromisoformat(line.fetched_at).timestamp())
+            await archive.record_reel(line.target, line.stories, seconds)
+    assert story_rows(db) == story_rows(one_by_one)
+    with StoryArchive.connect(db, readonly=True) as archive:
+        s1 = archive.story("s1")
+    assert s1 is not None
+    # The last line at the newest fetched_at won; the first account is kept.
+    assert (s1.account, s1.username) == ("javan", "anna")
+    assert s1.media_url == "https://cdn.example/anna/big.jpg"
 
 
 # -- the event loop keeps running --------------------------------------------------

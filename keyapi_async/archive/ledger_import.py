@@ -27,6 +27,9 @@ from .writes import record_reels
 __all__ = ["LedgerImport", "import_ledger"]
 
 _LEDGER_CHUNK: Final = 2000
+# A ledger line is kilobytes (a reel of items): with the default 8 KiB
+# buffer most lines span a refill, and reading was a tenth of an import.
+_READ_BUFFER: Final = 1 << 20
 
 T = TypeVar("T")
 
@@ -143,7 +146,7 @@ def _begin(conn: sqlite3.Connection, path: str, started: int) -> int:
 def _open_ledger(named: str, archive_path: str) -> tuple[str, IO[bytes]]:
     path = os.path.abspath(named)
     try:
-        return path, open(path, "rb")
+        return path, open(path, "rb", buffering=_READ_BUFFER)
     except OSError as exc:
         raise ArchiveError(
             f"cannot read ledger {path}: {exc.strerror or exc}", path=archive_path
