@@ -367,6 +367,8 @@ def write_export(
     """
     if fmt not in _FORMATS:
         raise ConfigurationError(f"format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
+    if not isinstance(out, str | os.PathLike) and not callable(getattr(out, "write", None)):
+        raise ConfigurationError(f"out must be a path or a writable stream, got {out!r}")
     if fmt == "parquet":
         _pyarrow()
     if not isinstance(out, str | os.PathLike):

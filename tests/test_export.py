@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from keyapi_async import ConfigurationError
 from keyapi_async.archive import StoryArchive
 from keyapi_async.export import EXPORT_COLUMNS, ExportRow, export_rows, write_export
 from tests.test_archive import SHA, T0, image_item, make_reel, synthetic_reel, video_item
@@ -181,10 +182,12 @@ async def test_text_streams_and_bad_arguments(archive: StoryArchive) -> None:
     text = io.StringIO(newline="")
     assert write_export(archive, "csv", text) == archive.counts().stories
     assert text.getvalue().splitlines()[0] == ",".join(COLUMNS)
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(ConfigurationError, match=r"format must be one of .* got 'xlsx'"):
         write_export(archive, "xlsx", io.BytesIO())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="writable stream, got 42"):
+        write_export(archive, "csv", 42)  # type: ignore[arg-type]
     if HAS_PYARROW:
-        with pytest.raises(ValueError, match="binary"):
+        with pytest.raises(ConfigurationError, match="binary"):
             write_export(archive, "parquet", io.StringIO())
 
 
