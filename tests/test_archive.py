@@ -765,6 +765,10 @@ async def test_ledger_import_rows_equal_recording_each_line_in_order(
             seconds = int(datetime.fromisoformat(line.fetched_at).timestamp())
             await archive.record_reel(line.target, line.stories, seconds)
     assert story_rows(db) == story_rows(one_by_one)
+    counted_only = tmp_path / "counted_only.sqlite3"
+    async with StoryArchive.open(counted_only) as archive:
+        quiet = await import_ledger(archive, ledger, new_ids=False)
+    assert (quiet.new_stories, quiet.new_story_ids) == (3, [])  # s3 too: not archived before
     with StoryArchive.connect(db, readonly=True) as archive:
         s1 = archive.story("s1")
     assert s1 is not None
