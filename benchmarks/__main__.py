@@ -2,7 +2,8 @@
 
 Full runs write ``results.json``, ``results.md`` and ``chart.png`` to
 ``benchmarks/results/``; with ``--only`` the other benchmarks' entries of an
-existing ``results.json`` are kept. ``--quick`` (small N, for smoke tests)
+existing ``results.json`` are kept. ``--stories N`` sizes the export benchmark
+(default 30,000; the issue's figure: 300,000). ``--quick`` (small N, for smoke tests)
 writes to a temporary directory unless ``--out`` is given, so that it never
 overwrites the committed figures.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from benchmarks import (
     bench_decode,
+    bench_export,
     bench_latency,
     bench_memory,
     bench_overhead,
@@ -44,6 +46,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_memory,
         bench_shared_gate,
         bench_web,
+        bench_export,
     )
 }
 
@@ -61,6 +64,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
     )
     parser.add_argument("--out", type=Path, default=None, help="directory for the result files")
+    parser.add_argument(
+        "--stories",
+        type=int,
+        default=None,
+        metavar="N",
+        help="archive size of the export benchmark (default 30000; the issue's figure: 300000)",
+    )
     return parser.parse_args(argv)
 
 
@@ -155,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         say(f"\n=== {name} ===")
         t0 = time.perf_counter()
-        result = BENCHMARKS[name].run(quick=args.quick)
+        if name == bench_export.NAME:
+            result = bench_export.run(quick=args.quick, stories=args.stories)
+        else:
+            result = BENCHMARKS[name].run(quick=args.quick)
         result["duration_s"] = time.perf_counter() - t0
         result["date"] = _now()
         results["benchmarks"][name] = result

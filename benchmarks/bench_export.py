@@ -1,27 +1,34 @@
 """Export and import: `export` and `import-ledger` of keyapi-stories against stdlib scripts.
 
-One archive of 100,000 accounts x 3 stories (300,000 rows; a third of the
-media recorded as saved) is built once under a temporary directory from a
-ledger written for the purpose. Then, in alternating rounds (the order of
-the contenders rotates), fresh subprocesses run:
+An archive of accounts x 3 stories (default 30,000 stories; ``--stories
+300000`` for the issue's figure; ``--quick`` 3,000) is built once under a
+temporary directory from a ledger written for the purpose: every story with
+its own signed media URLs, a third of the media recorded as saved, a sixth
+expired and a sixth failed. Then, in alternating rounds (the order of the
+contenders rotates every round), fresh subprocesses run:
 
-* ``export -f csv`` against a stdlib script: ``sqlite3`` cursor over
-  ``stories LEFT JOIN media`` straight into ``csv.writer`` (no formatting);
+* ``export -f csv`` (the CLI's own code path) against a stdlib script:
+  ``sqlite3`` cursor over ``stories LEFT JOIN media`` straight into
+  ``csv.writer`` (same columns, no formatting, no order);
 * ``export -f parquet`` (compared with our own CSV time: the goal is half);
-* ``import-ledger`` of the 100,000-line ledger into an empty archive against
-  a stdlib script (``json.loads`` per line, the largest rendition, one
-  ``INSERT`` per story, one transaction), with each child's peak RSS
-  (``VmHWM``) for a quarter and for all of the ledger, to show that memory
-  does not grow with the ledger.
+* ``import-ledger`` of the ledger into an empty archive against a stdlib
+  script (``json.loads`` per line, the largest rendition, one ``INSERT`` per
+  story, one transaction), with each child's peak RSS (``VmHWM``); a quarter
+  of the ledger is imported too, to show that memory does not grow with it.
 
-Times are taken inside each child around the work (interpreter start-up
-and imports excluded). Run alone: ``python -m benchmarks.bench_export [--quick]``.
+Each child is a fresh interpreter, so that its peak RSS is its own; its wall
+and CPU seconds are taken around the work (start-up and imports excluded; the
+modules the command imports lazily, pyarrow among them, are imported first).
+Figures are medians over the rounds, with their min-max spread. Run alone:
+``python -m benchmarks.bench_export [--quick | --stories N] [--rounds N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -80,10 +87,10 @@ conn.execute("COMMIT")
 def write_ledger(path: Path, accounts: int) -> None:
     """A ledger of ``accounts`` ``ok`` lines, 3 distinct stories each (from synthetic templates)."""
     from keyapi_async.cli.ledger import LedgerLine
-    from keyapi_async.models import Reel, User, decode_reel
+    from keyapi_async.models import Reel, StoryItem, User, decode_reel
     from keyapi_async.testing._data import build_reel
 
-    templates = []
+    templates: list[StoryItem] = []
     for n in range(40):
         data = build_reel(f"username:template{n}", empty_ratio=0.0)["data"]
         templates.extend(decode_reel(msgspec.json.encode(data)).items)
@@ -111,11 +118,13 @@ def write_ledger(path: Path, accounts: int) -> None:
                 stories=reel,
                 error=None,
             )
-            out.write(encoder.encode(line) + b"\n")
+            # Every story gets its own signed URLs, as on the CDN (the
+            # templates' would repeat, which flatters Parquet's dictionaries).
+            out.write(encoder.encode(line).replace(b"oh=00_", b"oh=00_%d_" % account) + b"\n")
 
 
 def _mark_saved(db: Path) -> None:
-    """Record every third story's media as saved, as a download run would."""
+    """Record media as a download run would: a third saved, a sixth expired, a sixth failed."""
     import sqlite3
 
     conn = sqlite3.connect(db, isolation_level=None)
@@ -125,6 +134,12 @@ def _mark_saved(db: Path) -> None:
             "INSERT INTO media (story_id, status, path, bytes, sha256, saved_at, updated_at)"
             " SELECT story_id, 'saved', account || '/' || story_id || '.jpg', 123456,"
             " printf('%064x', rowid), fetched_at, fetched_at FROM stories WHERE rowid % 3 = 0"
+        )
+        conn.execute(
+            "INSERT INTO media (story_id, status, updated_at, failures, reason)"
+            " SELECT story_id, CASE rowid % 6 WHEN 1 THEN 'expired' ELSE 'failed' END,"
+            " fetched_at, 1, CASE rowid % 6 WHEN 1 THEN 'HTTP 403' ELSE 'connection reset' END"
+            " FROM stories WHERE rowid % 6 IN (1, 4)"
         )
         conn.execute("COMMIT")
     finally:
@@ -142,27 +157,42 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _child(kind: str, source: str, target: str) -> dict[str, Any]:
     baseline = _peak_rss_mb()
+    import_seconds = 0.0
     if kind.startswith("stdlib"):
         script = STDLIB_CSV if kind == "stdlib-csv" else STDLIB_IMPORT
         code = compile(script, kind, "exec")
         sys.argv = [kind, source, target]
-        started = time.perf_counter()
+        cpu, started = _cpu_seconds(), time.perf_counter()
         exec(code, {"__name__": "__main__"})
     else:
         from keyapi_async.cli import main
 
+        # What the command imports lazily, imported before the clock starts
+        # as the stdlib scripts' modules are (pyarrow alone takes ~0.4 s).
+        imported = time.perf_counter()
+        importlib.import_module("keyapi_async.cli.export")
+        if kind == "parquet":
+            importlib.import_module("pyarrow.parquet")
+        import_seconds = time.perf_counter() - imported
         if kind == "import":
             argv = ["import-ledger", source, "--archive", target]
         else:
             argv = ["export", source, "-f", kind, "-o", target]
-        started = time.perf_counter()
+        cpu, started = _cpu_seconds(), time.perf_counter()
         status = main(argv)
         if status != 0:
             raise SystemExit(f"keyapi-stories {' '.join(argv)} exited {status}")
     return {
         "seconds": time.perf_counter() - started,
+        "import_seconds": import_seconds,
+        "cpu_seconds": _cpu_seconds() - cpu,
         "peak_rss_mb": _peak_rss_mb(),
         "baseline_rss_mb": baseline,
     }
@@ -201,14 +231,26 @@ def _fresh(path: Path) -> Path:
 # -- the benchmark -------------------------------------------------------------------
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    accounts = 3_000 if quick else 100_000
-    rounds = 2 if quick else 3
+DEFAULT_STORIES = 30_000
+QUICK_STORIES = 3_000
+
+
+def run(
+    quick: bool = False, stories: int | None = None, rounds: int | None = None
+) -> dict[str, Any]:
+    """Build an archive of ``stories`` (rounded to accounts x 3) and time every contender."""
+    total = stories if stories is not None else (QUICK_STORIES if quick else DEFAULT_STORIES)
+    accounts = max(4, total // _STORIES_PER_ACCOUNT)
+    rounds = rounds if rounds is not None else (2 if quick else 5)
     workdir = Path(tempfile.mkdtemp(prefix="keyapi-bench-export-"))
     try:
         return _run_in(workdir, accounts, rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _spread(values: list[float]) -> list[float]:
+    return [min(values), max(values)]
 
 
 def _run_in(workdir: Path, accounts: int, rounds: int) -> dict[str, Any]:
@@ -220,7 +262,10 @@ def _run_in(workdir: Path, accounts: int, rounds: int) -> dict[str, Any]:
     built = _spawn("import", ledger, db)
     _mark_saved(db)
     stories = accounts * _STORIES_PER_ACCOUNT
-    say(f"archive built ({stories:,} stories, {db.stat().st_size / 1e6:.0f} MB)")
+    say(
+        f"archive built ({stories:,} stories, {db.stat().st_size / 1e6:.0f} MB; "
+        f"ledger {ledger.stat().st_size / 1e6:.0f} MB)"
+    )
     jobs = {
         "csv": lambda: _spawn("csv", db, _fresh(workdir / "out.csv")),
         "stdlib-csv": lambda: _spawn("stdlib-csv", db, _fresh(workdir / "stdlib.csv")),
@@ -231,6 +276,7 @@ def _run_in(workdir: Path, accounts: int, rounds: int) -> dict[str, Any]:
         ),
     }
     times: dict[str, list[float]] = {name: [] for name in jobs}
+    cpu: dict[str, list[float]] = {name: [] for name in jobs}
     peaks: list[float] = []
     order = list(jobs)
     for number in range(rounds):
@@ -238,22 +284,37 @@ def _run_in(workdir: Path, accounts: int, rounds: int) -> dict[str, Any]:
         for name in order[shift:] + order[:shift]:
             result = jobs[name]()
             times[name].append(result["seconds"])
+            cpu[name].append(result["cpu_seconds"])
             if name == "import":
                 peaks.append(result["peak_rss_mb"])
-            say(f"  round {number + 1} {name:14} {result['seconds']:6.2f} s")
+            say(
+                f"  round {number + 1} {name:14} {result['seconds']:6.2f} s "
+                f"(cpu {result['cpu_seconds']:.2f} s)"
+            )
     quarter_peak = _spawn("import", quarter, _fresh(workdir / "quarter.sqlite3"))["peak_rss_mb"]
     med = {name: median(values) for name, values in times.items()}
+    # Ratios per round (the contenders of one round ran side by side) and
+    # their spread; the headline is the ratio of the medians.
+    csv_ratios = [a / b for a, b in zip(times["csv"], times["stdlib-csv"], strict=True)]
+    parquet_ratios = [a / b for a, b in zip(times["parquet"], times["csv"], strict=True)]
+    import_rates = [stories / t for t in times["import"]]
     result = {
         "accounts": accounts,
         "stories": stories,
         "rounds": rounds,
         "build_import_s": built["seconds"],
         "median_s": med,
+        "median_cpu_s": {name: median(values) for name, values in cpu.items()},
+        "spread_s": {name: _spread(values) for name, values in times.items()},
         "times_s": times,
+        "cpu_s": cpu,
         "csv_vs_stdlib": med["csv"] / med["stdlib-csv"],
+        "csv_vs_stdlib_spread": _spread(csv_ratios),
         "parquet_vs_csv": med["parquet"] / med["csv"],
+        "parquet_vs_csv_spread": _spread(parquet_ratios),
         "parquet_vs_stdlib_csv": med["parquet"] / med["stdlib-csv"],
         "import_stories_per_s": stories / med["import"],
+        "import_stories_per_s_spread": _spread(import_rates),
         "stdlib_import_stories_per_s": stories / med["stdlib-import"],
         "import_vs_stdlib": med["import"] / med["stdlib-import"],
         "import_peak_rss_mb": max(peaks),
@@ -261,39 +322,65 @@ def _run_in(workdir: Path, accounts: int, rounds: int) -> dict[str, Any]:
     }
     say(
         f"csv {med['csv']:.2f} s vs stdlib {med['stdlib-csv']:.2f} s: "
-        f"{result['csv_vs_stdlib']:.2f}x; parquet {med['parquet']:.2f} s = "
-        f"{result['parquet_vs_csv']:.2f}x our csv; import {result['import_stories_per_s']:,.0f} "
-        f"stories/s ({result['import_vs_stdlib']:.2f}x the stdlib script's time), peak RSS "
+        f"{result['csv_vs_stdlib']:.2f}x (per round {_range(csv_ratios)}); parquet "
+        f"{med['parquet']:.2f} s = {result['parquet_vs_csv']:.2f}x our csv "
+        f"({_range(parquet_ratios)}); import {result['import_stories_per_s']:,.0f} stories/s "
+        f"({min(import_rates):,.0f}-{max(import_rates):,.0f}; "
+        f"{result['import_vs_stdlib']:.2f}x the stdlib script's time), peak RSS "
         f"{result['import_peak_rss_mb']:.0f} MB ({result['import_peak_rss_quarter_mb']:.0f} MB "
         "for a quarter of the ledger)"
     )
     return result
 
 
+def _range(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
-    med = result["median_s"]
+    med, spread = result["median_s"], result["spread_s"]
+
+    def cell(name: str) -> str:
+        low, high = spread[name]
+        return f"{med[name]:.2f} ({low:.2f}-{high:.2f})"
+
     rows = [
-        ["export -f csv", med["csv"], med["stdlib-csv"], result["csv_vs_stdlib"]],
-        ["export -f parquet", med["parquet"], med["stdlib-csv"], result["parquet_vs_stdlib_csv"]],
-        ["import-ledger", med["import"], med["stdlib-import"], result["import_vs_stdlib"]],
+        ["export -f csv", cell("csv"), cell("stdlib-csv"), f"{result['csv_vs_stdlib']:.2f}"],
+        [
+            "export -f parquet",
+            cell("parquet"),
+            cell("stdlib-csv"),
+            f"{result['parquet_vs_stdlib_csv']:.2f}",
+        ],
+        [
+            "import-ledger",
+            cell("import"),
+            cell("stdlib-import"),
+            f"{result['import_vs_stdlib']:.2f}",
+        ],
     ]
+    csv_low, csv_high = result["csv_vs_stdlib_spread"]
+    pq_low, pq_high = result["parquet_vs_csv_spread"]
+    rate_low, rate_high = result["import_stories_per_s_spread"]
     return "\n".join(
         [
             "## Export and import",
             "",
             f"An archive of {result['stories']:,} stories ({result['accounts']:,} accounts x 3), "
-            f"medians of {result['rounds']} alternating rounds, each run in a fresh process "
-            "(time measured around the work). The contenders are ten-line stdlib scripts: "
-            "a `sqlite3` cursor over `stories LEFT JOIN media` into `csv.writer`, and "
-            "`json.loads` per ledger line into one `INSERT` per story.",
+            f"medians of {result['rounds']} alternating rounds (min-max in brackets), each run "
+            "in a fresh process (time measured around the work). The contenders are ten-line "
+            "stdlib scripts: a `sqlite3` cursor over `stories LEFT JOIN media` into "
+            "`csv.writer`, and `json.loads` per ledger line into one `INSERT` per story.",
             "",
             table(["operation", "keyapi_async s", "stdlib script s", "ratio"], rows),
             "",
-            f"Parquet takes **{result['parquet_vs_csv']:.2f}x** our CSV time; import-ledger "
-            f"records **{result['import_stories_per_s']:,.0f} stories/s** (stdlib script "
-            f"{result['stdlib_import_stories_per_s']:,.0f}/s) with a peak RSS of "
-            f"{result['import_peak_rss_mb']:.0f} MB ({result['import_peak_rss_quarter_mb']:.0f} MB "
-            "for a quarter of the ledger).",
+            f"CSV takes **{result['csv_vs_stdlib']:.2f}x** the stdlib script's time (per round "
+            f"{csv_low:.2f}-{csv_high:.2f}x); Parquet **{result['parquet_vs_csv']:.2f}x** our "
+            f"CSV time ({pq_low:.2f}-{pq_high:.2f}x); import-ledger records "
+            f"**{result['import_stories_per_s']:,.0f} stories/s** ({rate_low:,.0f}-"
+            f"{rate_high:,.0f}; stdlib script {result['stdlib_import_stories_per_s']:,.0f}/s) "
+            f"with a peak RSS of {result['import_peak_rss_mb']:.0f} MB "
+            f"({result['import_peak_rss_quarter_mb']:.0f} MB for a quarter of the ledger).",
         ]
     )
 
@@ -316,13 +403,15 @@ def plot(ax: Axes, result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_export")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--stories", type=int, default=None, help="archive size (default 30000)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5)")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         result = _child(*args.child)
         print(_RESULT_PREFIX + json.dumps(result), flush=True)
         return
-    run(args.quick)
+    run(args.quick, args.stories, args.rounds)
 
 
 if __name__ == "__main__":

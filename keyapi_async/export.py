@@ -19,12 +19,18 @@ Design choices:
   <keyapi_async.archive.StoryArchive.snapshot>` (one read snapshot, fetched in
   batches) yields each row as it is written: timestamps formatted, ``file``/``bytes``/
   ``sha256`` blanked unless saved, all in SQL, so Python touches no object per row
-  but the cursor's tuple. CSV and JSONL never hold the archive in memory;
-  Parquet holds one row group (10,000 rows) at a time, converted column by column.
+  but the cursor's tuple. For CSV SQLite builds the whole line, quoted exactly as
+  the stdlib ``csv`` writer quotes it (tested byte for byte against it). CSV and
+  JSONL never hold the archive in memory; Parquet holds one row group (10,000
+  rows) at a time, converted column by column.
 * **Ids stay strings** in every format (Instagram ids exceed what many JSON
   and spreadsheet consumers hold exactly).
 * **Explicit UTC.** CSV and JSONL timestamps are ISO 8601 with a ``Z``
-  (``2026-03-10T02:13:01Z``); Parquet columns are ``timestamp[ms, tz=UTC]``.
+  (``2026-03-10T02:13:01Z``); Parquet columns are ``timestamp[ms, tz=UTC]``. A
+  timestamp outside years 1000-9999 (:data:`TIMESTAMP_RANGE`; e.g. milliseconds
+  stored where seconds belong) is written as unknown, an empty field or null, in
+  every format rather than aborting the export; pre-1970 dates are written as
+  any other.
 * **CSV is RFC 4180**: the stdlib writer, CRLF line ends, a header row,
   fields quoted when they hold a comma, quote or line break, UTF-8 without a
   byte-order mark, empty fields for missing values.
@@ -45,11 +51,11 @@ import contextlib
 import csv
 import importlib
 import io
+import operator
 import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, Literal, NamedTuple, TextIO, cast
 
@@ -60,6 +66,7 @@ from .archive import StoryArchive
 
 __all__ = [
     "EXPORT_COLUMNS",
+    "TIMESTAMP_RANGE",
     "ExportFormat",
     "ExportRow",
     "export_rows",
@@ -108,32 +115,25 @@ EXPORT_COLUMNS: Final[tuple[str, ...]] = ExportRow._fields
 """The export's column names, in order."""
 
 
-def _iso(ts: int | None) -> str | None:
-    if ts is None:
-        return None
-    try:
-        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        # A value out of datetime's range (milliseconds where seconds belong)
-        # must not abort a whole export.
-        return None
+# Timestamps are Unix seconds; those within years 1000-9999 are written
+# (ISO 8601 in CSV/JSONL, milliseconds in Parquet), any other value (a
+# negative year, milliseconds where seconds belong) is written as unknown in
+# every format: an empty field, null. Pre-1970 dates are ordinary dates.
+TIMESTAMP_RANGE: Final = (-30_610_224_000, 253_402_300_799)
+"""The Unix seconds an export writes as a time (1000-01-01T00:00:00Z to 9999-12-31T23:59:59Z)."""
 
 
-# Within years 1000-9999 SQLite's strftime writes what _iso writes; outside
-# them (absurd values) _iso itself is called, so every value reads the same.
-_ISO_SAFE: Final = (-30_610_224_000, 253_402_300_799)
+def _in_range(column: str, value: str) -> str:
+    low, high = TIMESTAMP_RANGE
+    return f"CASE WHEN {column} BETWEEN {low} AND {high} THEN {value} END"
 
 
 def _sql_iso(column: str) -> str:
-    low, high = _ISO_SAFE
-    return (
-        f"CASE WHEN {column} IS NULL THEN NULL WHEN {column} BETWEEN {low} AND {high} "
-        f"THEN strftime('%Y-%m-%dT%H:%M:%SZ', {column}, 'unixepoch') ELSE keyapi_iso({column}) END"
-    )
+    return _in_range(column, f"strftime('%Y-%m-%dT%H:%M:%SZ', {column}, 'unixepoch')")
 
 
 def _sql_millis(column: str) -> str:
-    return f"{column} * 1000"
+    return _in_range(column, f"{column} * 1000")
 
 
 # The first highlight holding each story (the lowest highlight id); one index
@@ -145,27 +145,100 @@ _FIRST_HIGHLIGHT: Final = (
     "WHERE j.story_id = i.story_id)) AS hl ON hl.story_id = s.story_id "
 )
 
+# How a column's value becomes a CSV field: "text" may need quoting, "real"
+# is formatted by Python (SQLite's %.15g is not Python's repr), "plain" (ints,
+# timestamps, the CHECKed media type and status) never needs quoting.
+_Kind = Literal["text", "real", "plain"]
 
-def _select(timestamp: Callable[[str], str], *, highlights: bool) -> str:
-    # The rows are built by SQLite, column for column as ExportRow reads
-    # them: no Python object per row beyond the cursor's tuple.
+
+def _columns(timestamp: Callable[[str], str], *, highlights: bool) -> list[tuple[str, _Kind]]:
+    # Column for column as ExportRow reads them.
     saved = "m.status = 'saved'"
-    members = "hl.highlight_id, hl.title, hl.position" if highlights else "NULL, NULL, NULL"
+    members = ("hl.highlight_id", "hl.title", "hl.position") if highlights else ("NULL",) * 3
+    return [
+        ("s.story_id", "text"),
+        ("s.username", "text"),
+        ("s.user_id", "text"),
+        (timestamp("s.taken_at"), "plain"),
+        (timestamp("s.expiring_at"), "plain"),
+        ("s.media_type", "plain"),
+        ("s.media_url", "text"),
+        ("s.width", "plain"),
+        ("s.height", "plain"),
+        ("s.duration", "real"),
+        (f"CASE WHEN {saved} THEN coalesce(m.path, '') ELSE '' END", "text"),
+        (f"CASE WHEN {saved} THEN m.bytes END", "plain"),
+        (f"CASE WHEN {saved} THEN m.sha256 END", "text"),
+        (timestamp("s.fetched_at"), "plain"),
+        ("coalesce(m.status, 'not_requested')", "plain"),
+        (members[0], "text"),
+        (members[1], "text"),
+        (members[2], "plain"),
+    ]
+
+
+def _csv_field(value: object) -> str:
+    """``value`` as the stdlib ``csv`` writer (excel dialect) writes one field of a row.
+
+    ``None`` is empty, a float is its ``repr``, a string is quoted (its
+    quotes doubled) when it holds a comma, a quote, CR or LF. The CSV
+    export builds the same fields in SQL (:func:`_csv_sql`); this is the
+    rule it is tested against, and the formatter of floats.
+    """
+    if value is None:
+        return ""
+    text = repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, str) and any(c in text for c in _NEEDS_QUOTES):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+_NEEDS_QUOTES: Final = (",", '"', "\r", "\n")
+
+
+def _csv_sql(expression: str, kind: _Kind) -> str:
+    if kind == "real":
+        return f"CASE WHEN {expression} IS NULL THEN '' ELSE keyapi_csv_field({expression}) END"
+    if kind == "plain":
+        return f"coalesce({expression}, '')"
+    special = " OR ".join(
+        f"instr({expression}, {c})" for c in ("','", "'\"'", "char(13)", "char(10)")
+    )
+    quoted = f"""'"' || replace({expression}, '"', '""') || '"'"""
+    return f"coalesce(CASE WHEN {special} THEN {quoted} ELSE {expression} END, '')"
+
+
+def _concat(parts: list[str]) -> str:
+    # A balanced tree of ||: SQLite copies the string built so far at each
+    # ||, so a flat chain would copy the long media URL once per later field.
+    if len(parts) == 1:
+        return parts[0]
+    middle = len(parts) // 2
+    return f"({_concat(parts[:middle])} || {_concat(parts[middle:])})"
+
+
+def _select(kind: str, *, highlights: bool) -> str:
+    # The rows are built by SQLite: no Python object per row beyond the
+    # cursor's tuple; for CSV the whole line, quoted as csv.writer quotes it.
+    timestamp = _sql_millis if kind == "parquet" else _sql_iso
+    columns = _columns(timestamp, highlights=highlights)
+    if kind == "csv":
+        fields: list[str] = []
+        for expression, column_kind in columns:
+            fields += [_csv_sql(expression, column_kind), "','"]
+        values = _concat([*fields[:-1], "char(13, 10)"])
+    else:
+        values = ", ".join(expression for expression, _ in columns)
     return (
-        "SELECT s.story_id, s.username, s.user_id, "
-        f"{timestamp('s.taken_at')}, {timestamp('s.expiring_at')}, s.media_type, s.media_url, "
-        f"s.width, s.height, s.duration, CASE WHEN {saved} THEN coalesce(m.path, '') ELSE '' END, "
-        f"CASE WHEN {saved} THEN m.bytes END, CASE WHEN {saved} THEN m.sha256 END, "
-        f"{timestamp('s.fetched_at')}, coalesce(m.status, 'not_requested'), {members} "
-        "FROM stories AS s LEFT JOIN media AS m ON m.story_id = s.story_id "
+        f"SELECT {values} FROM stories AS s LEFT JOIN media AS m ON m.story_id = s.story_id "
         f"{_FIRST_HIGHLIGHT if highlights else ''}"
         "ORDER BY s.taken_at, s.story_id"
     )
 
 
 _SELECTS: Final = {
-    (kind, highlights): _select(timestamp, highlights=highlights)
-    for kind, timestamp in (("text", _sql_iso), ("parquet", _sql_millis))
+    (kind, highlights): _select(kind, highlights=highlights)
+    for kind in ("text", "csv", "parquet")
     for highlights in (False, True)
 }
 
@@ -173,7 +246,7 @@ _SELECTS: Final = {
 @contextlib.contextmanager
 def _rows(archive: StoryArchive, kind: str) -> Iterator[sqlite3.Cursor]:
     with archive.snapshot() as conn:
-        conn.create_function("keyapi_iso", 1, _iso, deterministic=True)
+        conn.create_function("keyapi_csv_field", 1, _csv_field, deterministic=True)
         # An archive never opened with the highlights extension has no such tables.
         highlights = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'highlight_items'"
@@ -193,12 +266,15 @@ def export_rows(archive: StoryArchive) -> Iterator[ExportRow]:
 
 
 def _write_csv(archive: StoryArchive, text: TextIO) -> int:
-    writer = csv.writer(text, dialect="excel", lineterminator="\r\n")
-    writer.writerow(EXPORT_COLUMNS)
+    csv.writer(text, dialect="excel", lineterminator="\r\n").writerow(EXPORT_COLUMNS)
     count = 0
-    with _rows(archive, "text") as cursor:
+    line = operator.itemgetter(0)
+    with _rows(archive, "csv") as cursor:
+        # Each row is its CSV line, built by SQLite: csv.writer looked at
+        # every character of every field in Python's loop, most of the time
+        # of an export.
         while batch := cursor.fetchmany(_BATCH):
-            writer.writerows(batch)
+            text.write("".join(map(line, batch)))
             count += len(batch)
     return count
 
@@ -291,6 +367,8 @@ def write_export(
     """
     if fmt not in _FORMATS:
         raise ConfigurationError(f"format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
+    if not isinstance(out, str | os.PathLike) and not callable(getattr(out, "write", None)):
+        raise ConfigurationError(f"out must be a path or a writable stream, got {out!r}")
     if fmt == "parquet":
         _pyarrow()
     if not isinstance(out, str | os.PathLike):

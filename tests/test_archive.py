@@ -6,13 +6,14 @@ import asyncio
 import sqlite3
 import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import pytest
 
-from keyapi_async import KeyAPIError
+from keyapi_async import ConfigurationError, KeyAPIError
 from keyapi_async.archive import (
     SCHEMA_VERSION,
     ArchiveError,
@@ -358,6 +359,71 @@ async def test_bad_arguments_raise_before_queueing(db: Path) -> None:
             await archive.record_reel("javan", None, float("nan"))
 
 
+BAD_CALLS: list[tuple[str, Any, str]] = [
+    ("empty target", lambda a: a.record_reel("", None, T0), "target"),
+    ("target not a str", lambda a: a.record_reel(42, None, T0), "target"),
+    ("NaN fetched_at", lambda a: a.record_reel("javan", None, float("nan")), "fetched_at"),
+    ("bool fetched_at", lambda a: a.record_reel("javan", None, True), "fetched_at"),
+    ("negative fetched_at", lambda a: a.record_reel("javan", None, -1), "fetched_at"),
+    ("unknown status", lambda a: a.record_media("s1", None, None, None, "lost"), "status"),
+    ("absolute path", lambda a: a.record_media("s1", "/etc/x", 1, SHA, "saved"), "relative"),
+    ("path leaves", lambda a: a.record_media("s1", "a/../../x", 1, SHA, "saved"), "inside"),
+    ("drive path", lambda a: a.record_media("s1", "C:\\x.jpg", 1, SHA, "saved"), "relative"),
+    ("bad digest", lambda a: a.record_media("s1", "a.jpg", 1, "xyz", "saved"), "sha256"),
+    ("negative bytes", lambda a: a.record_media("s1", "a.jpg", -1, SHA, "saved"), "bytes"),
+    ("bool bytes", lambda a: a.record_media("s1", "a.jpg", True, SHA, "saved"), "bytes"),
+    ("saved without file", lambda a: a.record_media("s1", None, None, None, "saved"), "saved"),
+    ("infinite at", lambda a: a.record_media("s1", None, None, None, "failed", at=1e999), "at"),
+    ("import run kind", lambda a: a.start_run(kind="import"), "kind"),
+    ("empty run kind", lambda a: a.start_run(kind=""), "kind"),
+    ("negative started_at", lambda a: a.start_run(started_at=-5), "started_at"),
+    ("NaN finished_at", lambda a: a.finish_run(1, finished_at=float("nan")), "finished_at"),
+    ("negative limit", lambda a: a.pending_media(limit=-1), "limit"),
+    ("float limit", lambda a: a.pending_media(limit=2.5), "limit"),
+    ("NaN alive_at", lambda a: a.pending_media(alive_at=float("nan")), "alive_at"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "named"), [(c, n) for _, c, n in BAD_CALLS], ids=[i for i, _, _ in BAD_CALLS]
+)
+async def test_bad_arguments_are_configuration_errors_naming_them(
+    db: Path, call: Any, named: str
+) -> None:
+    # ConfigurationError, not a bare ValueError (it is one too, so a caller's
+    # `except ValueError` keeps working), raised before anything is queued.
+    async with StoryArchive.open(db) as archive:
+        with pytest.raises(ConfigurationError, match=named):
+            await call(archive)
+        assert archive.counts().stories == 0 and archive.runs() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"busy_timeout": -1}, "busy_timeout"),
+        ({"busy_timeout": float("inf")}, "busy_timeout"),
+        ({"busy_timeout": "5"}, "busy_timeout"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_batch": True}, "max_batch"),
+        ({"extensions": [SchemaExtension("x", ()), SchemaExtension("x", ())]}, "duplicate"),
+    ],
+)
+def test_bad_options_are_configuration_errors_naming_them(
+    db: Path, options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        StoryArchive.connect(db, **options)
+    assert not db.exists()  # refused before the file was created
+
+
+def test_bad_reads_and_extensions_are_configuration_errors(db: Path) -> None:
+    with pytest.raises(ConfigurationError, match="name"):
+        SchemaExtension("", ())
+    with StoryArchive.connect(db) as archive, pytest.raises(ConfigurationError, match="batch"):
+        archive.iter_stories(batch=0)
+
+
 async def test_hostile_ids_are_stored_verbatim(db: Path) -> None:
     evil = "../../evil"
     injection = "x'); DROP TABLE stories; --"
@@ -649,6 +715,87 @@ async def test_ledger_import_stops_at_a_bad_middle_line(db: Path, tmp_path: Path
         assert await archive.known_story_ids() == {"s1"}
         with pytest.raises(ArchiveError, match="cannot read ledger"):
             await import_ledger(archive, tmp_path / "missing.jsonl")
+
+
+def story_rows(path: Path) -> list[tuple[Any, ...]]:
+    """Every column of every story and account but the run ids, which differ by design."""
+    conn = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(stories)")]
+        kept = ", ".join(c for c in columns if c not in ("first_run_id", "last_run_id"))
+        stories = conn.execute(f"SELECT {kept} FROM stories ORDER BY story_id").fetchall()
+        accounts = conn.execute("SELECT * FROM accounts ORDER BY target").fetchall()
+        return stories + accounts
+    finally:
+        conn.close()
+
+
+async def test_ledger_import_rows_equal_recording_each_line_in_order(
+    db: Path, tmp_path: Path
+) -> None:
+    # An import inserts ids new to the archive and upserts the rest; the
+    # rows must be those of one record_reel per line, in ledger order: the
+    # same id twice in one chunk (newer then older fetch, two accounts at one
+    # fetched_at) and an id archived before the import.
+    t1, t2 = "2026-03-10T02:00:00.000Z", "2026-03-10T03:00:00.000Z"
+    lines = [
+        ledger_line("javan", "ok", make_reel("javan", "1", video_item("s1", tag="new")), at=t2),
+        ledger_line(
+            "javan",
+            "ok",
+            make_reel("javan", "1", image_item("s1", tag="old"), image_item("s3")),
+            at=t1,
+        ),
+        ledger_line("anna", "ok", make_reel("anna", "2", image_item("s1", tag="anna")), at=t2),
+        ledger_line(
+            "anna", "ok", make_reel("anna", "2", image_item("s2"), image_item("s2")), at=t1
+        ),
+    ]
+    before = make_reel("javan", "1", image_item("s3", tag="before"))
+    ledger = write_ledger(tmp_path / "dups.jsonl", lines)
+    async with StoryArchive.open(db) as archive:
+        await archive.record_reel("javan", before, T0)
+        result = await import_ledger(archive, ledger)
+    assert (result.stories, result.new_stories) == (6, 2)
+    assert result.new_story_ids == ["s1", "s2"]
+    one_by_one = tmp_path / "one_by_one.sqlite3"
+    async with StoryArchive.open(one_by_one) as archive:
+        await archive.record_reel("javan", before, T0)
+        for line in lines:
+            seconds = int(datetime.fromisoformat(line.fetched_at).timestamp())
+            await archive.record_reel(line.target, line.stories, seconds)
+    assert story_rows(db) == story_rows(one_by_one)
+    counted_only = tmp_path / "counted_only.sqlite3"
+    async with StoryArchive.open(counted_only) as archive:
+        quiet = await import_ledger(archive, ledger, new_ids=False)
+    assert (quiet.new_stories, quiet.new_story_ids) == (3, [])  # s3 too: not archived before
+    with StoryArchive.connect(db, readonly=True) as archive:
+        s1 = archive.story("s1")
+    assert s1 is not None
+    # The last line at the newest fetched_at won; the first account is kept.
+    assert (s1.account, s1.username) == ("javan", "anna")
+    assert s1.media_url == "https://cdn.example/anna/big.jpg"
+
+
+async def test_an_unknown_ledger_status_is_an_invalid_line(db: Path, tmp_path: Path) -> None:
+    # Not skipped like error/not_attempted: a status this library never
+    # writes means the line is not ours; in the middle it stops the import
+    # (the lines before it are in), as the last line it counts as torn, the
+    # rule --resume follows too.
+    good = ledger_line("javan", "ok", make_reel("javan", "1", image_item("s1")))
+    later = ledger_line("anna", "ok", make_reel("anna", "2", image_item("s2")))
+    weird = msgspec.json.encode(good).replace(b'"status":"ok"', b'"status":"archived"')
+    middle = write_ledger(tmp_path / "middle.jsonl", [good])
+    with middle.open("ab") as handle:
+        handle.write(weird + b"\n" + msgspec.json.encode(later) + b"\n")
+    last = write_ledger(tmp_path / "last.jsonl", [later], tail=weird + b"\n")
+    async with StoryArchive.open(db) as archive:
+        with pytest.raises(ArchiveError, match="line 2 is not a valid ledger line"):
+            await import_ledger(archive, middle)
+        assert await archive.known_story_ids() == {"s1"}
+        result = await import_ledger(archive, last)
+        assert (result.lines, result.skipped, result.torn) == (1, 0, True)
+        assert await archive.known_story_ids() == {"s1", "s2"}
 
 
 # -- the event loop keeps running --------------------------------------------------

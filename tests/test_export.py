@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from keyapi_async import ConfigurationError
 from keyapi_async.archive import StoryArchive
 from keyapi_async.export import EXPORT_COLUMNS, ExportRow, export_rows, write_export
 from tests.test_archive import SHA, T0, image_item, make_reel, synthetic_reel, video_item
@@ -181,10 +182,12 @@ async def test_text_streams_and_bad_arguments(archive: StoryArchive) -> None:
     text = io.StringIO(newline="")
     assert write_export(archive, "csv", text) == archive.counts().stories
     assert text.getvalue().splitlines()[0] == ",".join(COLUMNS)
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(ConfigurationError, match=r"format must be one of .* got 'xlsx'"):
         write_export(archive, "xlsx", io.BytesIO())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="writable stream, got 42"):
+        write_export(archive, "csv", 42)  # type: ignore[arg-type]
     if HAS_PYARROW:
-        with pytest.raises(ValueError, match="binary"):
+        with pytest.raises(ConfigurationError, match="binary"):
             write_export(archive, "parquet", io.StringIO())
 
 
@@ -242,3 +245,110 @@ def test_readonly_export_of_an_empty_archive(tmp_path: Path) -> None:
         buffer = io.BytesIO()
         assert write_export(archive, "csv", buffer) == 0
     assert buffer.getvalue() == (",".join(COLUMNS) + "\r\n").encode()
+
+
+HOSTILE_TEXT = [
+    "plain",
+    "a,b",
+    'say "hi"',
+    "cr\rinside",
+    "lf\ninside",
+    "crlf\r\n",
+    "nul\x00byte",
+    " padded ",
+    "tab\there",
+    "é ünïcødé 🎉",
+    "",
+]
+TRICKY_FLOATS = [0.1 + 0.2, 1e16, 1e-05, 7.0, 2.5, 123456789.123456789]
+
+
+@pytest.fixture
+async def hostile(tmp_path: Path) -> AsyncIterator[StoryArchive]:
+    """Every awkward string in every text column, and floats whose repr is not %.15g."""
+    path = tmp_path / "hostile.sqlite3"
+    async with StoryArchive.open(path) as archive:
+        for n, text in enumerate(HOSTILE_TEXT):
+            item = video_item(f"id{n}{text}", T0 + n, tag=f"t{n}{text}")
+            item["video_duration"] = TRICKY_FLOATS[n % len(TRICKY_FLOATS)]
+            reel = make_reel(f"user{text}", f"uid{text}", item)
+            await archive.record_reel(f"target{n}", reel, T0 + 100)
+            if n % 2 == 0:
+                await archive.record_media(
+                    f"id{n}{text}", f"dir{n}/{text or 'x'}.mp4", 10 + n, SHA, "saved"
+                )
+        yield archive
+
+
+async def test_csv_is_byte_for_byte_what_csv_writer_writes(hostile: StoryArchive) -> None:
+    # The CSV lines are built in SQL; the stdlib writer over export_rows is
+    # the reference they must equal, byte for byte.
+    ours = io.BytesIO()
+    count = write_export(hostile, "csv", ours)
+    reference = io.StringIO(newline="")
+    writer = csv.writer(reference, dialect="excel", lineterminator="\r\n")
+    writer.writerow(EXPORT_COLUMNS)
+    writer.writerows(export_rows(hostile))
+    assert count == len(HOSTILE_TEXT)
+    assert ours.getvalue() == reference.getvalue().encode("utf-8")
+    # And it reads back to the same values.
+    table = list(csv.reader(io.StringIO(ours.getvalue().decode(), newline="")))
+    expected = [[("" if v is None else str(v)) for v in row] for row in export_rows(hostile)]
+    assert table[1:] == expected
+    assert {row[9] for row in table[1:]} == {repr(f) for f in TRICKY_FLOATS}
+
+
+def test_csv_field_is_the_stdlib_rule() -> None:
+    from keyapi_async.export import _csv_field
+
+    values: list[object] = [*HOSTILE_TEXT, *TRICKY_FLOATS, None, 0, -5, 10**20]
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    assert ",".join(_csv_field(v) for v in values) + "\r\n" == buffer.getvalue()
+
+
+BOUNDS = {
+    "negative": (-1, "1969-12-31T23:59:59Z"),
+    "year 1000": (-30_610_224_000, "1000-01-01T00:00:00Z"),
+    "year 999": (-30_610_224_001, None),
+    "year 9999": (253_402_300_799, "9999-12-31T23:59:59Z"),
+    "year 10000": (253_402_300_800, None),
+    "milliseconds": (1_773_000_000_000, None),
+}
+
+
+async def test_timestamps_outside_years_1000_to_9999_are_unknown_in_every_format(
+    tmp_path: Path,
+) -> None:
+    from keyapi_async.export import TIMESTAMP_RANGE
+
+    assert (BOUNDS["year 1000"][0], BOUNDS["year 9999"][0]) == TIMESTAMP_RANGE
+    path = tmp_path / "times.sqlite3"
+    async with StoryArchive.open(path) as archive:
+        items = [image_item(name, taken_at) for name, (taken_at, _) in BOUNDS.items()]
+        await archive.record_reel("javan", make_reel("javan", "1", *items), T0)
+        rows = {row.story_id: row for row in export_rows(archive)}
+        assert {name: rows[name].taken_at for name in BOUNDS} == {
+            name: text for name, (_, text) in BOUNDS.items()
+        }
+        out = io.BytesIO()
+        write_export(archive, "csv", out)
+        table = list(csv.DictReader(io.StringIO(out.getvalue().decode(), newline="")))
+        assert {r["story_id"]: r["taken_at"] for r in table} == {
+            name: text or "" for name, (_, text) in BOUNDS.items()
+        }
+        lines = io.BytesIO()
+        write_export(archive, "jsonl", lines)
+        records = [json.loads(line) for line in lines.getvalue().splitlines()]
+        assert {r["story_id"]: r["taken_at"] for r in records} == {
+            name: text for name, (_, text) in BOUNDS.items()
+        }
+        if HAS_PYARROW:
+            pq = importlib.import_module("pyarrow.parquet")
+            write_export(archive, "parquet", tmp_path / "times.parquet")
+            parquet = pq.read_table(tmp_path / "times.parquet").to_pylist()
+            got = {r["story_id"]: r["taken_at"] for r in parquet}
+            assert got == {
+                name: None if text is None else datetime.fromtimestamp(ts, UTC)
+                for name, (ts, text) in BOUNDS.items()
+            }

@@ -66,7 +66,8 @@ def run_import_ledger(args: argparse.Namespace) -> int:
             except ArchiveError as exc:  # locked, read-only, not an archive: usage
                 raise CLIError(str(exc)) from None
             try:
-                return await import_ledger(archive, args.ledger)
+                # Only the counts are printed: no list of every new id.
+                return await import_ledger(archive, args.ledger, new_ids=False)
             except ArchiveError as exc:  # a bad line: the lines before it are in
                 raise CLIError(str(exc), ExitCode.FAILED) from None
         raise AssertionError("unreachable")  # pragma: no cover - mypy's view of the stack
