@@ -15,6 +15,9 @@ through a :class:`MediaRecorder`, so the rules below have one home:
   A file found at its final name (an earlier run without this archive, a
   copied folder) is recorded as ``saved`` with the size and hash just
   computed, so the archive always knows the files it points at.
+* **A full disk or a failing archive stops a run's downloads**
+  (:class:`DownloadTasks`): nothing new starts, what runs ends by itself,
+  and the files not saved stay ``pending`` for the next run.
 * **Every other outcome is recorded with its reason:** ``expired`` (the CDN's
   403/410: the signed URL died) or ``failed`` (anything else, a refused
   host included).
@@ -23,14 +26,14 @@ through a :class:`MediaRecorder`, so the rules below have one home:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final
 
 from .archive import StoryArchive
-from .media import MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
+from .media import MediaDiskFullError, MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
 from .models import Highlight, StoryItem, User
 
-__all__ = ["MAX_FAILURES", "MediaRecorder"]
+__all__ = ["MAX_FAILURES", "DownloadTasks", "MediaRecorder"]
 
 MAX_FAILURES: Final = 3
 """A file that failed this many times in a row is not retried by later runs: a transient
@@ -112,3 +115,70 @@ class MediaRecorder:
         else:
             reason = outcome.reason or "unknown reason"
             await self.archive.record_media(story_id, None, None, None, "failed", reason)
+
+
+class DownloadTasks:
+    """A run's downloads as tasks, and the one rule of when they stop.
+
+    :meth:`spawn` starts a download; a :class:`~keyapi_async.media.MediaDiskFullError`
+    or any other failure inside one (the archive's, since outcomes are
+    recorded there) halts the run: :attr:`stopped` says why, ``on_halt`` is
+    called once, and callers start nothing new. Used by ``fetch --download``
+    and by the highlights pass.
+    """
+
+    __slots__ = ("_on_halt", "_tasks", "disk_full", "error", "stopped")
+
+    def __init__(self, on_halt: Callable[[str], None] = lambda reason: None) -> None:
+        self._on_halt = on_halt
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.disk_full: MediaDiskFullError | None = None
+        """The full disk that halted the run."""
+        self.error: Exception | None = None
+        """The first other failure inside a download (usually the archive's)."""
+        self.stopped: str | None = None
+        """Why no new download starts any more (None: running)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this run; its failure halts the run (result None)."""
+        task = asyncio.ensure_future(self._guarded(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def halt(self, reason: str) -> None:
+        """Start nothing new from now on (the first reason stays)."""
+        if self.stopped is None:
+            self.stopped = reason
+            self._on_halt(reason)
+
+    async def drain(self) -> None:
+        """Wait for every task, those started meanwhile included."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def cancel_all(self) -> None:
+        """Cancel every task without waiting (Ctrl-C); their files stay ``pending``."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def cancel(self) -> None:
+        """Cancel whatever still runs and wait for it."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await coro
+        except MediaDiskFullError as exc:
+            if self.disk_full is None:
+                self.disk_full = exc
+                self.halt("disk full")
+        except Exception as exc:  # the archive failed: no later write would succeed
+            if self.error is None:
+                self.error = exc
+                self.halt(f"archive error: {exc}")
+        return None

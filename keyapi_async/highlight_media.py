@@ -31,14 +31,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 from ._errors import MediaDiskFullError
 from .archive import StoryArchive
 from .archive.highlights import mark_fetched, record_cover, saved_covers
-from .capture import MAX_FAILURES, MediaRecorder
+from .capture import MAX_FAILURES, DownloadTasks, MediaRecorder
 from .media import MediaDownloader, MediaOutcome, MediaStatus, SavedMedia
 from .models import Highlight, HighlightStories, StoryItem, User
 
@@ -94,14 +94,9 @@ class HighlightMedia:
         self.archive = archive
         self.downloader = downloader
         self._recorder = MediaRecorder(archive, downloader)
-        self.stopped: str | None = None
-        """Why no new download starts any more (a full disk, an archive failure)."""
-        self.disk_full: MediaDiskFullError | None = None
-        self.error: Exception | None = None
-        """An archive (or other unexpected) failure inside a download task."""
+        self._downloads = DownloadTasks(self._halted)
         # One download per story per run, shared by every highlight holding it.
         self._items: dict[str, asyncio.Task[Settled | None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._status: collections.Counter[str] = collections.Counter()
         self._reasons: collections.Counter[str] = collections.Counter()
         self._received = 0
@@ -138,7 +133,7 @@ class HighlightMedia:
             return
         known = await saved_covers(self.archive, (h.id for h in with_cover))
         for highlight in with_cover:
-            self._spawn(self._cover(account, highlight, known.get(highlight.id)))
+            self._downloads.spawn(self._cover(account, highlight, known.get(highlight.id)))
 
     async def items(self, account: str, highlight: Highlight, stories: HighlightStories) -> None:
         """Start the downloads of one recorded highlight's items; mark it fetched once all end.
@@ -150,48 +145,39 @@ class HighlightMedia:
         fresh = list({i.id: i for i in stories.items if i.id not in self._items}.values())
         await self._recorder.claim(fresh)
         for item in fresh:
-            self._items[item.id] = self._spawn(self._item(account, owner, item, highlight))
+            self._items[item.id] = self._downloads.spawn(
+                self._item(account, owner, item, highlight)
+            )
         waits = {i.id: self._items[i.id] for i in stories.items}
-        self._spawn(self._complete(highlight, waits))
+        self._downloads.spawn(self._complete(highlight, waits))
 
     async def drain(self) -> None:
         """Wait for every download (and every highlight's completion) to end."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._downloads.drain()
 
     async def cancel(self) -> None:
         """Cancel whatever still runs and wait for it; its items stay ``pending``."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._downloads.cancel()
+
+    @property
+    def stopped(self) -> str | None:
+        """Why no new download starts any more (a full disk, an archive failure)."""
+        return self._downloads.stopped
+
+    @property
+    def disk_full(self) -> MediaDiskFullError | None:
+        """The full disk that stopped the downloads (None: none)."""
+        return self._downloads.disk_full
+
+    @property
+    def error(self) -> Exception | None:
+        """An archive (or other unexpected) failure inside a download task."""
+        return self._downloads.error
 
     # -- the tasks -----------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(self._guarded(coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        try:
-            return await coro
-        except MediaDiskFullError as exc:
-            if self.disk_full is None:
-                self.disk_full = exc
-                self._halt("disk full")
-        except Exception as exc:  # the archive failed: no later write would succeed
-            if self.error is None:
-                self.error = exc
-                self._halt(f"archive error: {exc}")
-        return None
-
-    def _halt(self, reason: str) -> None:
-        if self.stopped is None:
-            self.stopped = reason
-            _log.warning("highlight media: %s; starting no new downloads", reason)
+    def _halted(self, reason: str) -> None:
+        _log.warning("highlight media: %s; starting no new downloads", reason)
 
     def _count(self, outcome: MediaOutcome, settled: str) -> None:
         self._received += outcome.bytes

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from keyapi_async.archive import StoryArchive
-from keyapi_async.capture import MediaRecorder
-from keyapi_async.media import MediaDownloader, MediaOutcome, MediaStatus
+from keyapi_async.archive import ArchiveError, StoryArchive
+from keyapi_async.capture import DownloadTasks, MediaRecorder
+from keyapi_async.media import MediaDiskFullError, MediaDownloader, MediaOutcome, MediaStatus
 from keyapi_async.models import Reel, StoryItem
 from keyapi_async.testing import Emulator
 
@@ -121,3 +121,29 @@ async def test_failures_are_recorded_with_their_reason(tmp_path: Path) -> None:
             records = await archive.media_records(o.story_id for o in outcomes)
             assert {r.status for r in records.values()} == {"failed"}
             assert all(r.reason for r in records.values())
+
+
+async def test_one_rule_stops_a_runs_downloads_on_a_full_disk_or_an_archive_failure() -> None:
+    halts: list[str] = []
+    tasks = DownloadTasks(halts.append)
+
+    async def fine() -> str:
+        return "ok"
+
+    async def full() -> None:
+        raise MediaDiskFullError("no space left on device", story_id="1", outcomes=[])
+
+    async def broken() -> None:
+        raise ArchiveError("archive locked", path="a.sqlite3")
+
+    good = tasks.spawn(fine())
+    tasks.spawn(full())
+    tasks.spawn(full())
+    await tasks.drain()
+    assert good.result() == "ok"
+    assert tasks.stopped == "disk full" and tasks.disk_full is not None
+    assert halts == ["disk full"]  # once, whatever the number of failures
+    tasks.spawn(broken())
+    await tasks.drain()
+    assert isinstance(tasks.error, ArchiveError)
+    assert tasks.stopped == "disk full" and halts == ["disk full"]  # the first reason stays

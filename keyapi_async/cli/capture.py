@@ -28,13 +28,13 @@ import collections
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from .._errors import KeyAPIError
 from ..archive import ArchiveError, StoryArchive, StoryRecord
-from ..capture import MAX_FAILURES, MediaRecorder
+from ..capture import MAX_FAILURES, DownloadTasks, MediaRecorder
 from ..media import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BYTES,
@@ -222,16 +222,39 @@ class Capture:
         self.on_stop: Callable[[str], None] = lambda reason: None
         """Called once when the capture must stop the batch (disk full, archive failure)."""
         self.note: Callable[[str], None] = lambda message: None
-        self.disk_full: MediaDiskFullError | None = None
-        self.error: Exception | None = None
-        """An archive (or other unexpected) failure inside a download task."""
-        self.stopped: str | None = None
-        """Why no new download starts any more."""
+        self._downloads = DownloadTasks(self._halted)
         self._tally = _Tally()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._by_target: dict[str, list[asyncio.Task[None]]] = collections.defaultdict(list)
         self._expired: dict[str, set[str]] = collections.defaultdict(set)
         self._refreshing: set[str] = set()
+
+    @property
+    def disk_full(self) -> MediaDiskFullError | None:
+        """The full disk that stopped the downloads (None: none)."""
+        return self._downloads.disk_full
+
+    @property
+    def error(self) -> Exception | None:
+        """An archive (or other unexpected) failure, in a download task or recording."""
+        return self._downloads.error
+
+    @error.setter
+    def error(self, exc: Exception | None) -> None:
+        self._downloads.error = exc
+
+    @property
+    def stopped(self) -> str | None:
+        """Why no new download starts any more."""
+        return self._downloads.stopped
+
+    def _halted(self, reason: str) -> None:
+        full = self._downloads.disk_full
+        if reason == "disk full" and full is not None:
+            self.note(
+                f"{full}: sending no new requests and starting no new downloads; "
+                "unfinished files stay pending for the next run"
+            )
+        self.on_stop(reason)
 
     # -- the run's life ----------------------------------------------------------------
 
@@ -341,39 +364,9 @@ class Capture:
         for item in wanted:
             tally.set(item.id, "pending")
             if self.stopped is None:
-                task = self._spawn(self._download(target, owner, item, allow_refresh))
+                task = self._downloads.spawn(self._download(target, owner, item, allow_refresh))
                 self._by_target[target].append(task)
         return len(wanted)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(self._guarded(coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        except MediaDiskFullError as exc:
-            self._stop_for_disk(exc)
-        except Exception as exc:  # the archive failed: no later write would succeed
-            if self.error is None:
-                self.error = exc
-                self._halt(f"archive error: {exc}")
-
-    def _halt(self, reason: str) -> None:
-        if self.stopped is None:
-            self.stopped = reason
-            self.on_stop(reason)
-
-    def _stop_for_disk(self, exc: MediaDiskFullError) -> None:
-        if self.disk_full is None:
-            self.disk_full = exc
-            self.note(
-                f"{exc}: sending no new requests and starting no new downloads; "
-                "unfinished files stay pending for the next run"
-            )
-            self._halt("disk full")
 
     async def _download(
         self, target: str, owner: User | None, item: StoryItem, allow_refresh: bool
@@ -398,7 +391,7 @@ class Capture:
                 self._expired[target].add(story_id)
                 if target not in self._refreshing:
                     self._refreshing.add(target)
-                    self._spawn(self._refresh(target))
+                    self._downloads.spawn(self._refresh(target))
         else:
             reason = outcome.reason or "unknown reason"
             tally.set(story_id, "failed")
@@ -428,23 +421,17 @@ class Capture:
 
     async def drain(self) -> None:
         """Wait for every download (and the refreshes they started) to end."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._downloads.drain()
 
     def interrupt(self) -> None:
         """Ctrl-C: cancel the downloads; their files stay ``pending`` (``.part`` kept to resume)."""
-        if self.stopped is None:
-            self.stopped = "interrupted"
-        for task in list(self._tasks):
-            task.cancel()
+        if self._downloads.stopped is None:
+            self._downloads.stopped = "interrupted"  # Ctrl-C already stops the batch
+        self._downloads.cancel_all()
 
     async def cancel(self) -> None:
         """Cancel whatever is still running and wait for it (on every way out of the run)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._downloads.cancel()
 
     def summary_note(self) -> str | None:
         """One line on how the media went, for ``-q`` and the notes."""
