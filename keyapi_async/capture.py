@@ -104,7 +104,8 @@ class MediaRecorder:
         """
         story_id = outcome.story_id
         if outcome.ok and outcome.relative_path:
-            if known is not None and outcome.relative_path == known.path:
+            skipped = outcome.status is MediaStatus.SKIPPED
+            if skipped and known is not None and outcome.relative_path == known.path:
                 return  # the archive's own record caused the skip
             size = outcome.size if outcome.size is not None else outcome.bytes
             await self.archive.record_media(

@@ -81,6 +81,15 @@ async def test_claimed_then_saved_then_skipped_without_a_second_write(tmp_path: 
             after = await archive.media_records(o.story_id for o in second)
             assert {r.saved_at for r in after.values()} == {1_000}
             assert {r.status for r in after.values()} == {"saved"}
+            # A recorded file that lost its bytes is downloaded again, and recorded anew.
+            victim = first[0]
+            assert victim.path is not None
+            victim.path.write_bytes(b"x")
+            third = await _capture(archive, emu, dest, items)
+            assert [o.status for o in third].count(MediaStatus.SAVED) == 1
+            again = (await archive.media_records([victim.story_id]))[victim.story_id]
+            assert again.saved_at != 1_000 and again.sha256 == sha(victim.path)
+            assert again.bytes == victim.size
 
 
 async def test_a_file_on_disk_without_a_record_is_recorded_with_its_hash(tmp_path: Path) -> None:

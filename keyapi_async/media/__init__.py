@@ -403,6 +403,10 @@ class MediaDownloader:
             found = files.recorded_size(self.root, Path(record.path))
             if found is not None and found[1] == record.size:
                 return self._skip(draft, found[0], record.size, record.sha256, "already saved")
+            if found is not None and found[0] == path:
+                # The record says what this file should be: at another size
+                # it is not it (truncated, edited), so it is fetched again.
+                return None
         if self._skip_existing:
             present = await asyncio.to_thread(files.present_file, path)
             if present is not None:
