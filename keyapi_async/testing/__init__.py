@@ -31,7 +31,8 @@ From the shell, ``python -m keyapi_async.testing --qps 10`` prints
 ``KEYAPI_BASE_URL=http://127.0.0.1:PORT`` and serves until interrupted.
 """
 
-from ._app import Answer, Emulator, RequestRecord
+from ._answers import Answer
+from ._app import Emulator, RequestRecord
 from ._churn import ChurnConfig
 from ._config import BILLED_FAULTS, DEFAULT_TEST_KEY, EmulatorConfig, Fault, MediaConfig, MediaFault
 from ._highlights import HighlightConfig

@@ -5,77 +5,46 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-import math
 import random
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Final
 
-import msgspec
 from aiohttp import hdrs, web
 
-from ._churn import churn_reel
+from ._answers import (
+    HIGHLIGHT_PREFIX,
+    JSON_HEADERS,
+    MISSING_PREFIX,
+    MSG_BAD_HIGHLIGHT,
+    MSG_BAD_KEY,
+    MSG_BAD_USER_ID,
+    MSG_BOTH_HANDLES,
+    MSG_FORBIDDEN,
+    MSG_NO_HANDLE,
+    MSG_NO_HIGHLIGHT,
+    MSG_NO_KEY,
+    MSG_NOT_FOUND,
+    MSG_QUOTA,
+    Answer,
+    Answers,
+    loop_time,
+)
 from ._config import BILLED_FAULTS, ENDPOINT, EmulatorConfig, Fault
-from ._data import build_reel, encoded_reel, split_target_key, target_key
+from ._data import build_reel, split_target_key, target_key
+from ._faults import FaultPicker
 from ._highlights import (
     HIGHLIGHT_STORIES_PATH,
     TRAY_PATH,
-    highlight_ids,
-    highlight_stories_data,
-    tray_data,
 )
-from ._highlights import encode as encode_data
 from ._media import install_media
+from ._window import QpsWindow
 
 __all__ = ["ENDPOINT", "Answer", "Emulator", "RequestRecord"]
 
 """The only path the emulator serves (``GET``)."""
 
 CREDITS_PER_SUCCESS: Final = 2
-
-_MSG_NO_KEY: Final = "apiKey is null"
-_MSG_BAD_KEY: Final = "apiKey is invalid"
-_MSG_NO_HANDLE: Final = "Missing required parameter: handle"
-_MSG_BOTH_HANDLES: Final = "Only one of username or user_id may be given"
-_MSG_BAD_USER_ID: Final = "Invalid parameter: user_id"
-_MSG_NO_HIGHLIGHT: Final = "Missing required parameter: highlight_id"
-_MSG_BAD_HIGHLIGHT: Final = "Invalid parameter: highlight_id"
-_HIGHLIGHT_PREFIX: Final = "highlight:"
-_MSG_QPS: Final = "qps limit exceeded"
-_MSG_QUOTA: Final = "apiKey quota is not enough"
-_MSG_SERVER_ERROR: Final = "Internal server error"
-_MSG_FORBIDDEN: Final = "apiKey has no permission for this endpoint"
-_MSG_NOT_FOUND: Final = "user not found"
-_MSG_UNAVAILABLE: Final = "Service temporarily unavailable"
-# What a proxy in front of the API might say, sent as Latin-1 bytes.
-_MSG_LATIN1: Final = "Erreur interne du serveur : délai dépassé, réessayez".encode("latin-1")
-_MISSING_PREFIX: Final = "missing_"
-_UNAVAILABLE_RETRY_AFTER: Final = "2"
-_ANNOUNCED_COUNT: Final = 3
-
-_JSON: Final = "application/json"
-_JSON_HEADERS: Final[Mapping[str, str]] = {hdrs.CONTENT_TYPE: _JSON}
-_HTML_HEADERS: Final[Mapping[str, str]] = {hdrs.CONTENT_TYPE: "text/html"}
-_LATIN1_HEADERS: Final[Mapping[str, str]] = {
-    hdrs.CONTENT_TYPE: "application/json; charset=iso-8859-1"
-}
-_UNAVAILABLE_HEADERS: Final[Mapping[str, str]] = {
-    hdrs.CONTENT_TYPE: _JSON,
-    hdrs.RETRY_AFTER: _UNAVAILABLE_RETRY_AFTER,
-}
-_BAD_GATEWAY_PAGE: Final = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
-    b"</body>\r\n</html>\r\n"
-)
-
-# The success envelope is assembled around the cached reel bytes so that a
-# cache hit costs one join instead of re-encoding ~10-40 KB of JSON.
-_SUCCESS_HEAD: Final = b'{"code":0,"message":"success","data":'
-_REQUEST_ID_HEAD: Final = b',"requestId":"'
-_SUCCESS_TAIL: Final = b'"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,37 +81,10 @@ class RequestRecord:
         """The target key (``"username:NAME"`` / ``"user_id:ID"`` / ``"highlight:ID"``), or ``None`` unless exactly one was given."""  # noqa: E501
         if self.path == HIGHLIGHT_STORIES_PATH:
             digits = _highlight_digits(self.highlight_id)
-            return None if digits is None else _HIGHLIGHT_PREFIX + digits
+            return None if digits is None else HIGHLIGHT_PREFIX + digits
         if (self.username is None) == (self.user_id is None):
             return None
         return target_key(self.username, self.user_id)
-
-
-class Answer(NamedTuple):
-    """What the emulator decided to answer one request (see :meth:`Emulator.decide`)."""
-
-    status: int
-    """HTTP status; 0 for :attr:`Fault.RESET` (the connection is cut instead)."""
-    body: bytes
-    """The body to send; for :attr:`Fault.RESET` the full body, of which half is written."""
-    headers: Mapping[str, str]
-    """Response headers (``Content-Type``, ``Retry-After`` when set)."""
-    body_code: int | None
-    """The body's ``code``, or ``None`` when the body is not a JSON envelope."""
-    fault: Fault | None
-    """The injected fault, if any."""
-    delay: float = 0.0
-    """Seconds to wait before answering: latency, jitter and :attr:`Fault.SLOW`'s wait."""
-
-
-def _loop_time() -> float:
-    # The running loop's clock, so a virtual-clock loop drives the QPS window
-    # and the log; outside a loop (a direct call in a sync test) the monotonic
-    # clock, which is what a default loop's time() is anyway.
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:
-        return time.monotonic()
 
 
 def _bearer_token(header: str | None) -> str | None:
@@ -157,27 +99,8 @@ def _bearer_token(header: str | None) -> str | None:
 def _highlight_digits(value: str | None) -> str | None:
     if value is None:
         return None
-    digits = value.removeprefix(_HIGHLIGHT_PREFIX)
+    digits = value.removeprefix(HIGHLIGHT_PREFIX)
     return digits if digits.isascii() and digits.isdigit() else None
-
-
-def _kept_story(config: EmulatorConfig, key: str) -> dict[str, Any] | None:
-    """The active story ``key``'s first highlight also holds (``keep_active``), or None.
-
-    The newest item of the account's static reel; in churn (watch) mode the
-    active reel moves with time, so no story is kept there.
-    """
-    if not config.highlights.keep_active or config.churn is not None:
-        return None
-    reel = build_reel(key, config.seed, config.empty_ratio)["data"]
-    items = None if reel is None else reel.get("items")
-    return items[-1] if items else None
-
-
-def _envelope(code: int, message: str, request_id: str) -> bytes:
-    return msgspec.json.encode(
-        {"code": code, "data": None, "message": message, "requestId": request_id}
-    )
 
 
 class Emulator:
@@ -252,11 +175,9 @@ class Emulator:
             collections.Counter()
         )
         self._successes: collections.Counter[str] = collections.Counter()
-        self._script_positions: dict[str, int] = {}
-        self._accepted: collections.deque[float] = collections.deque()
-        # Which account's tray listed each highlight id, so its items name that owner.
-        self._highlight_owners: dict[str, str] = {}
-        self._highlights_since = _loop_time()
+        self._faults: FaultPicker[Fault] = FaultPicker()
+        self._window = QpsWindow()
+        self._answers = Answers(self._window)
         self._config = config if config is not None else EmulatorConfig()
         self._configure(self._config, previous=None)
 
@@ -275,34 +196,18 @@ class Emulator:
         self._configure(new, previous)
 
     def _configure(self, new: EmulatorConfig, previous: EmulatorConfig | None) -> None:
-        if new.qps is None:
-            self._qps_cap: int | None = None
-            self._qps_window = 1.0
-        elif new.qps >= 1:
-            self._qps_cap, self._qps_window = math.floor(new.qps), 1.0
-        else:
-            self._qps_cap, self._qps_window = 1, 1.0 / new.qps
-        # Cumulative thresholds in enum order, so one uniform draw picks a fault
-        # independently of the mapping's insertion order.
-        self._fault_thresholds: list[float] = []
-        self._fault_choices: list[Fault] = []
-        total = 0.0
-        for fault in Fault:
-            rate = new.fault_rates.get(fault, 0.0)
-            if rate > 0:
-                total += rate
-                self._fault_thresholds.append(total)
-                self._fault_choices.append(fault)
+        self._window.configure(new.qps)
+        self._faults.set_rates(Fault, new.fault_rates)
         if previous is None or previous.seed != new.seed:
-            self._fault_rng = random.Random(f"keyapi-emulator-faults:{new.seed}")
-            self._id_rng = random.Random(f"keyapi-emulator-request-ids:{new.seed}")
+            self._faults.reseed(f"keyapi-emulator-faults:{new.seed}")
+            self._answers.reseed(new.seed)
             self._latency_rng = random.Random(f"keyapi-emulator-latency:{new.seed}")
         if previous is None or previous.credits != new.credits:
             self.credits_remaining = new.credits
         if previous is None or previous.fault_script != new.fault_script:
-            self._script_positions.clear()
+            self._faults.restart_scripts()
         if previous is None or previous.highlights != new.highlights:
-            self._highlights_since = _loop_time()  # grow_every counts from here
+            self._answers.highlights_since = loop_time()  # grow_every counts from here
 
     # -- inspection helpers ---------------------------------------------------------
 
@@ -312,7 +217,7 @@ class Emulator:
         A highlight key (``"highlight:ID"``) gives that highlight's requests;
         an account's key gives its stories and tray requests.
         """
-        if key.startswith(_HIGHLIGHT_PREFIX):
+        if key.startswith(HIGHLIGHT_PREFIX):
             return [r for r in self.log if r.target == key]
         kind, value = split_target_key(key)
         if kind == "username":
@@ -393,7 +298,7 @@ class Emulator:
 
     @staticmethod
     async def _send_reset(request: web.Request, body: bytes) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers=_JSON_HEADERS)
+        response = web.StreamResponse(status=200, headers=JSON_HEADERS)
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body[: len(body) // 2])
@@ -403,9 +308,6 @@ class Emulator:
         # aiohttp's write_eof on the aborted transport raises ConnectionError,
         # which the server treats as a client disconnect (no traceback logged).
         return response
-
-    def _request_id(self) -> str:
-        return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
 
     def decide(
         self, query: Mapping[str, str], authorization: str | None, *, path: str = ENDPOINT
@@ -420,7 +322,7 @@ class Emulator:
         for :attr:`Fault.RESET`, cuts the connection).
         """
         config = self._config
-        now = _loop_time()
+        now = loop_time()
         self._seq += 1
         self.requests_total += 1
         username = query.get("username") or None
@@ -430,11 +332,11 @@ class Emulator:
         forbidden = token is not None and token in config.forbidden_keys
         authorized = token is not None and (forbidden or token in config.api_keys)
         if token is None:
-            answer = self._json_error(401, _MSG_NO_KEY)
+            answer = self._answers.json_error(401, MSG_NO_KEY)
         elif not authorized:
-            answer = self._json_error(401, _MSG_BAD_KEY)
+            answer = self._answers.json_error(401, MSG_BAD_KEY)
         elif forbidden:
-            answer = self._json_error(403, _MSG_FORBIDDEN)
+            answer = self._answers.json_error(403, MSG_FORBIDDEN)
         else:
             answer = self._decide_authorized(config, now, username, user_id, path, highlight_id)
         delay = config.latency
@@ -462,7 +364,7 @@ class Emulator:
         return answer
 
     def _is_missing(self, config: EmulatorConfig, key: str, username: str | None) -> bool:
-        if username is not None and username.startswith(_MISSING_PREFIX):
+        if username is not None and username.startswith(MISSING_PREFIX):
             return True
         return key in config.missing_accounts
 
@@ -485,172 +387,38 @@ class Emulator:
     ) -> Answer:
         if path == HIGHLIGHT_STORIES_PATH:
             if highlight_id is None:
-                return self._json_error(400, _MSG_NO_HIGHLIGHT)
+                return self._answers.json_error(400, MSG_NO_HIGHLIGHT)
             digits = _highlight_digits(highlight_id)
             if digits is None:
-                return self._json_error(400, _MSG_BAD_HIGHLIGHT)
-            key = _HIGHLIGHT_PREFIX + digits
+                return self._answers.json_error(400, MSG_BAD_HIGHLIGHT)
+            key = HIGHLIGHT_PREFIX + digits
         elif username is None and user_id is None:
-            return self._json_error(400, _MSG_NO_HANDLE)
+            return self._answers.json_error(400, MSG_NO_HANDLE)
         elif username is not None and user_id is not None:
-            return self._json_error(400, _MSG_BOTH_HANDLES)
+            return self._answers.json_error(400, MSG_BOTH_HANDLES)
         elif user_id is not None and not (user_id.isascii() and user_id.isdigit()):
-            return self._json_error(400, _MSG_BAD_USER_ID)
+            return self._answers.json_error(400, MSG_BAD_USER_ID)
         else:
             key = f"username:{username}" if username is not None else f"user_id:{user_id}"
 
-        cap = self._qps_cap
-        if cap is not None:
-            accepted = self._accepted
-            horizon = now - self._qps_window
-            while accepted and accepted[0] <= horizon:
-                accepted.popleft()
-            if len(accepted) >= cap:
-                return self._rate_limited(config, now, status=429, fault=None)
-            accepted.append(now)
+        if not self._window.admit(now):
+            return self._answers.rate_limited(config, now, status=429, fault=None)
 
         if self.credits_remaining is not None and self.credits_remaining < CREDITS_PER_SUCCESS:
-            return self._json_error(402, _MSG_QUOTA)
+            return self._answers.json_error(402, MSG_QUOTA)
 
         if self._is_missing(config, key, username):
-            return self._json_error(404, _MSG_NOT_FOUND)
+            return self._answers.json_error(404, MSG_NOT_FOUND)
 
-        fault = self._pick_fault(config, key)
+        fault = self._faults.pick(config.fault_script.get(key), key)
         if fault is None or fault in BILLED_FAULTS:
             if self.credits_remaining is not None:
                 self.credits_remaining -= CREDITS_PER_SUCCESS
             self.credits_spent += CREDITS_PER_SUCCESS
             if fault is None or fault is Fault.SLOW:
                 self._successes["tray:" + key if path == TRAY_PATH else key] += 1
-                body = self._success_body(config, key, path)
-                return Answer(200, body, _JSON_HEADERS, 0, fault)
-            body = self._billed_fault_body(config, key, fault, path)
-            return Answer(200, body, _JSON_HEADERS, 0, fault)
-        if fault is Fault.SERVER_ERROR_LATIN1:
-            body = b"".join(
-                (
-                    b'{"code":500,"data":null,"message":"',
-                    _MSG_LATIN1,
-                    b'","requestId":"',
-                    self._request_id().encode(),
-                    b'"}',
-                )
-            )
-            return Answer(500, body, _LATIN1_HEADERS, 500, fault)
-        if fault is Fault.SERVICE_UNAVAILABLE:
-            body = _envelope(503, _MSG_UNAVAILABLE, self._request_id())
-            return Answer(503, body, _UNAVAILABLE_HEADERS, 503, fault)
-        if fault is Fault.SERVER_ERROR:
-            return self._json_error(500, _MSG_SERVER_ERROR, fault=fault)
-        if fault is Fault.BAD_GATEWAY_HTML:
-            return Answer(502, _BAD_GATEWAY_PAGE, _HTML_HEADERS, None, fault)
-        if fault is Fault.ERROR_CODE_200:
-            return self._json_error(500, _MSG_SERVER_ERROR, status=200, fault=fault)
-        if fault is Fault.RATE_LIMIT_200:
-            return self._json_error(429, _MSG_QPS, status=200, fault=fault)
-        if fault is Fault.RATE_LIMIT:
-            return self._rate_limited(config, now, status=429, fault=fault)
-        if fault is Fault.EMPTY:
-            return Answer(200, b"", _JSON_HEADERS, None, fault)
-        body = self._success_body(config, key, path)
-        if fault is Fault.TRUNCATED:
-            return Answer(200, body[: len(body) // 2], _JSON_HEADERS, None, fault)
-        # Fault.RESET: the handler writes half of this body, then aborts.
-        return Answer(0, body, _JSON_HEADERS, None, fault)
-
-    def _pick_fault(self, config: EmulatorConfig, key: str) -> Fault | None:
-        scripted: Fault | None = None
-        script = config.fault_script.get(key)
-        if script is not None:
-            position = self._script_positions.get(key, 0)
-            self._script_positions[key] = position + 1
-            if position < len(script):
-                scripted = script[position]
-        drawn: Fault | None = None
-        if self._fault_thresholds:
-            # Draw even when a script decides, so the random sequence seen by
-            # other targets does not depend on which targets are scripted.
-            index = bisect.bisect_right(self._fault_thresholds, self._fault_rng.random())
-            if index < len(self._fault_choices):
-                drawn = self._fault_choices[index]
-        return scripted if scripted is not None else drawn
-
-    def _success_body(self, config: EmulatorConfig, key: str, path: str = ENDPOINT) -> bytes:
-        if path == ENDPOINT:
-            if config.churn is not None:  # watch mode: the reel changes with time
-                reel = churn_reel(config.churn, config.seed, key)
-            else:
-                reel = encoded_reel(key, config.seed, config.empty_ratio)
-        else:
-            reel = encode_data(self._highlights_data(config, key, path))
-        request_id = self._request_id().encode()
-        return b"".join((_SUCCESS_HEAD, reel, _REQUEST_ID_HEAD, request_id, _SUCCESS_TAIL))
-
-    def _highlights_data(self, config: EmulatorConfig, key: str, path: str) -> dict[str, Any]:
-        elapsed = _loop_time() - self._highlights_since
-        if path == TRAY_PATH:
-            for digits in highlight_ids(key, config.seed, config.highlights):
-                self._highlight_owners[digits] = key
-            kept = _kept_story(config, key)
-            return tray_data(key, config.seed, config.highlights, elapsed, kept)
-        digits = key.removeprefix(_HIGHLIGHT_PREFIX)
-        owner = self._highlight_owners.get(digits)
-        kept = None if owner is None else _kept_story(config, owner)
-        return highlight_stories_data(digits, config.seed, config.highlights, elapsed, owner, kept)
-
-    def _billed_fault_body(
-        self, config: EmulatorConfig, key: str, fault: Fault, path: str = ENDPOINT
-    ) -> bytes:
-        """A code-0 body the client cannot use: the hostile answers the API still bills."""
-        if fault is Fault.NON_UTF8:
-            body = self._success_body(config, key, path)
-            # Into a string the client models (the owner's name, else the
-            # message): a byte in a skipped field would pass unnoticed.
-            if b'"full_name":"' in body:
-                return body.replace(b'"full_name":"', b'"full_name":"\xff', 1)
-            return body.replace(b'"message":"success"', b'"message":"succ\xffss"', 1)
-        request_id = self._request_id()
-        if path != ENDPOINT:
-            # The highlight answers' versions: items of the wrong type, or none at all.
-            drift: dict[str, object] = {"items": {"id": 1}} if fault is Fault.SCHEMA_DRIFT else {}
-            if path == TRAY_PATH and fault is not Fault.SCHEMA_DRIFT:
-                drift = {"items": "none"}
-            return msgspec.json.encode(
-                {"code": 0, "message": "success", "data": {"data": drift}, "requestId": request_id}
-            )
-        reel: dict[str, Any] = build_reel(key, config.seed, config.empty_ratio)["data"] or {}
-        if fault is Fault.SCHEMA_DRIFT:
-            items = reel.get("items") or [{"media_type": 1}]
-            # Ids as numbers, as if the API had changed its schema.
-            reel["items"] = [{**item, "id": 1_000 + n} for n, item in enumerate(items)]
-            reel["count"] = len(items)
-        else:  # Fault.COUNT_WITHOUT_ITEMS
-            reel.pop("items", None)
-            reel["count"] = _ANNOUNCED_COUNT
-        return msgspec.json.encode(
-            {"code": 0, "message": "success", "data": {"data": reel}, "requestId": request_id}
-        )
-
-    def _json_error(
-        self, code: int, message: str, *, status: int | None = None, fault: Fault | None = None
-    ) -> Answer:
-        body = _envelope(code, message, self._request_id())
-        return Answer(code if status is None else status, body, _JSON_HEADERS, code, fault)
-
-    def _rate_limited(
-        self, config: EmulatorConfig, now: float, *, status: int, fault: Fault | None
-    ) -> Answer:
-        answer = self._json_error(429, _MSG_QPS, status=status, fault=fault)
-        if not config.retry_after:
-            return answer
-        return answer._replace(
-            headers={**_JSON_HEADERS, hdrs.RETRY_AFTER: str(self._retry_after_seconds(now))}
-        )
-
-    def _retry_after_seconds(self, now: float) -> int:
-        cap, accepted = self._qps_cap, self._accepted
-        if cap is None or len(accepted) < cap:
-            return 1
-        # The window frees a slot when the entry `cap` places from the end expires.
-        frees_at = accepted[len(accepted) - cap] + self._qps_window
-        return max(1, math.ceil(frees_at - now))
+                body = self._answers.success_body(config, key, path)
+                return Answer(200, body, JSON_HEADERS, 0, fault)
+            body = self._answers.billed_fault_body(config, key, fault, path)
+            return Answer(200, body, JSON_HEADERS, 0, fault)
+        return self._answers.for_fault(config, now, key, path, fault)

@@ -19,12 +19,10 @@ Every media request is logged in :attr:`MediaCDN.log` with its headers
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import hashlib
 import hmac
 import math
-import random
 import time
 import types
 import weakref
@@ -38,6 +36,7 @@ from aiohttp import hdrs, web
 
 from ._config import ENDPOINT, ENDPOINTS, EmulatorConfig, MediaConfig, MediaFault
 from ._data import localize_media
+from ._faults import FaultPicker
 from ._highlights import TRAY_PATH
 
 __all__ = [
@@ -282,13 +281,10 @@ class MediaCDN:
         self._emulator = weakref.ref(emulator)
         self.log = []
         self._outcomes: collections.Counter[tuple[int, MediaFault | None]] = collections.Counter()
-        self._script_positions: dict[str, int] = {}
         self._seen_config: MediaConfig | None = None
         self._seen_seed: int | None = None
-        self._rng = random.Random(0)
+        self._faults: FaultPicker[MediaFault] = FaultPicker()
         self._key = b""
-        self._thresholds: list[float] = []
-        self._choices: list[MediaFault] = []
 
     # -- configuration ----------------------------------------------------------------
 
@@ -300,17 +296,11 @@ class MediaCDN:
         media: MediaConfig = config.media
         if media is not self._seen_config or config.seed != self._seen_seed:
             if config.seed != self._seen_seed:
-                self._rng = random.Random(f"keyapi-emulator-media-faults:{config.seed}")
+                self._faults.reseed(f"keyapi-emulator-media-faults:{config.seed}")
                 self._key = hashlib.sha256(f"keyapi-emulator-media:{config.seed}".encode()).digest()
             if self._seen_config is None or media.fault_script != self._seen_config.fault_script:
-                self._script_positions.clear()
-            self._thresholds, self._choices, total = [], [], 0.0
-            for fault in MediaFault:
-                rate = media.fault_rates.get(fault, 0.0)
-                if rate > 0:
-                    total += rate
-                    self._thresholds.append(total)
-                    self._choices.append(fault)
+                self._faults.restart_scripts()
+            self._faults.set_rates(MediaFault, media.fault_rates)
             self._seen_config, self._seen_seed = media, config.seed
         return emulator, media
 
@@ -426,21 +416,6 @@ class MediaCDN:
 
     # -- serving ------------------------------------------------------------------------
 
-    def _pick_fault(self, media: MediaConfig, story_id: str) -> MediaFault | None:
-        scripted: MediaFault | None = None
-        script = media.fault_script.get(story_id)
-        if script is not None:
-            position = self._script_positions.get(story_id, 0)
-            self._script_positions[story_id] = position + 1
-            if position < len(script):
-                scripted = script[position]
-        drawn: MediaFault | None = None
-        if self._thresholds:
-            index = bisect.bisect_right(self._thresholds, self._rng.random())
-            if index < len(self._choices):
-                drawn = self._choices[index]
-        return scripted if scripted is not None else drawn
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Serve ``GET /media/<story_id>.<ext>`` (the aiohttp handler)."""
         arrived = time.monotonic()
@@ -456,7 +431,7 @@ class MediaCDN:
         if served is None:
             response = web.Response(status=status, text=reason)
         else:
-            fault = self._pick_fault(media, served.story_id)
+            fault = self._faults.pick(media.fault_script.get(served.story_id), served.story_id)
             response, status, range_start = await self._answer(
                 request, emulator, media, served, fault
             )
