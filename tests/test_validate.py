@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -80,3 +81,18 @@ def test_the_option_converters_word_errors_as_the_validator_does() -> None:
     assert count_option("--retries", minimum=0)("3") == 3
     with pytest.raises(argparse.ArgumentTypeError, match=r"--retries must be an int >= 0, got 'x'"):
         count_option("--retries")("x")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: EmulatorConfig(empty_ratio=2.0),
+        lambda: EmulatorConfig(api_keys=frozenset()),
+        lambda: EmulatorConfig(missing_accounts="username:x"),  # type: ignore[arg-type]
+        lambda: EmulatorConfig(seed=True),
+    ],
+)
+def test_the_emulators_configs_raise_configuration_errors(build: Callable[[], object]) -> None:
+    # The one rule for bad arguments holds in the emulator too (docs/errors.md).
+    with pytest.raises(ConfigurationError):
+        build()

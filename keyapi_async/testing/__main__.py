@@ -90,6 +90,11 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="permit binding a non-loopback host (the emulator accepts a well-known fake key)",
     )
+    _add_behaviour_arguments(parser)
+
+
+def _add_behaviour_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the emulator answers: its cap, credits, faults, latency, data and keys."""
     parser.add_argument(
         "--qps",
         type=number_option("--qps", positive=True),

@@ -12,6 +12,7 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from .._errors import ConfigurationError
 from ._answers import (
     HIGHLIGHT_PREFIX,
     JSON_HEADERS,
@@ -164,7 +165,7 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig | None = None, *, max_log: int | None = None) -> None:
         if max_log is not None and (isinstance(max_log, bool) or max_log < 1):
-            raise ValueError(f"max_log must be None or an int >= 1, got {max_log!r}")
+            raise ConfigurationError(f"max_log must be None or an int >= 1, got {max_log!r}")
         self.base_url = ""
         self.log = []
         self.max_log = max_log
@@ -236,7 +237,7 @@ class Emulator:
     def max_in_window(self, window: float = 1.0) -> int:
         """Return the most arrivals (rejected ones included) in any window ``[t, t + window)`` of the log."""  # noqa: E501
         if window <= 0:
-            raise ValueError(f"window must be > 0, got {window!r}")
+            raise ConfigurationError(f"window must be > 0, got {window!r}")
         times = [r.time for r in self.log]
         best = 0
         for i, start in enumerate(times):

@@ -7,6 +7,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from .._errors import ConfigurationError
 from ..engine.validate import check_number
 
 __all__ = ["coerce", "fault_rates", "fault_script"]
@@ -23,7 +24,7 @@ def coerce(kind: type[_E], value: object, field_name: str, what: str = "fault") 
         return kind(value)
     except ValueError:
         names = ", ".join(str(member.value) for member in kind)
-        raise ValueError(
+        raise ConfigurationError(
             f"{field_name}: unknown {what} {value!r} (expected one of {names})"
         ) from None
 
@@ -33,16 +34,18 @@ def fault_rates(
 ) -> Mapping[_E, float]:
     """A read-only ``{fault: probability}``: each in [0, 1], summing to at most 1."""
     if not isinstance(rates, Mapping):
-        raise ValueError(f"{field_name} must be a mapping of {kind.__name__} to probability")
+        raise ConfigurationError(
+            f"{field_name} must be a mapping of {kind.__name__} to probability"
+        )
     checked: dict[_E, float] = {}
     for raw, rate in rates.items():
         fault = coerce(kind, raw, field_name, what)
         check_number(rate, f"{field_name}[{fault.value}]")
         if rate > 1:
-            raise ValueError(f"{field_name}[{fault.value}] must be <= 1, got {rate!r}")
+            raise ConfigurationError(f"{field_name}[{fault.value}] must be <= 1, got {rate!r}")
         checked[fault] = float(rate)
     if sum(checked.values()) > 1 + _RATE_SUM_TOLERANCE:
-        raise ValueError(f"{field_name} must sum to <= 1, got {sum(checked.values())!r}")
+        raise ConfigurationError(f"{field_name} must sum to <= 1, got {sum(checked.values())!r}")
     return types.MappingProxyType(checked)
 
 
@@ -55,11 +58,11 @@ def fault_script(
 ) -> Mapping[str, tuple[_E, ...]]:
     """A read-only ``{key: (fault, ...)}``; ``check_key`` validates (and returns) each key."""
     if not isinstance(script, Mapping):
-        raise ValueError(f"{field_name} must be a mapping of keys to faults")
+        raise ConfigurationError(f"{field_name} must be a mapping of keys to faults")
     checked: dict[str, tuple[_E, ...]] = {}
     for key, faults in script.items():
         name = check_key(key)
         if isinstance(faults, str | kind) or not isinstance(faults, Sequence):
-            raise ValueError(f"{field_name}[{key!r}] must be a sequence of faults")
+            raise ConfigurationError(f"{field_name}[{key!r}] must be a sequence of faults")
         checked[name] = tuple(coerce(kind, f, f"{field_name}[{key!r}]", what) for f in faults)
     return types.MappingProxyType(checked)

@@ -31,6 +31,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from .._errors import ConfigurationError
 from ..engine.validate import check_number
 from ._data import build_reel, make_item
 
@@ -69,7 +70,7 @@ class ChurnConfig:
             or not isinstance(self.epoch, int | float)
             or not math.isfinite(self.epoch)
         ):
-            raise ValueError(f"churn.epoch must be None or a number, got {self.epoch!r}")
+            raise ConfigurationError(f"churn.epoch must be None or a number, got {self.epoch!r}")
 
 
 class PublishedStory(NamedTuple):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 from urllib.parse import urlsplit
 
+from .._errors import ConfigurationError
 from ..engine.validate import check_count, check_number
 from ._checks import fault_rates, fault_script
 from ._churn import ChurnConfig
@@ -69,7 +70,7 @@ class MediaFault(enum.Enum):
 
 def _story_key(story_id: object) -> str:
     if not isinstance(story_id, str) or not story_id:
-        raise ValueError(f"media.fault_script keys must be story ids, got {story_id!r}")
+        raise ConfigurationError(f"media.fault_script keys must be story ids, got {story_id!r}")
     return story_id
 
 
@@ -125,9 +126,9 @@ class MediaConfig:
     def __post_init__(self) -> None:
         """Validate every field and freeze the containers."""
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"media.enabled must be a bool, got {self.enabled!r}")
+            raise ConfigurationError(f"media.enabled must be a bool, got {self.enabled!r}")
         if not isinstance(self.ranges, bool):
-            raise ValueError(f"media.ranges must be a bool, got {self.ranges!r}")
+            raise ConfigurationError(f"media.ranges must be a bool, got {self.ranges!r}")
         check_number(self.url_ttl, "media.url_ttl")
         check_number(self.slow_delay, "media.slow_delay")
         for name in ("chunk_size", "slow_chunk"):
@@ -141,11 +142,11 @@ class MediaConfig:
         object.__setattr__(self, "fault_script", script)
 
         if not isinstance(self.sizes, Mapping):
-            raise ValueError("media.sizes must be a mapping of story id to byte size")
+            raise ConfigurationError("media.sizes must be a mapping of story id to byte size")
         sizes: dict[str, int] = {}
         for story_id, size in self.sizes.items():
             if isinstance(size, bool) or not isinstance(size, int) or size < _MIN_OVERRIDE_SIZE:
-                raise ValueError(
+                raise ConfigurationError(
                     f"media.sizes[{story_id!r}] must be an int >= {_MIN_OVERRIDE_SIZE}, "
                     f"got {size!r}"
                 )
@@ -154,7 +155,7 @@ class MediaConfig:
 
         parts = urlsplit(self.offsite_base) if isinstance(self.offsite_base, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
+            raise ConfigurationError(
                 f"media.offsite_base must be an http(s) URL, got {self.offsite_base!r}"
             )
 
@@ -221,7 +222,7 @@ BILLED_FAULTS: frozenset[Fault] = frozenset(
 def _check_target_key(target: object, field_name: str) -> str:
     kind, sep, value = target.partition(":") if isinstance(target, str) else ("", "", "")
     if not sep or not value or kind not in ("username", "user_id", "highlight"):
-        raise ValueError(
+        raise ConfigurationError(
             f"{field_name} keys must look like 'username:NAME', 'user_id:DIGITS' or "
             f"'highlight:DIGITS', got {target!r}"
         )
@@ -230,15 +231,15 @@ def _check_target_key(target: object, field_name: str) -> str:
 
 def _key_set(keys: object, field_name: str) -> frozenset[str]:
     if isinstance(keys, str | bytes):
-        raise ValueError(f"{field_name} must be a collection of keys, not a single string")
+        raise ConfigurationError(f"{field_name} must be a collection of keys, not a single string")
     try:
         key_set: frozenset[object] = frozenset(keys)  # type: ignore[call-overload]
     except TypeError:
-        raise ValueError(f"{field_name} must be a collection of strings") from None
+        raise ConfigurationError(f"{field_name} must be a collection of strings") from None
     for key in key_set:
         # Keys are secrets-shaped, so never echo them in the message.
         if not isinstance(key, str) or not key or key != key.strip() or " " in key:
-            raise ValueError(f"{field_name} must be non-empty strings without whitespace")
+            raise ConfigurationError(f"{field_name} must be non-empty strings without whitespace")
     return cast("frozenset[str]", key_set)
 
 
@@ -323,37 +324,39 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         """Validate every field and normalise the containers."""
         if not isinstance(self.media, MediaConfig):
-            raise ValueError(f"media must be a MediaConfig, got {type(self.media).__name__}")
+            raise ConfigurationError(
+                f"media must be a MediaConfig, got {type(self.media).__name__}"
+            )
         if not isinstance(self.highlights, HighlightConfig):
-            raise ValueError(
+            raise ConfigurationError(
                 f"highlights must be a HighlightConfig, got {type(self.highlights).__name__}"
             )
         if self.churn is not None and not isinstance(self.churn, ChurnConfig):
-            raise ValueError(
+            raise ConfigurationError(
                 f"churn must be a ChurnConfig or None, got {type(self.churn).__name__}"
             )
         if isinstance(self.api_keys, str | bytes):
-            raise ValueError("api_keys must be a collection of keys, not a single string")
+            raise ConfigurationError("api_keys must be a collection of keys, not a single string")
         try:
             key_set = frozenset(self.api_keys)
         except TypeError:
-            raise ValueError("api_keys must be a collection of strings") from None
+            raise ConfigurationError("api_keys must be a collection of strings") from None
         if not key_set:
-            raise ValueError("api_keys must contain at least one key")
+            raise ConfigurationError("api_keys must contain at least one key")
         for key in key_set:
             # Keys are secrets-shaped, so never echo them in the message.
             if not isinstance(key, str) or not key or key != key.strip() or " " in key:
-                raise ValueError("api_keys must be non-empty strings without whitespace")
+                raise ConfigurationError("api_keys must be non-empty strings without whitespace")
         object.__setattr__(self, "api_keys", key_set)
         object.__setattr__(self, "forbidden_keys", _key_set(self.forbidden_keys, "forbidden_keys"))
 
         if self.qps is not None:
             check_number(self.qps, "qps")
             if self.qps == 0:
-                raise ValueError("qps must be > 0 (use None for no cap)")
+                raise ConfigurationError("qps must be > 0 (use None for no cap)")
 
         if not isinstance(self.retry_after, bool):
-            raise ValueError(f"retry_after must be a bool, got {self.retry_after!r}")
+            raise ConfigurationError(f"retry_after must be a bool, got {self.retry_after!r}")
 
         if self.credits is not None:
             check_count(self.credits, "credits")
@@ -369,11 +372,13 @@ class EmulatorConfig:
         object.__setattr__(self, "fault_script", script)
 
         if isinstance(self.missing_accounts, str | bytes):
-            raise ValueError("missing_accounts must be a collection of target keys")
+            raise ConfigurationError("missing_accounts must be a collection of target keys")
         try:
             missing = frozenset(self.missing_accounts)
         except TypeError:
-            raise ValueError("missing_accounts must be a collection of target keys") from None
+            raise ConfigurationError(
+                "missing_accounts must be a collection of target keys"
+            ) from None
         for target in missing:
             _check_target_key(target, "missing_accounts")
         object.__setattr__(self, "missing_accounts", missing)
@@ -383,8 +388,10 @@ class EmulatorConfig:
         check_number(self.latency_jitter, "latency_jitter")
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+            raise ConfigurationError(f"seed must be an int, got {self.seed!r}")
 
         check_number(self.empty_ratio, "empty_ratio")
         if self.empty_ratio > 1:
-            raise ValueError(f"empty_ratio must be between 0 and 1, got {self.empty_ratio!r}")
+            raise ConfigurationError(
+                f"empty_ratio must be between 0 and 1, got {self.empty_ratio!r}"
+            )

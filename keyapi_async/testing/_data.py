@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import msgspec
 
+from .._errors import ConfigurationError
+
 __all__ = [
     "BASE_EPOCH",
     "IMAGE_RENDITIONS",
@@ -152,7 +154,7 @@ _STICKER_FLAGS: Final[dict[str, int]] = {
 def target_key(username: str | None = None, user_id: str | None = None) -> str:
     """Return the target key (``"username:NAME"`` or ``"user_id:DIGITS"``) for one handle."""
     if (username is None) == (user_id is None):
-        raise ValueError("give exactly one of username or user_id")
+        raise ConfigurationError("give exactly one of username or user_id")
     return f"username:{username}" if username is not None else f"user_id:{user_id}"
 
 
@@ -160,7 +162,7 @@ def split_target_key(key: str) -> tuple[str, str]:
     """Split a target key into ``(kind, value)``; kind is ``"username"`` or ``"user_id"``."""
     kind, sep, value = key.partition(":")
     if not sep or kind not in ("username", "user_id"):
-        raise ValueError(f"not a target key: {key!r}")
+        raise ConfigurationError(f"not a target key: {key!r}")
     return kind, value
 
 

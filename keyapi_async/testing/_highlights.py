@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from .._errors import ConfigurationError
 from ..engine.validate import check_count, check_number
 from ._data import BASE_EPOCH, digest, make_item, owner_for, split_target_key
 
@@ -86,11 +87,15 @@ class HighlightConfig:
         if self.grow_every is not None:
             check_number(self.grow_every, "highlights.grow_every", positive=True)
         if self.shape not in ("items", "reels", "mixed"):
-            raise ValueError(f"highlights.shape must be items, reels or mixed, got {self.shape!r}")
+            raise ConfigurationError(
+                f"highlights.shape must be items, reels or mixed, got {self.shape!r}"
+            )
         added: dict[str, int] = {}
         for hid, extra in dict(self.added).items():
             if not isinstance(hid, str) or not (hid.isascii() and hid.isdigit()):
-                raise ValueError(f"highlights.added keys must be highlight ids, got {hid!r}")
+                raise ConfigurationError(
+                    f"highlights.added keys must be highlight ids, got {hid!r}"
+                )
             added[hid] = check_count(extra, f"highlights.added[{hid!r}]")
         object.__setattr__(self, "added", added)
         object.__setattr__(self, "hostile", frozenset(self.hostile))

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import msgspec
 from aiohttp import hdrs, web
 
+from .._errors import ConfigurationError
 from ._config import ENDPOINT, ENDPOINTS, EmulatorConfig, MediaConfig, MediaFault
 from ._data import localize_media
 from ._faults import FaultPicker
@@ -199,7 +200,7 @@ def _iter_range(
 
 def _check_ext(ext: str) -> None:
     if ext not in _EXTENSIONS:
-        raise ValueError(f"ext must be 'jpg' or 'mp4', got {ext!r}")
+        raise ConfigurationError(f"ext must be 'jpg' or 'mp4', got {ext!r}")
 
 
 def media_bytes(

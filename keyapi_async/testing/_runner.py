@@ -9,6 +9,7 @@ from typing import Final
 
 from aiohttp import web
 
+from .._errors import ConfigurationError
 from ._app import Emulator
 from ._config import EmulatorConfig
 
@@ -62,7 +63,7 @@ async def run_emulator(
 
     """
     if not allow_non_loopback and not _is_loopback(host):
-        raise ValueError(
+        raise ConfigurationError(
             f"refusing to bind non-loopback host {host!r}; pass allow_non_loopback=True "
             "(--allow-non-loopback on the command line) to do so"
         )
