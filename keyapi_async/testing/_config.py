@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 from urllib.parse import urlsplit
@@ -229,6 +229,25 @@ def _check_target_key(target: object, field_name: str) -> str:
     return f"{kind}:{value}"
 
 
+def _api_keys(keys: Iterable[object]) -> frozenset[str]:
+    """The accepted keys as a set: at least one, each a non-empty string without spaces."""
+    if isinstance(keys, str | bytes):
+        raise ConfigurationError("api_keys must be a collection of keys, not a single string")
+    try:
+        key_set = frozenset(keys)
+    except TypeError:
+        raise ConfigurationError("api_keys must be a collection of strings") from None
+    if not key_set:
+        raise ConfigurationError("api_keys must contain at least one key")
+    checked: set[str] = set()
+    for key in key_set:
+        # Keys are secrets-shaped, so never echo them in the message.
+        if not isinstance(key, str) or not key or key != key.strip() or " " in key:
+            raise ConfigurationError("api_keys must be non-empty strings without whitespace")
+        checked.add(key)
+    return frozenset(checked)
+
+
 def _key_set(keys: object, field_name: str) -> frozenset[str]:
     if isinstance(keys, str | bytes):
         raise ConfigurationError(f"{field_name} must be a collection of keys, not a single string")
@@ -335,19 +354,7 @@ class EmulatorConfig:
             raise ConfigurationError(
                 f"churn must be a ChurnConfig or None, got {type(self.churn).__name__}"
             )
-        if isinstance(self.api_keys, str | bytes):
-            raise ConfigurationError("api_keys must be a collection of keys, not a single string")
-        try:
-            key_set = frozenset(self.api_keys)
-        except TypeError:
-            raise ConfigurationError("api_keys must be a collection of strings") from None
-        if not key_set:
-            raise ConfigurationError("api_keys must contain at least one key")
-        for key in key_set:
-            # Keys are secrets-shaped, so never echo them in the message.
-            if not isinstance(key, str) or not key or key != key.strip() or " " in key:
-                raise ConfigurationError("api_keys must be non-empty strings without whitespace")
-        object.__setattr__(self, "api_keys", key_set)
+        object.__setattr__(self, "api_keys", _api_keys(self.api_keys))
         object.__setattr__(self, "forbidden_keys", _key_set(self.forbidden_keys, "forbidden_keys"))
 
         if self.qps is not None:
