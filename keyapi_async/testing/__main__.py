@@ -113,6 +113,12 @@ def _add_behaviour_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="omit the Retry-After header on 429 answers",
     )
+    _add_fault_arguments(parser)
+    _add_data_arguments(parser)
+
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """What goes wrong, and how slowly: faults and latency."""
     parser.add_argument(
         "--fault-rate",
         type=parse_fault_rates,
@@ -145,6 +151,10 @@ def _add_behaviour_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="delay of the 'slow' fault (default: 2)",
     )
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the emulator answers with, for whom, and how much it remembers."""
     parser.add_argument(
         "--empty-ratio",
         type=number_option("--empty-ratio"),
