@@ -43,7 +43,7 @@ import aiohttp
 from .._errors import ConfigurationError, MediaDiskFullError
 from ..engine.validate import check_count, check_number
 from ..models import Highlight, Reel, StoryItem, User
-from . import files, plan, queue
+from . import files, plan, queue, skip
 from .http import Destination, HTTPDownload
 from .outcome import KnownSaved, MediaOutcome, MediaStatus, SavedMedia, lookup_saved
 from .paths import (
@@ -376,9 +376,12 @@ class MediaDownloader:
             return replace(draft, status=MediaStatus.REJECTED, reason=str(exc))
         # Two items with one name (a story listed twice) must not share a .part.
         async with self._path_locks.hold(path):
-            skipped = await self._skipped(draft, path, known)
-            if skipped is not None:
-                return skipped
+            record = known if known is not None else await lookup_saved(self._known, draft.story_id)
+            done = await skip.skipped(
+                self.root, draft, path, record, skip_existing=self._skip_existing
+            )
+            if done is not None:
+                return done
             dest = Destination(
                 path=path,
                 ext=str(fields["ext"]),
@@ -393,36 +396,3 @@ class MediaDownloader:
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
-
-    async def _skipped(
-        self, draft: MediaOutcome, path: Path, known: SavedMedia | None
-    ) -> MediaOutcome | None:
-        """The ``skipped`` outcome when the item's file is already there, else None."""
-        record = known if known is not None else await lookup_saved(self._known, draft.story_id)
-        if record is not None:
-            found = files.recorded_size(self.root, Path(record.path))
-            if found is not None and found[1] == record.size:
-                return self._skip(draft, found[0], record.size, record.sha256, "already saved")
-            if found is not None and found[0] == path:
-                # The record says what this file should be: at another size
-                # it is not it (truncated, edited), so it is fetched again.
-                return None
-        if self._skip_existing:
-            present = await asyncio.to_thread(files.present_file, path)
-            if present is not None:
-                size, sha256 = present
-                return self._skip(draft, path, size, sha256, "file already present")
-        return None
-
-    def _skip(
-        self, draft: MediaOutcome, path: Path, size: int, sha256: str | None, why: str
-    ) -> MediaOutcome:
-        return replace(
-            draft,
-            status=MediaStatus.SKIPPED,
-            path=path,
-            relative_path=self._relative(path),
-            size=size,
-            sha256=sha256,
-            reason=why,
-        )
