@@ -36,6 +36,7 @@ from ..engine.targets import TargetLike
 from ..media.outcome import MediaOutcome, SavedMedia
 from ..models import Highlight, HighlightStories, HighlightTray, Reel
 from . import SchemaExtension, StoryArchive
+from .records import in_chunks
 
 __all__ = [
     "HIGHLIGHTS_SCHEMA",
@@ -127,9 +128,7 @@ def _fetched_counts(
     conn: sqlite3.Connection, ids: list[str]
 ) -> dict[str, tuple[int | None, int | None]]:
     found: dict[str, tuple[int | None, int | None]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
+    for marks, chunk in in_chunks(ids):
         rows = conn.execute(
             "SELECT id, fetched_latest_reel_media, fetched_media_count FROM highlights "
             f"WHERE fetched_at IS NOT NULL AND id IN ({marks})",
@@ -227,9 +226,7 @@ async def saved_covers(archive: StoryArchive, ids: Iterable[str]) -> dict[str, S
 
     def job(conn: sqlite3.Connection) -> dict[str, SavedMedia]:
         found: dict[str, SavedMedia] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(wanted):
             rows = conn.execute(
                 "SELECT id, cover_path, cover_bytes, cover_sha256 FROM highlights "
                 f"WHERE cover_path IS NOT NULL AND id IN ({marks})",
