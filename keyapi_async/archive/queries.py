@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .connection import ArchiveFile
 from .records import (
@@ -46,6 +46,9 @@ __all__ = [
 T = TypeVar("T")
 
 _ORDER: str = " ORDER BY s.taken_at, s.story_id"
+# More than most archives; SQLite caps it at its compile-time MAX_MMAP_SIZE
+# (2 GiB in common builds) and reads the rest of a larger file as before.
+_SNAPSHOT_MMAP_BYTES: Final = 1 << 31
 
 
 class Reader:
@@ -77,6 +80,13 @@ class Reader:
         conn = self._file.connect(readonly=True)
         try:
             try:
+                # A long read walks the stories in taken_at order, one table
+                # page per row: reading pages from a map instead of copying
+                # each into SQLite's small cache makes an export of 300,000
+                # stories 15-25% faster (docs/decisions.md, "Exports read
+                # through a memory map"). SQLite caps the size at its own
+                # compile-time maximum and falls back to reads when it can't.
+                conn.execute(f"PRAGMA mmap_size = {_SNAPSHOT_MMAP_BYTES}")
                 conn.execute("BEGIN")
                 yield conn
             except sqlite3.Error as exc:
