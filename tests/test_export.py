@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import importlib.util
 import io
 import json
+import os
+import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -211,6 +214,44 @@ async def test_parquet(archive: StoryArchive, tmp_path: Path) -> None:
     assert saved["taken_at"] == datetime.fromtimestamp(T0 + 1, UTC)
     assert (saved["bytes"], saved["sha256"], saved["media_status"]) == (2048, SHA, "saved")
     assert rows["0042"]["media_url"] == HOSTILE_URL and rows["0042"]["file"] == ""
+
+
+def _export_cli(*args: str, stdout: int) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "keyapi_async", "export", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(
+    not HAS_PYARROW, reason='pyarrow is not installed (pip install "keyapi-async[parquet]")'
+)
+async def test_parquet_to_a_pipe_is_the_file_export(archive: StoryArchive, tmp_path: Path) -> None:
+    pq = importlib.import_module("pyarrow.parquet")
+    out = tmp_path / "stories.parquet"
+    write_export(archive, "parquet", out)
+    piped = _export_cli(str(archive.path), "-f", "parquet", stdout=subprocess.PIPE)
+    assert piped.returncode == 0, piped.stderr
+    assert pq.read_table(io.BytesIO(piped.stdout)).equals(pq.read_table(out))
+
+
+def test_parquet_is_never_written_to_a_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "archive.sqlite3"
+    StoryArchive.connect(path).close()
+    leader, follower = pty.openpty()
+    try:
+        refused = _export_cli(str(path), "-f", "parquet", stdout=follower)
+        os.set_blocking(leader, False)
+        with contextlib.suppress(BlockingIOError):
+            assert os.read(leader, 1024) == b""  # nothing reached the terminal
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert refused.returncode == 2
+    assert b"give -o FILE or pipe stdout" in refused.stderr
 
 
 def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
+import typing
 from collections.abc import Callable
 
 from .. import __version__
@@ -15,6 +17,7 @@ from ..engine.config import (
     REDIS_URL_ENV,
 )
 from ..engine.validate import count_option, number_option
+from ..export import EXPORT_COLUMNS, ExportFormat
 from ..media import DEFAULT_CONCURRENCY, DEFAULT_MAX_BYTES
 from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
@@ -359,11 +362,15 @@ def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export = commands.add_parser(
         "export",
         help="write an archive's stories as CSV, JSON Lines or Parquet",
-        description=(
-            "Write one row per story item of the archive DB: story_id, username, user_id,\n"
-            "taken_at, expiring_at, media_type, media_url, width, height, duration, file,\n"
-            "bytes, sha256, fetched_at, media_status. Timestamps are ISO 8601 UTC (Z).\n"
-            "Written to a temporary file renamed into place, or to stdout with -o -."
+        description="\n".join(
+            [
+                *textwrap.wrap(
+                    "Write one row per story item of the archive DB: "
+                    f"{', '.join(EXPORT_COLUMNS)}. Timestamps are ISO 8601 UTC (Z).",
+                    width=80,
+                ),
+                "Written to a temporary file renamed into place, or to stdout with -o -.",
+            ]
         ),
         formatter_class=_Formatter,
         allow_abbrev=False,
@@ -374,7 +381,7 @@ def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export.add_argument(
         "-f",
         "--format",
-        choices=("csv", "jsonl", "parquet"),
+        choices=typing.get_args(ExportFormat),
         default="csv",
         help="csv (RFC 4180), jsonl, or parquet (needs pyarrow) (default: csv)",
     )
@@ -383,7 +390,7 @@ def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--output",
         metavar="FILE",
         default="-",
-        help="where to write; - is stdout (default: -; not for parquet)",
+        help="where to write; - is stdout (default: -; parquet to a pipe, not a terminal)",
     )
 
 

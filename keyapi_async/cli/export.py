@@ -30,8 +30,11 @@ def run_export(args: argparse.Namespace) -> int:
     """Write the archive ``args.archive`` as ``args.format`` to ``args.output`` (``-``: stdout)."""
     fmt = cast(ExportFormat, args.format)
     to_stdout = args.output == "-"
-    if to_stdout and fmt == "parquet":
-        raise CLIError("Parquet is a binary file format: give -o FILE (not stdout) with -f parquet")
+    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
+        # As gzip does: binary goes to a pipe or a file, never to a terminal.
+        raise CLIError(
+            "Parquet is a binary file format: give -o FILE or pipe stdout with -f parquet"
+        )
     if not to_stdout and os.path.isdir(args.output):
         raise CLIError(f"{args.output!r} is a directory; -o needs a file path")
     with _open_readonly(args.archive) as archive:
