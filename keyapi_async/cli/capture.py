@@ -34,6 +34,7 @@ from typing import Final
 
 from .._errors import KeyAPIError
 from ..archive import ArchiveError, StoryArchive, StoryRecord
+from ..archive.highlights import highlights_of
 from ..capture import MAX_FAILURES, DownloadTasks, MediaRecorder
 from ..media import (
     DEFAULT_CONCURRENCY,
@@ -44,7 +45,15 @@ from ..media import (
     MediaStatus,
     media_hosts_from_env,
 )
-from ..models import ImageCandidate, ImageVersions, Reel, StoryItem, User, VideoVersion
+from ..models import (
+    Highlight,
+    ImageCandidate,
+    ImageVersions,
+    Reel,
+    StoryItem,
+    User,
+    VideoVersion,
+)
 from .exit import CLIError, setting_errors
 from .progress import MediaCounts
 
@@ -331,7 +340,12 @@ class Capture:
             )
 
     async def resume_pending(self) -> int:
-        """Start the downloads an earlier run left unfinished; return how many."""
+        """Start the downloads an earlier run left unfinished; return how many.
+
+        A story the archive holds in a highlight is finished in that
+        highlight's layout, where the highlights pass that claimed it would
+        have saved it (:func:`~keyapi_async.archive.highlights.highlights_of`).
+        """
         if self.downloader is None:
             return 0
         # Not filtered by the story's expiry: a signed URL often outlives the
@@ -345,15 +359,23 @@ class Capture:
             item = _item_of(story)
             if item is not None:
                 by_account[story.account].append(item)
+        filed = await highlights_of(self.archive, (i.id for v in by_account.values() for i in v))
         total = 0
         for account, items in by_account.items():
-            total += await self._queue(account, None, items, allow_refresh=False)
+            total += await self._queue(account, None, items, allow_refresh=False, filed=filed)
         self._tally.resumed += total
         return total
 
     async def _queue(
-        self, target: str, owner: User | None, items: Iterable[StoryItem], *, allow_refresh: bool
+        self,
+        target: str,
+        owner: User | None,
+        items: Iterable[StoryItem],
+        *,
+        allow_refresh: bool,
+        filed: Mapping[str, Highlight] | None = None,
     ) -> int:
+        """Claim and start the downloads of ``items``; ``filed``: story id -> its highlight."""
         tally = self._tally
         # A story already handled in this run (a duplicate in the reel, an
         # account that is also being resumed) is not downloaded twice.
@@ -364,17 +386,25 @@ class Capture:
         for item in wanted:
             tally.set(item.id, "pending")
             if self.stopped is None:
-                task = self._downloads.spawn(self._download(target, owner, item, allow_refresh))
+                highlight = None if filed is None else filed.get(item.id)
+                task = self._downloads.spawn(
+                    self._download(target, owner, item, allow_refresh, highlight)
+                )
                 self._by_target[target].append(task)
         return len(wanted)
 
     async def _download(
-        self, target: str, owner: User | None, item: StoryItem, allow_refresh: bool
+        self,
+        target: str,
+        owner: User | None,
+        item: StoryItem,
+        allow_refresh: bool,
+        highlight: Highlight | None,
     ) -> None:
         assert self._media is not None
         if self.stopped is not None:
             return
-        outcome = await self._media.download(item, target=target, owner=owner)
+        outcome = await self._media.download(item, target=target, owner=owner, highlight=highlight)
         self._count(target, outcome, allow_refresh)
 
     def _count(self, target: str, outcome: MediaOutcome, allow_refresh: bool) -> None:
