@@ -14,7 +14,9 @@ import shutil
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,10 +26,12 @@ from keyapi_async.testing import HighlightConfig, MediaConfig, MediaFault, run_e
 from keyapi_async.testing._data import build_reel
 from keyapi_async.testing._highlights import HIGHLIGHT_STORIES_PATH, highlight_ids
 from keyapi_async.testing._media import MediaCDN, media_cdn
+from tests.test_capture_cli import wait_until
 from tests.test_cli import CLI, base_env, run_cli, write_targets
-from tests.test_highlights_media import config, files_below, folder, members
+from tests.test_highlights_media import config, covers, files_below, folder, members
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+T = TypeVar("T")
 ARCHIVE_FILES = {"archive.sqlite3", "archive.sqlite3-wal", "archive.sqlite3-shm"}
 
 
@@ -45,24 +49,30 @@ def saved_paths(root: Path) -> dict[str, str]:
         }
 
 
-def pending_members(db: Path) -> tuple[set[str], set[str]]:
-    """``(highlight ids with recorded items, story ids of items whose file is pending)``.
+def read_live(db: Path, query: Callable[[sqlite3.Connection], T], empty: T) -> T:
+    """``query`` on an archive another process writes (WAL: its last commit).
 
-    Read while the command writes (WAL: a reader sees the last commit); empty
-    before the archive or its highlights tables exist.
+    ``empty`` before the archive or the tables the query reads exist.
     """
     if not db.exists():
-        return set(), set()
+        return empty
     try:
         with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as c:
-            hids = {row[0] for row in c.execute("SELECT highlight_id FROM highlight_items")}
-            pending = c.execute(
-                "SELECT i.story_id FROM highlight_items i JOIN media m USING (story_id) "
-                "WHERE m.status = 'pending'"
-            )
-            return hids, {row[0] for row in pending}
-    except sqlite3.OperationalError:  # no tables yet, or a write lock held a moment
-        return set(), set()
+            return query(c)
+    except sqlite3.OperationalError:  # no such table (yet)
+        return empty
+
+
+Claims = tuple[set[str], set[str], set[str]]
+
+
+def pending_members(conn: sqlite3.Connection) -> Claims:
+    """``(highlights with recorded items, their story ids, those whose file is pending)``."""
+    rows = conn.execute(
+        "SELECT i.highlight_id, i.story_id, m.status FROM highlight_items i "
+        "LEFT JOIN media m USING (story_id)"
+    ).fetchall()
+    return {r[0] for r in rows}, {r[1] for r in rows}, {r[1] for r in rows if r[2] == "pending"}
 
 
 def check_one_file_each(root: Path, paths: dict[str, str], cdn: MediaCDN) -> None:
@@ -106,21 +116,21 @@ async def test_a_killed_highlights_run_is_resumed_in_the_highlight_layout(
             env=env, cwd=tmp_path,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
+        db = killed / "archive.sqlite3"
+        answers = {f"highlight:{h}" for h in expected}
+
+        def claimed() -> bool:
+            """Every highlight answered and recorded, and every item of them pending."""
+            hids, items, pending = read_live(db, pending_members, (set(), set(), set()))
+            answered = {r.target for r in emu.log if r.path == HIGHLIGHT_STORIES_PATH}
+            return hids == expected and answered == answers and pending == items
+
         try:
-            deadline = asyncio.get_running_loop().time() + 30
-            while True:
-                hids, pending = pending_members(killed / "archive.sqlite3")
-                answered = {r.target for r in emu.log if r.path == HIGHLIGHT_STORIES_PATH}
-                if hids == expected and answered == {f"highlight:{h}" for h in expected}:
-                    with StoryArchive.connect(killed / "archive.sqlite3", readonly=True) as db:
-                        if pending == {sid for sid, *_ in members(db)}:
-                            break
-                assert proc.returncode is None, "the run ended before it was killed"
-                assert asyncio.get_running_loop().time() < deadline, "no pending items in 30 s"
-                await asyncio.sleep(0.01)
+            await wait_until(claimed, proc)
         finally:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+        _, _, pending = read_live(db, pending_members, (set(), set(), set()))
         assert kept <= pending and not saved_paths(killed)  # nothing finished: all to resume
         again = tmp_path / "again"
         shutil.copytree(killed, again)
@@ -170,3 +180,132 @@ async def test_a_killed_highlights_run_is_resumed_in_the_highlight_layout(
         check_one_file_each(again, resumed, cdn)
         async with StoryArchive.open(again / "archive.sqlite3", extensions=[HIGHLIGHTS_SCHEMA]):
             pass  # the archive the command left opens with the highlights tables
+
+
+# -- --highlight-template -----------------------------------------------------------
+
+STORIES = "stories/{username}/{story_id}.{ext}"
+KEPT = "kept/{username}/{highlight_id}/{story_id}.{ext}"
+
+
+def check_templated(root: Path, cdn: MediaCDN) -> int:
+    """Every file below ``root`` is where the two templates put it, with the CDN's bytes.
+
+    Returns the number of highlight item files.
+    """
+    recorded = set()
+    with StoryArchive.connect(root / "archive.sqlite3", readonly=True) as db:
+        owners = {sid: (account, hid) for sid, hid, _, account in members(db)}
+        for story in db.stories():
+            media = story.media
+            assert media is not None and media.status == "saved" and media.path, story.story_id
+            assert story.media_url is not None
+            assert sha(root / media.path) == media.sha256 == cdn.expected_sha256(story.media_url)
+            ext = media.path.rpartition(".")[2]
+            if story.story_id in owners:
+                account, hid = owners[story.story_id]
+                assert media.path == f"kept/{account}/{hid}/{story.story_id}.{ext}"
+            else:
+                assert media.path == f"stories/{story.account}/{story.story_id}.{ext}"
+            recorded.add(media.path)
+        for hid, _, account, url, path, digest in covers(db):
+            assert url is not None and path == f"kept/{account}/{hid}/cover_{hid}.jpg"
+            assert sha(root / path) == digest == cdn.expected_sha256(url)
+            recorded.add(path)
+    assert files_below(root) - ARCHIVE_FILES == recorded
+    return len(owners)
+
+
+async def test_fetch_saves_highlights_by_the_highlight_template(
+    api_key: str, tmp_path: Path
+) -> None:
+    names = [f"tpl{n}" for n in range(10)]
+    highlights = HighlightConfig(max_highlights=2, max_items=2)
+    expected = {h for n in names for h in highlight_ids(f"username:{n}", 0, highlights)}
+    assert len(expected) >= 4
+    targets = write_targets(tmp_path / "targets.txt", names)
+    root = tmp_path / "dl"
+    async with run_emulator(config(api_key, highlights)) as emu:
+        cdn = media_cdn(emu)
+        done = await run_cli(
+            "fetch", str(targets), "-o", "run.jsonl", "--highlights", "--download", str(root),
+            "--name-template", STORIES, "--highlight-template", KEPT,
+            "--media-hosts", emu.base_url.removeprefix("http://"), "--qps", "0",
+            env=base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key), cwd=tmp_path,
+        )  # fmt: skip
+        assert done.code == 0, done.stderr
+        assert check_templated(root, cdn) >= len(expected)
+        assert {f.split("/")[2] for f in files_below(root) if f.startswith("kept/")} == expected
+
+
+def watch_saved(conn: sqlite3.Connection) -> tuple[set[str], int]:
+    """``(highlights whose cover is saved, highlight items not saved yet)``."""
+    rows = conn.execute("SELECT id FROM highlights WHERE cover_path IS NOT NULL")
+    saved = {row[0] for row in rows}
+    (unsaved,) = conn.execute(
+        "SELECT count(*) FROM highlight_items i LEFT JOIN media m USING (story_id) "
+        "WHERE m.status IS NOT 'saved'"
+    ).fetchone()
+    return saved, int(unsaved)
+
+
+async def test_watch_saves_highlights_by_the_highlight_template(
+    api_key: str, tmp_path: Path
+) -> None:
+    names = [f"wtpl{n}" for n in range(6)]
+    highlights = HighlightConfig(max_highlights=2, max_items=2)
+    expected = {h for n in names for h in highlight_ids(f"username:{n}", 0, highlights)}
+    assert len(expected) >= 3
+    targets = write_targets(tmp_path / "targets.txt", names)
+    root = tmp_path / "dl"
+    async with run_emulator(config(api_key, highlights)) as emu:
+        cdn = media_cdn(emu)
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "watch", str(targets), "--every", "20s", "--highlights-every", "4s",
+            "--download", str(root), "--name-template", STORIES, "--highlight-template", KEPT,
+            "--media-hosts", emu.base_url.removeprefix("http://"), "--qps", "50",
+            env=base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key), cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        db = root / "archive.sqlite3"
+        try:
+            await wait_until(lambda: read_live(db, watch_saved, (set(), -1)) == (expected, 0), proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, err.decode()
+        # The polls that ran meanwhile may have saved new active stories too.
+        assert check_templated(root, cdn) >= len(expected)
+
+
+@pytest.mark.parametrize("command", ["fetch", "watch"])
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{username}/{nope}/{story_id}.{ext}", "unknown field {nope}"),
+        ("{username}/{highlight_id}.{ext}", "must contain {story_id}"),
+    ],
+)
+async def test_a_bad_highlight_template_exits_2_having_sent_nothing(
+    api_key: str, tmp_path: Path, command: str, template: str, problem: str
+) -> None:
+    targets = write_targets(tmp_path / "targets.txt", ["alpha", "beta"])
+    root, ledger = tmp_path / "dl", tmp_path / "run.jsonl"
+    extra = (
+        ["-o", str(ledger), "--highlights"]
+        if command == "fetch"
+        else ["--every", "20s", "--highlights-every", "4s"]
+    )
+    async with run_emulator(config(api_key, HighlightConfig())) as emu:
+        done = await run_cli(
+            command, str(targets), *extra, "--download", str(root),
+            "--highlight-template", template,
+            "--media-hosts", emu.base_url.removeprefix("http://"),
+            env=base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key), cwd=tmp_path,
+        )  # fmt: skip
+        assert emu.requests_total == 0 and media_cdn(emu).log == []
+    assert done.code == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("keyapi-stories: error: --highlight-template") and problem in line
+    assert api_key not in done.stderr and "Traceback" not in done.stderr
+    assert not ledger.exists() and not root.exists()

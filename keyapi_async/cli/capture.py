@@ -45,6 +45,7 @@ from ..media import (
     MediaStatus,
     media_hosts_from_env,
 )
+from ..media.paths import NameTemplate
 from ..models import (
     Highlight,
     ImageCandidate,
@@ -86,6 +87,9 @@ class CaptureSettings:
     archive: str | None = None
     """``--archive DB`` (default with ``download``: ``DIR/archive.sqlite3``)."""
     name_template: str | None = None
+    """``--name-template``: the stories layout below ``download`` (None: the default)."""
+    highlight_template: str | None = None
+    """``--highlight-template``: the highlights' layout below ``download`` (None: the default)."""
     media_hosts: tuple[str, ...] = ()
     """Extra allowed CDN hosts (``--media-hosts``, ``KEYAPI_MEDIA_HOSTS``, the demo's loopback)."""
     max_media_bytes: int = DEFAULT_MAX_BYTES
@@ -115,11 +119,20 @@ def _split_hosts(text: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
+def _template(text: str | None, option: str) -> str | None:
+    """``text`` checked by the downloader's rule; a bad one is a usage error naming ``option``."""
+    if text is not None:
+        with setting_errors():
+            NameTemplate(text, name=option)
+    return text
+
+
 def capture_settings(
     *,
     download: str | None,
     archive: str | None,
     name_template: str | None = None,
+    highlight_template: str | None = None,
     media_hosts: str | None = None,
     max_media_bytes: int = DEFAULT_MAX_BYTES,
     media_concurrency: int = DEFAULT_CONCURRENCY,
@@ -128,13 +141,18 @@ def capture_settings(
     fsync: bool = True,
     keep_raw: bool = True,
 ) -> CaptureSettings:
-    """Build the settings from the command line (a bad ``KEYAPI_MEDIA_HOSTS`` is a usage error)."""
+    """Build the settings from the command line.
+
+    A bad ``KEYAPI_MEDIA_HOSTS`` or name template is a usage error, before
+    anything is opened or sent.
+    """
     with setting_errors():  # the message names the variable already
         from_env = media_hosts_from_env()
     return CaptureSettings(
         download=download,
         archive=archive,
-        name_template=name_template,
+        name_template=_template(name_template, "--name-template"),
+        highlight_template=_template(highlight_template, "--highlight-template"),
         media_hosts=(*from_env, *_split_hosts(media_hosts), *extra_hosts),
         max_media_bytes=max_media_bytes,
         media_concurrency=media_concurrency,
@@ -150,6 +168,7 @@ def capture_settings_from_args(args: argparse.Namespace) -> CaptureSettings:
         download=args.download,
         archive=args.archive,
         name_template=args.name_template,
+        highlight_template=args.highlight_template,
         media_hosts=args.media_hosts,
         max_media_bytes=args.max_media_bytes,
         media_concurrency=args.media_concurrency,
@@ -493,6 +512,7 @@ async def open_downloader(settings: CaptureSettings) -> AsyncIterator[MediaDownl
             allowed_hosts=settings.media_hosts,
             max_bytes=settings.max_media_bytes,
             name_template=settings.name_template,
+            highlight_template=settings.highlight_template,
             fsync=settings.fsync,
             user_agent="keyapi-stories-media",
         )
