@@ -63,6 +63,7 @@ import msgspec
 
 from ._errors import ConfigurationError
 from .archive import StoryArchive
+from .archive.highlights import has_highlight_tables
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -248,10 +249,7 @@ def _rows(archive: StoryArchive, kind: str) -> Iterator[sqlite3.Cursor]:
     with archive.snapshot() as conn:
         conn.create_function("keyapi_csv_field", 1, _csv_field, deterministic=True)
         # An archive never opened with the highlights extension has no such tables.
-        highlights = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'highlight_items'"
-        ).fetchone()
-        cursor = conn.execute(_SELECTS[kind, highlights is not None])
+        cursor = conn.execute(_SELECTS[kind, has_highlight_tables(conn)])
         try:
             yield cursor
         finally:

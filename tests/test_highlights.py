@@ -526,3 +526,30 @@ async def test_export_names_the_highlight_of_a_story_one_row_each(tmp_path: Path
     )
     assert (rows["b"].highlight_id, rows["b"].highlight_position) == ("11", 1)
     assert (rows["z"].highlight_id, rows["z"].highlight_title) == (None, None)
+
+
+async def test_a_story_is_filed_under_the_highlight_that_listed_it_first(tmp_path: Path) -> None:
+    from keyapi_async.archive.highlights import highlights_of, record_highlight_stories
+
+    # Recorded in this order: the later one (by id too) is the one that claimed "b".
+    later = Highlight(id="90", title="First listed")
+    earlier = Highlight(id="10", title="Listed second")
+    items = tuple(StoryItem(id=i, taken_at=1_700_000_000) for i in ("a", "b"))
+    async with StoryArchive.open(tmp_path / "a.sqlite3", extensions=[HIGHLIGHTS_SCHEMA]) as db:
+        for highlight, held in ((later, items), (earlier, items[1:])):
+            await db.transact(
+                lambda c, h=highlight: c.execute(
+                    "INSERT INTO highlights (id, account, title, first_seen_at, last_seen_at) "
+                    "VALUES (?, 'javan', ?, 1, 1)",
+                    (h.id, h.title),
+                )
+            )
+            await record_highlight_stories(db, "javan", highlight, HighlightStories(items=held))
+        await db.record_reel("javan", Reel(count=1, items=(StoryItem(id="z"),)))
+        found = await highlights_of(db, ["b", "a", "z", "nope", "b"])
+        assert found == {"a": later, "b": later}
+        assert await highlights_of(db, []) == {}
+    # An archive never opened with the highlights tables: no story is in one.
+    async with StoryArchive.open(tmp_path / "plain.sqlite3") as db:
+        await db.record_reel("javan", Reel(count=1, items=items))
+        assert await highlights_of(db, ["a", "b"]) == {}

@@ -517,8 +517,14 @@ async def test_configuration_errors(tmp_path: Path) -> None:
     MediaDownloader(tmp_path, backoff_base=0, backoff_cap=0)  # no backoff is a choice
     with pytest.raises(ConfigurationError, match="host"):
         MediaDownloader(tmp_path, allowed_hosts=["http://x"])
-    with pytest.raises(ConfigurationError, match="unknown field"):
+    with pytest.raises(ConfigurationError, match=r"^name_template: unknown field"):
         MediaDownloader(tmp_path, name_template="{foo}/{story_id}")
+    # Each template's error names its own argument.
+    for bad in ("{foo}/{story_id}", "{username}.jpg", " "):
+        with pytest.raises(ConfigurationError, match=r"^highlight_template"):
+            MediaDownloader(tmp_path, highlight_template=bad)
+    with pytest.raises(ConfigurationError, match=r"^--x-template must contain"):
+        NameTemplate("{username}", name="--x-template")
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ConfigurationError, match="not writable"):

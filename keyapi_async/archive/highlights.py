@@ -43,6 +43,8 @@ __all__ = [
     "HighlightDownloads",
     "HighlightsRun",
     "changed_highlights",
+    "has_highlight_tables",
+    "highlights_of",
     "mark_fetched",
     "record_cover",
     "record_highlight_stories",
@@ -251,6 +253,43 @@ async def record_cover(archive: StoryArchive, highlight_id: str, outcome: MediaO
         )
 
     await archive.transact(job)
+
+
+def has_highlight_tables(conn: sqlite3.Connection) -> bool:
+    """Whether the archive has the highlights tables (once opened with the extension)."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'highlight_items'"
+    )
+    return found.fetchone() is not None
+
+
+async def highlights_of(archive: StoryArchive, story_ids: Iterable[str]) -> dict[str, Highlight]:
+    """The highlight each of ``story_ids`` is filed under, by story id (stories in none left out).
+
+    That is the highlight whose items first listed the story: the one whose
+    downloads claimed it in the run that recorded it (a story in two
+    highlights is one file). Only its id and title are filled in, what the
+    highlight layout names files by. Empty for an archive without the
+    highlights tables.
+    """
+    wanted = list(dict.fromkeys(story_ids))
+
+    def job(conn: sqlite3.Connection) -> dict[str, Highlight]:
+        found: dict[str, Highlight] = {}
+        if not wanted or not has_highlight_tables(conn):
+            return found
+        for marks, chunk in in_chunks(wanted):
+            rows = conn.execute(
+                "SELECT i.story_id, h.id, h.title FROM highlight_items i "
+                f"JOIN highlights h ON h.id = i.highlight_id WHERE i.story_id IN ({marks}) "
+                "ORDER BY i.rowid",
+                chunk,
+            )
+            for story_id, hid, title in rows:
+                found.setdefault(story_id, Highlight(id=hid, title=title))
+        return found
+
+    return await archive.transact(job)
 
 
 class HighlightDownloads(Protocol):

@@ -19,7 +19,7 @@ from ..engine.config import (
 from ..engine.validate import count_option, number_option
 from ..export import EXPORT_COLUMNS, ExportFormat
 from ..media import DEFAULT_CONCURRENCY, DEFAULT_MAX_BYTES
-from ..media.paths import DEFAULT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
+from ..media.paths import DEFAULT_NAME_TEMPLATE, HIGHLIGHT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
 from ..testing.__main__ import add_emulator_arguments
 from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
 from .highlights import add_highlight_options
@@ -204,6 +204,13 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
         metavar="TEMPLATE",
         default=None,
         help=f"file layout below DIR (default: {DEFAULT_NAME_TEMPLATE.replace('%', '%%')})",
+    )
+    group.add_argument(
+        "--highlight-template",
+        metavar="TEMPLATE",
+        default=None,
+        help="file layout of highlights' items and covers below DIR (default: "
+        f"{HIGHLIGHT_NAME_TEMPLATE.replace('%', '%%')})",
     )
     group.add_argument(
         "--media-hosts",

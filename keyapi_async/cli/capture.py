@@ -34,6 +34,7 @@ from typing import Final
 
 from .._errors import KeyAPIError
 from ..archive import ArchiveError, StoryArchive, StoryRecord
+from ..archive.highlights import highlights_of
 from ..capture import MAX_FAILURES, DownloadTasks, MediaRecorder
 from ..media import (
     DEFAULT_CONCURRENCY,
@@ -44,7 +45,16 @@ from ..media import (
     MediaStatus,
     media_hosts_from_env,
 )
-from ..models import ImageCandidate, ImageVersions, Reel, StoryItem, User, VideoVersion
+from ..media.paths import NameTemplate
+from ..models import (
+    Highlight,
+    ImageCandidate,
+    ImageVersions,
+    Reel,
+    StoryItem,
+    User,
+    VideoVersion,
+)
 from .exit import CLIError, setting_errors
 from .progress import MediaCounts
 
@@ -77,6 +87,9 @@ class CaptureSettings:
     archive: str | None = None
     """``--archive DB`` (default with ``download``: ``DIR/archive.sqlite3``)."""
     name_template: str | None = None
+    """``--name-template``: the stories layout below ``download`` (None: the default)."""
+    highlight_template: str | None = None
+    """``--highlight-template``: the highlights' layout below ``download`` (None: the default)."""
     media_hosts: tuple[str, ...] = ()
     """Extra allowed CDN hosts (``--media-hosts``, ``KEYAPI_MEDIA_HOSTS``, the demo's loopback)."""
     max_media_bytes: int = DEFAULT_MAX_BYTES
@@ -106,11 +119,20 @@ def _split_hosts(text: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
+def _template(text: str | None, option: str) -> str | None:
+    """``text`` checked by the downloader's rule; a bad one is a usage error naming ``option``."""
+    if text is not None:
+        with setting_errors():
+            NameTemplate(text, name=option)
+    return text
+
+
 def capture_settings(
     *,
     download: str | None,
     archive: str | None,
     name_template: str | None = None,
+    highlight_template: str | None = None,
     media_hosts: str | None = None,
     max_media_bytes: int = DEFAULT_MAX_BYTES,
     media_concurrency: int = DEFAULT_CONCURRENCY,
@@ -119,13 +141,18 @@ def capture_settings(
     fsync: bool = True,
     keep_raw: bool = True,
 ) -> CaptureSettings:
-    """Build the settings from the command line (a bad ``KEYAPI_MEDIA_HOSTS`` is a usage error)."""
+    """Build the settings from the command line.
+
+    A bad ``KEYAPI_MEDIA_HOSTS`` or name template is a usage error, before
+    anything is opened or sent.
+    """
     with setting_errors():  # the message names the variable already
         from_env = media_hosts_from_env()
     return CaptureSettings(
         download=download,
         archive=archive,
-        name_template=name_template,
+        name_template=_template(name_template, "--name-template"),
+        highlight_template=_template(highlight_template, "--highlight-template"),
         media_hosts=(*from_env, *_split_hosts(media_hosts), *extra_hosts),
         max_media_bytes=max_media_bytes,
         media_concurrency=media_concurrency,
@@ -141,6 +168,7 @@ def capture_settings_from_args(args: argparse.Namespace) -> CaptureSettings:
         download=args.download,
         archive=args.archive,
         name_template=args.name_template,
+        highlight_template=args.highlight_template,
         media_hosts=args.media_hosts,
         max_media_bytes=args.max_media_bytes,
         media_concurrency=args.media_concurrency,
@@ -331,7 +359,12 @@ class Capture:
             )
 
     async def resume_pending(self) -> int:
-        """Start the downloads an earlier run left unfinished; return how many."""
+        """Start the downloads an earlier run left unfinished; return how many.
+
+        A story the archive holds in a highlight is finished in that
+        highlight's layout, where the highlights pass that claimed it would
+        have saved it (:func:`~keyapi_async.archive.highlights.highlights_of`).
+        """
         if self.downloader is None:
             return 0
         # Not filtered by the story's expiry: a signed URL often outlives the
@@ -345,15 +378,23 @@ class Capture:
             item = _item_of(story)
             if item is not None:
                 by_account[story.account].append(item)
+        filed = await highlights_of(self.archive, (i.id for v in by_account.values() for i in v))
         total = 0
         for account, items in by_account.items():
-            total += await self._queue(account, None, items, allow_refresh=False)
+            total += await self._queue(account, None, items, allow_refresh=False, filed=filed)
         self._tally.resumed += total
         return total
 
     async def _queue(
-        self, target: str, owner: User | None, items: Iterable[StoryItem], *, allow_refresh: bool
+        self,
+        target: str,
+        owner: User | None,
+        items: Iterable[StoryItem],
+        *,
+        allow_refresh: bool,
+        filed: Mapping[str, Highlight] | None = None,
     ) -> int:
+        """Claim and start the downloads of ``items``; ``filed``: story id -> its highlight."""
         tally = self._tally
         # A story already handled in this run (a duplicate in the reel, an
         # account that is also being resumed) is not downloaded twice.
@@ -364,17 +405,25 @@ class Capture:
         for item in wanted:
             tally.set(item.id, "pending")
             if self.stopped is None:
-                task = self._downloads.spawn(self._download(target, owner, item, allow_refresh))
+                highlight = None if filed is None else filed.get(item.id)
+                task = self._downloads.spawn(
+                    self._download(target, owner, item, allow_refresh, highlight)
+                )
                 self._by_target[target].append(task)
         return len(wanted)
 
     async def _download(
-        self, target: str, owner: User | None, item: StoryItem, allow_refresh: bool
+        self,
+        target: str,
+        owner: User | None,
+        item: StoryItem,
+        allow_refresh: bool,
+        highlight: Highlight | None,
     ) -> None:
         assert self._media is not None
         if self.stopped is not None:
             return
-        outcome = await self._media.download(item, target=target, owner=owner)
+        outcome = await self._media.download(item, target=target, owner=owner, highlight=highlight)
         self._count(target, outcome, allow_refresh)
 
     def _count(self, target: str, outcome: MediaOutcome, allow_refresh: bool) -> None:
@@ -463,6 +512,7 @@ async def open_downloader(settings: CaptureSettings) -> AsyncIterator[MediaDownl
             allowed_hosts=settings.media_hosts,
             max_bytes=settings.max_media_bytes,
             name_template=settings.name_template,
+            highlight_template=settings.highlight_template,
             fsync=settings.fsync,
             user_agent="keyapi-stories-media",
         )

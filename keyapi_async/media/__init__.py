@@ -172,7 +172,9 @@ class MediaDownloader:
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
         self._template = NameTemplate(name_template or DEFAULT_NAME_TEMPLATE)
-        self._highlight_template = NameTemplate(highlight_template or HIGHLIGHT_NAME_TEMPLATE)
+        self._highlight_template = NameTemplate(
+            highlight_template or HIGHLIGHT_NAME_TEMPLATE, name="highlight_template"
+        )
         self.dest_dir = Path(dest_dir)
         """The download directory as given (files land below its resolved form)."""
         self.concurrency = concurrency

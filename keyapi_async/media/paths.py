@@ -247,37 +247,38 @@ class NameTemplate:
     each resulting component goes through :func:`sanitize_component`. Fields
     are the names in :data:`TEMPLATE_FIELDS`; attribute or index access
     (``{x.y}``, ``{x[0]}``) and conversions are rejected at construction.
+    ``name`` is what error messages call the template: the argument or
+    option it came from (``highlight_template``, ``--name-template``).
     """
 
-    __slots__ = ("_parts", "template")
+    __slots__ = ("_name", "_parts", "template")
 
-    def __init__(self, template: str = DEFAULT_NAME_TEMPLATE) -> None:
+    def __init__(
+        self, template: str = DEFAULT_NAME_TEMPLATE, *, name: str = "name_template"
+    ) -> None:
         if not isinstance(template, str) or not template.strip():
-            raise ConfigurationError("name_template must be a non-empty string")
+            raise ConfigurationError(f"{name} must be a non-empty string")
         parts: list[tuple[str, str | None, str]] = []
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as exc:
-            raise ConfigurationError(f"bad name_template {template!r}: {exc}") from None
-        for literal, name, spec, conversion in parsed:
-            if name is None:
+            raise ConfigurationError(f"bad {name} {template!r}: {exc}") from None
+        for literal, field, spec, conversion in parsed:
+            if field is None:
                 parts.append((literal, None, ""))
                 continue
-            if name not in TEMPLATE_FIELDS:
+            if field not in TEMPLATE_FIELDS:
                 known = ", ".join(sorted(TEMPLATE_FIELDS))
-                raise ConfigurationError(
-                    f"name_template: unknown field {{{name}}} (known: {known})"
-                )
+                raise ConfigurationError(f"{name}: unknown field {{{field}}} (known: {known})")
             if conversion or (spec and "{" in spec):
-                raise ConfigurationError(
-                    "name_template: conversions and nested fields are not supported"
-                )
-            parts.append((literal, name, spec or ""))
+                raise ConfigurationError(f"{name}: conversions and nested fields are not supported")
+            parts.append((literal, field, spec or ""))
         if template.startswith("/") or "\\" in "".join(p[0] for p in parts):
-            raise ConfigurationError("name_template must be a relative path using '/' separators")
-        if not any(name == "story_id" for _, name, _ in parts):
-            raise ConfigurationError("name_template must contain {story_id} so names are unique")
+            raise ConfigurationError(f"{name} must be a relative path using '/' separators")
+        if not any(field == "story_id" for _, field, _ in parts):
+            raise ConfigurationError(f"{name} must contain {{story_id}} so names are unique")
         self.template = template
+        self._name = name
         self._parts = tuple(parts)
 
     def __repr__(self) -> str:
@@ -286,17 +287,17 @@ class NameTemplate:
     def render(self, fields: Mapping[str, object]) -> tuple[str, ...]:
         """Return the sanitised path components for one file (last one is the file name)."""
         pieces: list[str] = []
-        for literal, name, spec in self._parts:
+        for literal, field, spec in self._parts:
             pieces.append(literal)
-            if name is not None:
+            if field is not None:
                 try:
-                    value = format(fields[name], spec)
+                    value = format(fields[field], spec)
                 except (ValueError, TypeError) as exc:
-                    raise ValueError(f"name_template field {{{name}}}: {exc}") from None
+                    raise ValueError(f"{self._name} field {{{field}}}: {exc}") from None
                 pieces.append(value.replace("/", "_").replace("\\", "_"))
         raw = [c for c in "".join(pieces).split("/") if c]
         if not raw:
-            raise ValueError("name_template rendered an empty path")
+            raise ValueError(f"{self._name} rendered an empty path")
         ext = fields.get("ext")
         suffix = f".{ext}" if isinstance(ext, str) and ext else ""
         *dirs, name = raw
