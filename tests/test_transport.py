@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
+from yarl import URL
 
 from keyapi_async._errors import (
     ConfigurationError,
@@ -224,6 +225,75 @@ def test_aiohttp_still_has_the_resend_switch() -> None:
             assert session._retry_connection is False
 
     asyncio.run(probe())
+
+
+URLS_AS_AIOHTTP_READS_THEM = [
+    "http://127.0.0.1:8123/v1/instagram/fetch_user_stories?username=javan",
+    "http://h?username=a.b_c-d~",
+    "http://H:80/p/?user_id=12&x=1",
+    "https://\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444/p?username=a",
+    "http://h/a%2Fb/./c/../d?username=a",
+    "http://h/a b?username=a",
+    "http://u:p@h/p?username=a",
+    # Sent as the string (aiohttp parses it): a query needing quoting, a
+    # fragment before the '?', no query, a relative URL.
+    "http://h/p?username=a%20b",
+    "http://h/p?username=a b",
+    "http://h/p#f?username=a",
+    "http://h/p",
+    "http://h/p?",
+    "relative/p?username=a",
+]
+
+
+@pytest.mark.parametrize("url", URLS_AS_AIOHTTP_READS_THEM)
+async def test_a_request_url_is_parsed_as_aiohttp_would(url: str) -> None:
+    # The transport attaches the query to an endpoint URL parsed once; the
+    # result must be exactly what aiohttp would make of the string.
+    transport = owned()
+    try:
+        for _ in range(2):  # parsed, then from the cache
+            sent = transport._url(url)
+            as_parsed = URL(sent) if isinstance(sent, str) else sent
+            assert str(as_parsed) == str(URL(url))
+            assert as_parsed.raw_path_qs == URL(url).raw_path_qs
+            assert as_parsed == URL(url)
+    finally:
+        await transport.aclose()
+
+
+async def test_the_wire_carries_the_builder_headers_and_any_others(api_key: str) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        seen.append((request.path_qs, auth, request.headers.get("User-Agent", "")))
+        return web.Response(body=BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(ENDPOINT_PATH, handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    transport = owned()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        for name in ("javan", "nasa"):
+            assert (await transport.send(build(base, api_key, name))).status == 200
+        other = Request("GET", f"{base}{ENDPOINT_PATH}?user_id=1", {"Authorization": "Bearer x"})
+        assert (await transport.send(other)).status == 200
+        assert (await transport.send(build(base, "sk_test_other", "javan"))).status == 200
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+    assert seen[:2] == [
+        (f"{ENDPOINT_PATH}?username=javan", f"Bearer {api_key}", "keyapi-test"),
+        (f"{ENDPOINT_PATH}?username=nasa", f"Bearer {api_key}", "keyapi-test"),
+    ]
+    assert seen[2][:2] == (f"{ENDPOINT_PATH}?user_id=1", "Bearer x")
+    assert "keyapi-test" not in seen[2][2]
+    assert seen[3][1] == "Bearer sk_test_other"
 
 
 # -- 2. connect failures ----------------------------------------------------------------
