@@ -246,3 +246,20 @@ async def test_watch_polls_highlight_trays_on_their_own_schedule(tmp_path: Path)
     for path, size in kept:
         assert (media / path).stat().st_size == size
     assert any("/highlights/" in path for path, _ in kept)
+
+
+async def test_an_unparsable_on_new_exits_2_naming_it(tmp_path: Path) -> None:
+    # An unclosed quote is a usage error of --on-new, not a traceback.
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\n")
+    process = await _start(
+        ["watch", str(accounts), "--every", "1h", "--archive", str(tmp_path / "x.db"),
+         "--on-new", 'notify "unclosed'],
+        "sk_test_x",
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    text = err.decode()
+    assert process.returncode == 2, text
+    assert "Traceback" not in text and "--on-new" in text and "unclosed" in text
+    assert len(text.strip().splitlines()) == 1, text
+    assert not (tmp_path / "x.db").exists()
