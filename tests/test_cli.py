@@ -824,6 +824,19 @@ async def test_demo_quiet_prints_one_line(tmp_path: Path) -> None:
     assert line.startswith("keyapi-stories: done: ") and "of 8 targets" in line
 
 
+async def test_demo_refuses_an_existing_output_naming_its_own_option(tmp_path: Path) -> None:
+    # demo has --overwrite but no --resume: the refusal must not advise one it lacks.
+    (tmp_path / "mine.jsonl").write_text("keep me\n")
+    done = await run_cli(
+        "demo", "--accounts", "3", "-o", "mine.jsonl", env=base_env(), cwd=tmp_path
+    )
+    assert done.code == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "'mine.jsonl' already exists" in line and "--overwrite" in line, line
+    assert "--resume" not in line
+    assert (tmp_path / "mine.jsonl").read_text() == "keep me\n"
+
+
 async def test_demo_downloads_media_and_reports_files_and_bytes(tmp_path: Path) -> None:
     dest = tmp_path / "media"
     done = await run_cli(
