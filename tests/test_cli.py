@@ -476,6 +476,26 @@ async def test_resume_twice_costs_nothing_the_second_time(tmp_path: Path, api_ke
     assert "40 targets already done" in second.stderr
 
 
+async def test_quiet_resume_line_counts_every_target(tmp_path: Path, api_key: str) -> None:
+    # "N already done of T targets": T is every distinct target, not only those sent now.
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(30)])
+    async with serve(api_key) as emu:
+        env = env_for(emu, api_key)
+        args = ["fetch", "targets.txt", "-o", "out.jsonl", "--qps", "0", "-q"]
+        first = await run_cli(*args, "--max-credits", "20", env=env, cwd=tmp_path)
+        second = await run_cli(*args, "--resume", env=env, cwd=tmp_path)
+    assert first.code == 1 and second.code == 0, (first.stderr, second.stderr)
+    (line,) = second.stderr.splitlines()
+    match = re.fullmatch(
+        r"keyapi-stories: done: (\d+) ok, (\d+) empty, 0 failed, 10 already done of (\d+) "
+        r"targets; 20 requests, .*",
+        line,
+    )
+    assert match is not None, line
+    ok, empty, total = map(int, match.groups())
+    assert ok + empty == 20 and total == 30, line
+
+
 async def test_existing_out_needs_resume_or_overwrite(tmp_path: Path, api_key: str) -> None:
     write_targets(tmp_path / "targets.txt", ["javan"])
     out = tmp_path / "out.jsonl"
