@@ -185,6 +185,23 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--qps must be a number" in capsys.readouterr().err
 
 
+def test_every_command_help_documents_its_exit_statuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The statuses docs/cli.md gives for each command, in the command's own --help.
+    expected = {
+        "export": ("\n  0 ", "\n  2 "),
+        "import-ledger": ("\n  0 ", "\n  1 ", "\n  2 "),
+        "emulator": ("\n  0 ", "\n  2 "),
+    }
+    for command, needles in expected.items():
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "exit status:" in text, command
+        for needle in needles:
+            assert needle in text, (command, needle)
+
+
 async def test_help_runs_as_a_module(tmp_path: Path) -> None:
     done = await run_cli("--help", env=base_env(), cwd=tmp_path)
     assert done.code == 0
