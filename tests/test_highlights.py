@@ -490,12 +490,15 @@ async def test_fetch_highlights_only_then_again_sends_trays_only(
         first = await run_cli(*args, env=env, cwd=tmp_path)
         assert first.code == 0, first.stderr
         expected = sum(len(highlight_ids(f"username:{n}", 0, highlights)) for n in names)
-        assert f"30 trays, {expected} highlights fetched" in first.stdout
+        # The pass's report is a summary: on stderr, like the stories run's (stdout
+        # carries only the --dry-run report).
+        assert f"30 trays, {expected} highlights fetched" in first.stderr
+        assert first.stdout == ""
         paths = [r.path for r in emu.log]
         assert paths.count(TRAY_PATH) == 30 and len(paths) == 30 + expected
         second = await run_cli(*args, env=env, cwd=tmp_path)
         assert second.code == 0, second.stderr
-        assert "30 trays, 0 highlights fetched" in second.stdout
+        assert "30 trays, 0 highlights fetched" in second.stderr and second.stdout == ""
         assert len(emu.log) == 60 + expected
         assert api_key not in first.stdout + first.stderr + second.stdout + second.stderr
         missing = await run_cli("fetch", str(targets), "--highlights-only", env=env, cwd=tmp_path)

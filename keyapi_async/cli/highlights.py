@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -240,12 +241,17 @@ def run_highlights(
         raise CLIError("the highlights pass needs --archive FILE (or --download DIR)")
     run, media = asyncio.run(_save(settings, key, capture, targets))
     redact = Redactor(key)
+    # Like the stories run's summary, on stderr: stdout is only for --dry-run's report.
     if not settings.quiet:
         for target, error in list(run.errors.items())[:20]:
-            print(redact(f"highlights: {target}: {type(error).__name__}: {error}"), flush=True)
+            print(
+                redact(f"highlights: {target}: {type(error).__name__}: {error}"),
+                file=sys.stderr,
+                flush=True,
+            )
         if media is not None and media.stopped is not None:
-            print(f"highlights: stopped: {media.stopped}", flush=True)
-    print(summary_line(run, None if media is None else media.counts()), flush=True)
+            print(f"highlights: stopped: {media.stopped}", file=sys.stderr, flush=True)
+    print(summary_line(run, None if media is None else media.counts()), file=sys.stderr, flush=True)
     return exit_status(run, media)
 
 
