@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import signal
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -503,6 +506,44 @@ async def test_fetch_highlights_only_then_again_sends_trays_only(
         assert api_key not in first.stdout + first.stderr + second.stdout + second.stderr
         missing = await run_cli("fetch", str(targets), "--highlights-only", env=env, cwd=tmp_path)
         assert missing.code == 2 and "--highlights-only needs --archive" in missing.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_during_the_highlights_pass_stops_it_like_fetch(
+    api_key: str, tmp_path: Path, signum: int
+) -> None:
+    # docs/cli.md: the first Ctrl-C or SIGTERM stops sending, lets what is in
+    # flight finish, prints the summary and exits 130. The highlights pass too.
+    from tests.test_cli import CLI, base_env, write_targets
+
+    names = [f"sig{n}" for n in range(60)]
+    targets = write_targets(tmp_path / "targets.txt", names)
+    db = tmp_path / "archive.sqlite3"
+    async with run_emulator(config(api_key, latency=0.05)) as emu:
+        env = base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "fetch", str(targets), "--highlights-only", "--archive", str(db),
+            "--qps", "10", "--no-progress",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(emu.log) < 5:
+            assert asyncio.get_running_loop().time() < deadline, "no tray request arrived"
+            await asyncio.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        sent = len(emu.log)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    (line,) = [x for x in text.splitlines() if x.startswith("highlights: ") and "trays" in x]
+    assert line.endswith("(interrupted)"), line
+    assert sent < 60, "the pass went on after the signal"
+    # Every tray answer that arrived was recorded: the archive is whole and readable.
+    with StoryArchive.connect(db, readonly=True) as archive:
+        assert archive.stories() is not None
 
 
 async def test_export_names_the_highlight_of_a_story_one_row_each(tmp_path: Path) -> None:
