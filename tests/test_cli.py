@@ -513,6 +513,33 @@ async def test_quiet_resume_line_counts_every_target(tmp_path: Path, api_key: st
     assert ok + empty == 20 and total == 30, line
 
 
+async def test_quiet_names_why_a_run_stopped_early(tmp_path: Path, api_key: str) -> None:
+    # -q prints "a stop's reason": an unreachable API and the --max-credits budget
+    # end a run early as much as a 402 does.
+    import socket
+
+    with socket.socket() as probe:  # bound, then closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(12)])
+    args = ["fetch", "targets.txt", "--qps", "0", "-q", "--retries", "0"]
+    down = await run_cli(
+        *args, "-o", "down.jsonl", "--base-url", closed, "--concurrency", "1",
+        env=base_env(KEYAPI_API_KEY=api_key), cwd=tmp_path,
+    )  # fmt: skip
+    async with serve(api_key) as emu:
+        budget = await run_cli(
+            *args, "-o", "budget.jsonl", "--max-credits", "6", env=env_for(emu, api_key),
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert down.code == 1 and budget.code == 1, (down.stderr, budget.stderr)
+    (line,) = down.stderr.splitlines()
+    assert line.startswith(f"keyapi-stories: stopped (API unreachable at {closed}): "), line
+    (line,) = budget.stderr.splitlines()
+    assert line.startswith("keyapi-stories: stopped (credit budget reached): "), line
+    assert ", 9 not attempted of 12 targets; 3 requests, 6 credits" in line, line
+
+
 async def test_existing_out_needs_resume_or_overwrite(tmp_path: Path, api_key: str) -> None:
     write_targets(tmp_path / "targets.txt", ["javan"])
     out = tmp_path / "out.jsonl"
