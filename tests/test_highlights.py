@@ -506,6 +506,13 @@ async def test_fetch_highlights_only_then_again_sends_trays_only(
         assert api_key not in first.stdout + first.stderr + second.stdout + second.stderr
         missing = await run_cli("fetch", str(targets), "--highlights-only", env=env, cwd=tmp_path)
         assert missing.code == 2 and "--highlights-only needs --archive" in missing.stderr
+        # No ledger is written without a stories run: -o would be silently ignored.
+        ledger = tmp_path / "run.jsonl"
+        with_o = await run_cli(*args, "-o", str(ledger), env=env, cwd=tmp_path)
+        assert with_o.code == 2, with_o.stderr
+        assert "-o" in with_o.stderr and "--highlights-only" in with_o.stderr
+        assert len(with_o.stderr.strip().splitlines()) == 1 and not ledger.exists()
+        assert len(emu.log) == 60 + expected  # nothing sent
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

@@ -201,6 +201,12 @@ def _check_output(args: argparse.Namespace, highlights: Mode) -> None:
     """The usage errors of ``-o`` (before anything is read or sent)."""
     if not args.dry_run and not args.output and highlights != "only":
         raise CLIError("-o/--output OUT is required (or use --dry-run)")
+    if args.output and highlights == "only":
+        # Only the stories run writes a ledger: an OUT given here would never appear.
+        raise CLIError(
+            "-o is not used with --highlights-only (the ledger records the stories run): "
+            "drop -o, or use --highlights to fetch the stories too"
+        )
     if args.output == "-":
         raise CLIError("-o - is not supported: the ledger must be a file, to append to and resume")
     if args.output and args.input != "-" and _same_file(args.input, args.output):
