@@ -540,6 +540,16 @@ async def test_quiet_names_why_a_run_stopped_early(tmp_path: Path, api_key: str)
     assert ", 9 not attempted of 12 targets; 3 requests, 6 credits" in line, line
 
 
+async def test_a_huge_invalid_line_is_shown_shortened(tmp_path: Path) -> None:
+    # A binary file given by mistake: each "line" can be kilobytes of noise.
+    noise = "x!" * 5000
+    (tmp_path / "targets.txt").write_text(f"javan\n{noise}\n", "utf-8")
+    done = await run_cli("fetch", "targets.txt", "--dry-run", env=base_env(), cwd=tmp_path)
+    assert done.code == 1, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("invalid target on line 2")]
+    assert len(line) < 250 and "10000 characters" in line, line
+
+
 async def test_existing_out_needs_resume_or_overwrite(tmp_path: Path, api_key: str) -> None:
     write_targets(tmp_path / "targets.txt", ["javan"])
     out = tmp_path / "out.jsonl"
