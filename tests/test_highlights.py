@@ -577,3 +577,16 @@ async def test_export_names_the_highlight_of_a_story_one_row_each(tmp_path: Path
     )
     assert (rows["b"].highlight_id, rows["b"].highlight_position) == ("11", 1)
     assert (rows["z"].highlight_id, rows["z"].highlight_title) == (None, None)
+
+
+def test_the_summary_line_does_not_give_cover_bytes_to_the_items() -> None:
+    # HighlightMediaCounts.bytes counts items and covers: the line must not put
+    # them beside the item count, as in "media: 0 saved (317.3 kB)".
+    from keyapi_async.archive.highlights import HighlightsRun
+    from keyapi_async.cli.highlights import summary_line
+    from keyapi_async.highlight_media import HighlightMediaCounts
+
+    counts = HighlightMediaCounts(saved=0, bytes=317_300, covers_saved=31)
+    line = summary_line(HighlightsRun(trays=22), counts)
+    assert "0 saved (" not in line, line
+    assert line.endswith("covers: 31 saved, 0 already saved, 0 failed; 317.3 kB downloaded"), line

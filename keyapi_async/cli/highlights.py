@@ -109,10 +109,12 @@ def summary_line(run: HighlightsRun, media: HighlightMediaCounts | None = None) 
         line += f" ({run.stopped})"
     if media is not None:
         line += (
-            f"; media: {media.saved} saved ({byte_size(media.bytes)}), "
+            f"; media: {media.saved} saved, "
             f"{media.skipped} already saved, {media.expired} expired, {media.failed} failed, "
             f"{media.pending} pending; covers: {media.covers_saved} saved, "
-            f"{media.covers_skipped} already saved, {media.covers_failed} failed"
+            f"{media.covers_skipped} already saved, {media.covers_failed} failed; "
+            # The bytes of items and covers together: shown apart from either count.
+            f"{byte_size(media.bytes)} downloaded"
         )
     return line
 
