@@ -380,6 +380,31 @@ async def test_grace_expiry_and_second_interrupt(tmp_path: Path, api_key: str) -
 
 
 @posix_signals
+async def test_a_quick_second_ctrl_c_still_prints_the_resume_command(
+    tmp_path: Path, api_key: str
+) -> None:
+    # Two Ctrl-C 10 ms apart: the second lands while the run winds down (nothing in
+    # flight); it must still end with the resume command, never a bare interrupt.
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(60)])
+    out = tmp_path / "out.jsonl"
+    async with serve(api_key) as emu:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "fetch", "targets.txt", "-o", "out.jsonl", "--qps", "10",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env_for(emu, api_key), cwd=tmp_path,
+        )  # fmt: skip
+        await wait_for_lines(out, 5, proc)
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "To resume: " in text and "keyapi-stories: interrupted" not in text, text
+    read_ledger(out)  # whole lines only
+
+
+@posix_signals
 async def test_kill_9_then_resume_recovers_torn_line(tmp_path: Path, api_key: str) -> None:
     targets = [f"acct_{n:03d}" for n in range(120)]
     write_targets(tmp_path / "targets.txt", targets)
