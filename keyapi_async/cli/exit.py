@@ -55,7 +55,7 @@ exit status:
   2    usage error: bad arguments, unreadable FILE, no API key, a period of 24 h or
        more without --force, or the download directory or archive cannot be used
   3    stopped: the API answered 401 (bad key), 403 (key not allowed to call the
-       endpoint) or 402 (credits exhausted)
+       endpoint) or 402 (credits exhausted), or the --max-credits total is spent
 """
 
 STATUS_EXIT_CODES_HELP = """\

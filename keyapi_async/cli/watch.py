@@ -21,7 +21,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from .._errors import AuthenticationError, ConfigurationError, InsufficientCreditsError
+from .._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    NotAttemptedError,
+)
 from ..engine.fetch import STOP_ERRORS
 from ..engine.validate import check_number
 from .exit import CLIError, ExitCode
@@ -307,6 +312,13 @@ async def _follow(watcher: Watcher, hooks: _Hooks, grace: float) -> ExitCode:
             print(
                 f"keyapi-stories: stopped: the API answered {exc.status}: {exc.message}"
                 + _advice(exc),
+                file=sys.stderr,
+            )
+            code = ExitCode.STOPPED
+        except NotAttemptedError as exc:  # the poller stops the watch only for --max-credits
+            print(
+                f"keyapi-stories: stopped: {exc.reason}: the --max-credits budget is spent "
+                "(a total; --max-credits-per-day is the rolling cap that waits instead)",
                 file=sys.stderr,
             )
             code = ExitCode.STOPPED
