@@ -233,6 +233,9 @@ class NotAttemptedError(KeyAPIError):
     (default ``"batch stopped"``). ``cause`` is the error that stopped the batch, if any.
     """
 
+    BUDGET_REACHED: ClassVar[str] = "credit budget reached"
+    """The ``reason`` of a target refused by the ``max_credits`` budget."""
+
     def __init__(
         self, reason: str, *, target: str | None = None, cause: KeyAPIError | None = None
     ) -> None:

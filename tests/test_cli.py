@@ -185,6 +185,23 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--qps must be a number" in capsys.readouterr().err
 
 
+def test_every_command_help_documents_its_exit_statuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The statuses docs/cli.md gives for each command, in the command's own --help.
+    expected = {
+        "export": ("\n  0 ", "\n  2 "),
+        "import-ledger": ("\n  0 ", "\n  1 ", "\n  2 "),
+        "emulator": ("\n  0 ", "\n  2 "),
+    }
+    for command, needles in expected.items():
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "exit status:" in text, command
+        for needle in needles:
+            assert needle in text, (command, needle)
+
+
 async def test_help_runs_as_a_module(tmp_path: Path) -> None:
     done = await run_cli("--help", env=base_env(), cwd=tmp_path)
     assert done.code == 0
@@ -363,6 +380,31 @@ async def test_grace_expiry_and_second_interrupt(tmp_path: Path, api_key: str) -
 
 
 @posix_signals
+async def test_a_quick_second_ctrl_c_still_prints_the_resume_command(
+    tmp_path: Path, api_key: str
+) -> None:
+    # Two Ctrl-C 10 ms apart: the second lands while the run winds down (nothing in
+    # flight); it must still end with the resume command, never a bare interrupt.
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(60)])
+    out = tmp_path / "out.jsonl"
+    async with serve(api_key) as emu:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "fetch", "targets.txt", "-o", "out.jsonl", "--qps", "10",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env_for(emu, api_key), cwd=tmp_path,
+        )  # fmt: skip
+        await wait_for_lines(out, 5, proc)
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "To resume: " in text and "keyapi-stories: interrupted" not in text, text
+    read_ledger(out)  # whole lines only
+
+
+@posix_signals
 async def test_kill_9_then_resume_recovers_torn_line(tmp_path: Path, api_key: str) -> None:
     targets = [f"acct_{n:03d}" for n in range(120)]
     write_targets(tmp_path / "targets.txt", targets)
@@ -474,6 +516,63 @@ async def test_resume_twice_costs_nothing_the_second_time(tmp_path: Path, api_ke
     assert first.code == 0 and second.code == 0, (first.stderr, second.stderr)
     assert before == after
     assert "40 targets already done" in second.stderr
+
+
+async def test_quiet_resume_line_counts_every_target(tmp_path: Path, api_key: str) -> None:
+    # "N already done of T targets": T is every distinct target, not only those sent now.
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(30)])
+    async with serve(api_key) as emu:
+        env = env_for(emu, api_key)
+        args = ["fetch", "targets.txt", "-o", "out.jsonl", "--qps", "0", "-q"]
+        first = await run_cli(*args, "--max-credits", "20", env=env, cwd=tmp_path)
+        second = await run_cli(*args, "--resume", env=env, cwd=tmp_path)
+    assert first.code == 1 and second.code == 0, (first.stderr, second.stderr)
+    (line,) = second.stderr.splitlines()
+    match = re.fullmatch(
+        r"keyapi-stories: done: (\d+) ok, (\d+) empty, 0 failed, 10 already done of (\d+) "
+        r"targets; 20 requests, .*",
+        line,
+    )
+    assert match is not None, line
+    ok, empty, total = map(int, match.groups())
+    assert ok + empty == 20 and total == 30, line
+
+
+async def test_quiet_names_why_a_run_stopped_early(tmp_path: Path, api_key: str) -> None:
+    # -q prints "a stop's reason": an unreachable API and the --max-credits budget
+    # end a run early as much as a 402 does.
+    import socket
+
+    with socket.socket() as probe:  # bound, then closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    write_targets(tmp_path / "targets.txt", [f"acct_{n:03d}" for n in range(12)])
+    args = ["fetch", "targets.txt", "--qps", "0", "-q", "--retries", "0"]
+    down = await run_cli(
+        *args, "-o", "down.jsonl", "--base-url", closed, "--concurrency", "1",
+        env=base_env(KEYAPI_API_KEY=api_key), cwd=tmp_path,
+    )  # fmt: skip
+    async with serve(api_key) as emu:
+        budget = await run_cli(
+            *args, "-o", "budget.jsonl", "--max-credits", "6", env=env_for(emu, api_key),
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert down.code == 1 and budget.code == 1, (down.stderr, budget.stderr)
+    (line,) = down.stderr.splitlines()
+    assert line.startswith(f"keyapi-stories: stopped (API unreachable at {closed}): "), line
+    (line,) = budget.stderr.splitlines()
+    assert line.startswith("keyapi-stories: stopped (credit budget reached): "), line
+    assert ", 9 not attempted of 12 targets; 3 requests, 6 credits" in line, line
+
+
+async def test_a_huge_invalid_line_is_shown_shortened(tmp_path: Path) -> None:
+    # A binary file given by mistake: each "line" can be kilobytes of noise.
+    noise = "x!" * 5000
+    (tmp_path / "targets.txt").write_text(f"javan\n{noise}\n", "utf-8")
+    done = await run_cli("fetch", "targets.txt", "--dry-run", env=base_env(), cwd=tmp_path)
+    assert done.code == 1, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("invalid target on line 2")]
+    assert len(line) < 250 and "10000 characters" in line, line
 
 
 async def test_existing_out_needs_resume_or_overwrite(tmp_path: Path, api_key: str) -> None:
@@ -822,6 +921,19 @@ async def test_demo_quiet_prints_one_line(tmp_path: Path) -> None:
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert line.startswith("keyapi-stories: done: ") and "of 8 targets" in line
+
+
+async def test_demo_refuses_an_existing_output_naming_its_own_option(tmp_path: Path) -> None:
+    # demo has --overwrite but no --resume: the refusal must not advise one it lacks.
+    (tmp_path / "mine.jsonl").write_text("keep me\n")
+    done = await run_cli(
+        "demo", "--accounts", "3", "-o", "mine.jsonl", env=base_env(), cwd=tmp_path
+    )
+    assert done.code == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "'mine.jsonl' already exists" in line and "--overwrite" in line, line
+    assert "--resume" not in line
+    assert (tmp_path / "mine.jsonl").read_text() == "keep me\n"
 
 
 async def test_demo_downloads_media_and_reports_files_and_bytes(tmp_path: Path) -> None:

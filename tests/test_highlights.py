@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import signal
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -490,16 +493,64 @@ async def test_fetch_highlights_only_then_again_sends_trays_only(
         first = await run_cli(*args, env=env, cwd=tmp_path)
         assert first.code == 0, first.stderr
         expected = sum(len(highlight_ids(f"username:{n}", 0, highlights)) for n in names)
-        assert f"30 trays, {expected} highlights fetched" in first.stdout
+        # The pass's report is a summary: on stderr, like the stories run's (stdout
+        # carries only the --dry-run report).
+        assert f"30 trays, {expected} highlights fetched" in first.stderr
+        assert first.stdout == ""
         paths = [r.path for r in emu.log]
         assert paths.count(TRAY_PATH) == 30 and len(paths) == 30 + expected
         second = await run_cli(*args, env=env, cwd=tmp_path)
         assert second.code == 0, second.stderr
-        assert "30 trays, 0 highlights fetched" in second.stdout
+        assert "30 trays, 0 highlights fetched" in second.stderr and second.stdout == ""
         assert len(emu.log) == 60 + expected
         assert api_key not in first.stdout + first.stderr + second.stdout + second.stderr
         missing = await run_cli("fetch", str(targets), "--highlights-only", env=env, cwd=tmp_path)
         assert missing.code == 2 and "--highlights-only needs --archive" in missing.stderr
+        # No ledger is written without a stories run: -o would be silently ignored.
+        ledger = tmp_path / "run.jsonl"
+        with_o = await run_cli(*args, "-o", str(ledger), env=env, cwd=tmp_path)
+        assert with_o.code == 2, with_o.stderr
+        assert "-o" in with_o.stderr and "--highlights-only" in with_o.stderr
+        assert len(with_o.stderr.strip().splitlines()) == 1 and not ledger.exists()
+        assert len(emu.log) == 60 + expected  # nothing sent
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_during_the_highlights_pass_stops_it_like_fetch(
+    api_key: str, tmp_path: Path, signum: int
+) -> None:
+    # docs/cli.md: the first Ctrl-C or SIGTERM stops sending, lets what is in
+    # flight finish, prints the summary and exits 130. The highlights pass too.
+    from tests.test_cli import CLI, base_env, write_targets
+
+    names = [f"sig{n}" for n in range(60)]
+    targets = write_targets(tmp_path / "targets.txt", names)
+    db = tmp_path / "archive.sqlite3"
+    async with run_emulator(config(api_key, latency=0.05)) as emu:
+        env = base_env(KEYAPI_BASE_URL=emu.base_url, KEYAPI_API_KEY=api_key)
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "fetch", str(targets), "--highlights-only", "--archive", str(db),
+            "--qps", "10", "--no-progress",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(emu.log) < 5:
+            assert asyncio.get_running_loop().time() < deadline, "no tray request arrived"
+            await asyncio.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        sent = len(emu.log)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    (line,) = [x for x in text.splitlines() if x.startswith("highlights: ") and "trays" in x]
+    assert line.endswith("(interrupted)"), line
+    assert sent < 60, "the pass went on after the signal"
+    # Every tray answer that arrived was recorded: the archive is whole and readable.
+    with StoryArchive.connect(db, readonly=True) as archive:
+        assert archive.stories() is not None
 
 
 async def test_export_names_the_highlight_of_a_story_one_row_each(tmp_path: Path) -> None:
@@ -553,3 +604,16 @@ async def test_a_story_is_filed_under_the_highlight_that_listed_it_first(tmp_pat
     async with StoryArchive.open(tmp_path / "plain.sqlite3") as db:
         await db.record_reel("javan", Reel(count=1, items=items))
         assert await highlights_of(db, ["a", "b"]) == {}
+
+
+def test_the_summary_line_does_not_give_cover_bytes_to_the_items() -> None:
+    # HighlightMediaCounts.bytes counts items and covers: the line must not put
+    # them beside the item count, as in "media: 0 saved (317.3 kB)".
+    from keyapi_async.archive.highlights import HighlightsRun
+    from keyapi_async.cli.highlights import summary_line
+    from keyapi_async.highlight_media import HighlightMediaCounts
+
+    counts = HighlightMediaCounts(saved=0, bytes=317_300, covers_saved=31)
+    line = summary_line(HighlightsRun(trays=22), counts)
+    assert "0 saved (" not in line, line
+    assert line.endswith("covers: 31 saved, 0 already saved, 0 failed; 317.3 kB downloaded"), line

@@ -530,6 +530,12 @@ async def test_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="not writable"):
         async with MediaDownloader(blocker / "sub"):
             pass
+    # A file where the directory should be is named as such, not as "File exists".
+    for in_the_way in (blocker, blocker / "sub"):
+        with pytest.raises(ConfigurationError, match="not a directory") as caught:
+            async with MediaDownloader(in_the_way):
+                pass
+        assert "File exists" not in str(caught.value) and str(in_the_way) in str(caught.value)
     with pytest.raises(ValueError, match="url_ttl"):
         MediaConfig(url_ttl=-1)
     with pytest.raises(ValueError, match="unknown media fault"):

@@ -246,3 +246,40 @@ async def test_watch_polls_highlight_trays_on_their_own_schedule(tmp_path: Path)
     for path, size in kept:
         assert (media / path).stat().st_size == size
     assert any("/highlights/" in path for path, _ in kept)
+
+
+async def test_an_unparsable_on_new_exits_2_naming_it(tmp_path: Path) -> None:
+    # An unclosed quote is a usage error of --on-new, not a traceback.
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("alpha\n")
+    process = await _start(
+        ["watch", str(accounts), "--every", "1h", "--archive", str(tmp_path / "x.db"),
+         "--on-new", 'notify "unclosed'],
+        "sk_test_x",
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    text = err.decode()
+    assert process.returncode == 2, text
+    assert "Traceback" not in text and "--on-new" in text and "unclosed" in text
+    assert len(text.strip().splitlines()) == 1, text
+    assert not (tmp_path / "x.db").exists()
+
+
+async def test_the_max_credits_budget_spent_stops_the_watch_with_3(tmp_path: Path) -> None:
+    # --max-credits is a total: once spent, no poll can ever be sent again, so the
+    # watch stops (as for a 402) instead of logging a failed poll forever.
+    accounts = tmp_path / "a.txt"
+    accounts.write_text("".join(f"acct{n}\n" for n in range(8)))
+    key = "sk_test_" + secrets.token_hex(8)
+    async with run_emulator(EmulatorConfig(api_keys=frozenset({key}), empty_ratio=0.0)) as emu:
+        process = await _start(
+            ["watch", str(accounts), "--every", "4s", "--archive", str(tmp_path / "x.db"),
+             "--max-credits", "4", "--base-url", emu.base_url, "--qps", "0"],
+            key,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        sent = emu.requests_total
+    text = err.decode()
+    assert process.returncode == 3, text
+    assert "--max-credits" in text and "Traceback" not in text, text
+    assert sent == 2  # 4 credits: two polls, nothing after

@@ -374,6 +374,17 @@ async def test_timeline_pages_filters_and_player_neighbours(tmp_path: Path) -> N
         await get_text(http, url + "/s/no-such-story", status=404)
 
 
+async def test_an_account_not_in_the_archive_is_a_404(tmp_path: Path) -> None:
+    # Like /s/ and /h/: a typo in /a/NAME says so, rather than "No stories."
+    # as if the archive followed that account.
+    await write_archive(tmp_path, [Story("d1", "dave", T0)])
+    async with gallery(tmp_path) as (url, http):
+        assert "no such account" in await get_text(http, url + "/a/nobody", status=404)
+        assert ids_on(await get_text(http, url + "/a/dave")) == ["d1"]
+        # A known account whose filter matches nothing is still its (empty) page.
+        assert ids_on(await get_text(http, url + "/a/dave?kind=video")) == []
+
+
 async def test_new_since_and_highlight_albums(tmp_path: Path) -> None:
     stories = [
         Story("h1", "carol", T0, highlights=(("1790", "Trips"),)),

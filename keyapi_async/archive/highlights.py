@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -341,6 +341,27 @@ class HighlightsRun:
     """Tray results taken so far (failed ones included)."""
     to_fetch: int = 0
     """Changed highlights to fetch (known once the trays are in)."""
+    stopped: str | None = None
+    """Why :meth:`stop` ended the run early (e.g. ``"interrupted"``), or None."""
+    _stop_sending: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def stop(self, reason: str) -> None:
+        """Send no new request; what is in flight finishes and is recorded.
+
+        The rest are not attempted, no next phase starts and downloads are not
+        waited for (they stay pending). Safe to call at any time from the event
+        loop's thread (a signal handler's callback).
+        """
+        if self.stopped is None:
+            self.stopped = reason
+        if self._stop_sending is not None:
+            self._stop_sending(reason)
+
+    def _sending(self, stop_batch: Callable[[str], None]) -> None:
+        """The running batch's ``stop``: the one :meth:`stop` calls from now on."""
+        self._stop_sending = stop_batch
+        if self.stopped is not None:
+            stop_batch(self.stopped)
 
     def _failed(self, target: str, error: KeyAPIError) -> None:
         self.errors[target] = error
@@ -379,6 +400,7 @@ async def save_highlights(
     try:
         run.phase = "trays"
         async with client.fetch_many(accounts, endpoint=USER_HIGHLIGHTS) as trays:
+            run._sending(trays.stop)
             async for result in trays:
                 run.trays_done += 1
                 if result.error is not None:
@@ -399,9 +421,9 @@ async def save_highlights(
         run.phase = "highlights"
         run.to_fetch = len(owners)
         stopped = run.fatal is not None or (media is not None and media.stopped is not None)
-        if owners and not stopped:
+        if owners and not stopped and run.stopped is None:
             await _fetch_highlights(client, archive, owners, run, run_id, media)
-        if media is not None:
+        if media is not None and run.stopped is None:
             run.phase = "downloading"
             await media.drain()
     finally:
@@ -420,6 +442,7 @@ async def _fetch_highlights(
     media: HighlightDownloads | None,
 ) -> None:
     async with client.fetch_many(list(owners), endpoint=HIGHLIGHT_STORIES) as batch:
+        run._sending(batch.stop)
         async for got in batch:
             if got.error is not None:
                 run._failed(got.target, got.error)

@@ -20,8 +20,15 @@ from ..engine.validate import count_option, number_option
 from ..export import EXPORT_COLUMNS, ExportFormat
 from ..media import DEFAULT_CONCURRENCY, DEFAULT_MAX_BYTES
 from ..media.paths import DEFAULT_NAME_TEMPLATE, HIGHLIGHT_NAME_TEMPLATE, MEDIA_HOSTS_ENV
+from ..testing.__main__ import EXIT_CODES_HELP as EMULATOR_EXIT_CODES_HELP
 from ..testing.__main__ import add_emulator_arguments
-from .exit import EXIT_CODES_HELP, STATUS_EXIT_CODES_HELP, WATCH_EXIT_CODES_HELP
+from .exit import (
+    EXIT_CODES_HELP,
+    EXPORT_EXIT_CODES_HELP,
+    IMPORT_EXIT_CODES_HELP,
+    STATUS_EXIT_CODES_HELP,
+    WATCH_EXIT_CODES_HELP,
+)
 from .highlights import add_highlight_options
 from .invocation import PROG
 
@@ -358,6 +365,7 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             "the `export` line to paste into another shell (with the emulator's fake key).\n"
             "The same command as `python -m keyapi_async.testing`."
         ),
+        epilog=EMULATOR_EXIT_CODES_HELP,
         formatter_class=_Formatter,
         allow_abbrev=False,
     )
@@ -379,6 +387,7 @@ def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                 "Written to a temporary file renamed into place, or to stdout with -o -.",
             ]
         ),
+        epilog=EXPORT_EXIT_CODES_HELP,
         formatter_class=_Formatter,
         allow_abbrev=False,
     )
@@ -409,6 +418,7 @@ def _add_import_ledger(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "Record every fetched reel of a fetch ledger in the archive DB (created if\n"
             "missing). Idempotent: importing the same ledger twice adds nothing."
         ),
+        epilog=IMPORT_EXIT_CODES_HELP,
         formatter_class=_Formatter,
         allow_abbrev=False,
     )

@@ -32,7 +32,7 @@ from .ledger import (
 from .progress import Reporter, Snapshot, Tally
 from .signals import Interrupts
 
-__all__ = ["BatchLoop", "Run", "fetch_all"]
+__all__ = ["BatchLoop", "Run", "exit_now", "fetch_all", "late_interrupts"]
 
 _RATE_WINDOW = 5.0
 INTERRUPTED = "interrupted"
@@ -97,6 +97,34 @@ class Run:
         )
 
 
+def exit_now(run: Run, settings: FetchSettings, resume_hint: str | None) -> None:
+    """A second Ctrl-C: print the resume command and exit 130 at once (every line is whole)."""
+    run.reporter.note("Interrupted again: exiting now; finished results are in OUT.")
+    run.reporter.close()
+    if settings.fsync:
+        run.job.writer.sync()
+    if resume_hint is not None:
+        print(f"To resume: {resume_hint}", file=sys.stderr, flush=True)
+    os._exit(ExitCode.INTERRUPTED)
+
+
+def late_interrupts(run: Run, settings: FetchSettings, resume_hint: str | None) -> Interrupts:
+    """The Ctrl-C handlers from the batch's end to the summary.
+
+    Nothing is in flight any more: a first Ctrl-C only makes the run end as
+    interrupted (after its summary), one after an earlier Ctrl-C exits at once
+    as :func:`exit_now`. Without them a Ctrl-C there was a bare
+    ``KeyboardInterrupt``: no summary and no resume command.
+    """
+
+    def first(signum: int) -> None:
+        if run.interrupted:
+            exit_now(run, settings, resume_hint)
+        run.interrupted = True
+
+    return Interrupts(first, lambda signum: exit_now(run, settings, resume_hint))
+
+
 async def fetch_all(run: Run, settings: FetchSettings, resume_hint: str | None) -> OSError | None:
     """Run the batch to completion (or, after Ctrl-C, until nothing sent is unanswered)."""
     batch = run.client.fetch_many(run.job.pending)
@@ -120,24 +148,27 @@ class BatchLoop:
         run, capture = self.run, self.run.capture
         await self._start_capture()
         self.background.append(asyncio.create_task(self._tick(run.reporter.refresh)))
-        try:
-            async with asyncio.timeout(None) as deadline:
-                self.deadline = deadline
-                if capture is not None:
-                    capture.on_stop = self._on_capture_stop
-                with Interrupts(self._on_first, self._on_second):
+        # The handlers stay through the clean-up; the caller installs late_interrupts
+        # next, so no Ctrl-C finds Python's default handler before the summary.
+        with Interrupts(self._on_first, self._on_second):
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    self.deadline = deadline
+                    if capture is not None:
+                        capture.on_stop = self._on_capture_stop
                     await self._consume()
                     if capture is not None:
                         # The batch is over; the files it found are still coming.
                         run.phase = "downloading" if run.phase == "fetching" else run.phase
                         await capture.drain()
-        except TimeoutError:
-            run.leftover = f"{INTERRUPTED} before an answer arrived"
-            run.reporter.note(
-                f"--grace of {self.settings.grace:g}s expired; abandoning requests in flight"
-            )
-        finally:
-            await self._clean_up()
+            except TimeoutError:
+                run.leftover = f"{INTERRUPTED} before an answer arrived"
+                run.reporter.note(
+                    f"--grace of {self.settings.grace:g}s expired; abandoning requests in flight"
+                )
+            finally:
+                self.deadline = None
+                await self._clean_up()
         run.reporter.update(run.snapshot())
         return self.write_error
 
@@ -225,11 +256,12 @@ class BatchLoop:
     def _on_first(self, signum: int) -> None:
         run = self.run
         run.interrupted = True
+        if self.deadline is None:  # cleaning up: nothing is left to stop
+            return
         if run.capture is not None:
             run.capture.interrupt()
         self.batch.stop(INTERRUPTED)
         self._wind_down(INTERRUPTED)
-        assert self.deadline is not None
         self.deadline.reschedule(asyncio.get_running_loop().time() + self.settings.grace)
         run.reporter.note(
             "Interrupted: sending no new requests; waiting up to "
@@ -237,14 +269,7 @@ class BatchLoop:
         )
 
     def _on_second(self, signum: int) -> None:
-        run = self.run
-        run.reporter.note("Interrupted again: exiting now; finished results are in OUT.")
-        run.reporter.close()
-        if self.settings.fsync:
-            run.job.writer.sync()
-        if self.resume_hint is not None:
-            print(f"To resume: {self.resume_hint}", file=sys.stderr, flush=True)
-        os._exit(ExitCode.INTERRUPTED)
+        exit_now(self.run, self.settings, self.resume_hint)
 
     async def _clean_up(self) -> None:
         for task in self.background:

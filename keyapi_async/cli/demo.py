@@ -38,7 +38,7 @@ from .apikey import Redactor
 from .args import DEMO_OUTPUT
 from .capture import CaptureSettings, capture_settings, open_capture
 from .client import FetchSettings, make_client, open_client
-from .exit import ExitCode
+from .exit import CLIError, ExitCode
 from .fetch import execute, prepare_job
 from .highlights import exit_status, save_with_progress, summary_line
 from .inputs import InputPlan, parse_lines
@@ -69,6 +69,9 @@ def run_demo(args: argparse.Namespace) -> int:
     # The default file is the demo's own artefact, replaced on every run so
     # the README command can be repeated; a path the user chose is protected.
     overwrite = args.output is None or args.overwrite
+    if not overwrite and os.path.lexists(output):
+        # Before the emulator starts; and demo has no --resume to suggest.
+        raise CLIError(f"{output!r} already exists: add --overwrite to replace it")
     names = [f"demo_user_{number:04d}" for number in range(1, args.accounts + 1)]
     plan = parse_lines(names)
     with contextlib.ExitStack() as stack:

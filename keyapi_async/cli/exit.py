@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 __all__ = [
     "EXIT_CODES_HELP",
+    "EXPORT_EXIT_CODES_HELP",
+    "IMPORT_EXIT_CODES_HELP",
     "STATUS_EXIT_CODES_HELP",
     "WATCH_EXIT_CODES_HELP",
     "CLIError",
@@ -53,13 +55,27 @@ exit status:
   2    usage error: bad arguments, unreadable FILE, no API key, a period of 24 h or
        more without --force, or the download directory or archive cannot be used
   3    stopped: the API answered 401 (bad key), 403 (key not allowed to call the
-       endpoint) or 402 (credits exhausted)
+       endpoint) or 402 (credits exhausted), or the --max-credits total is spent
 """
 
 STATUS_EXIT_CODES_HELP = """\
 exit status:
   0    the report was printed
   2    the archive cannot be read
+"""
+
+EXPORT_EXIT_CODES_HELP = """\
+exit status:
+  0    every story was written
+  2    the archive is missing or unreadable, the format needs a missing library,
+       or the output cannot be written (a file is never left half-written)
+"""
+
+IMPORT_EXIT_CODES_HELP = """\
+exit status:
+  0    the ledger was imported (a torn final line is ignored)
+  1    a line in the middle of the ledger is unreadable; the lines before it were imported
+  2    the ledger or the archive cannot be opened
 """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from .._client import KeyAPIClient
 from ..archive import ArchiveError
 from .apikey import Redactor, resolve_api_key
-from .batch_loop import Run, fetch_all
+from .batch_loop import Run, fetch_all, late_interrupts
 from .capture import Capture, CaptureSettings, capture_settings_from_args, open_capture
 from .client import FetchSettings, make_client, open_client, settings_from_args
 from .exit import CLIError, ExitCode
@@ -139,30 +140,32 @@ async def _execute(run: Run, settings: FetchSettings, resume_hint: str | None) -
 
     write_error: OSError | None = None
     capture = run.capture
-    if job.pending or (capture is not None and capture.downloading):
-        reporter.start()
-        try:
-            write_error = await fetch_all(run, settings, resume_hint)
-            if write_error is None:
-                write_error = _record_leftovers(run)
-            # The last frame shows the same counts as the summary below it.
-            reporter.update(run.snapshot())
-        finally:
-            reporter.close()
-    writer.close()
-    if write_error is not None:
-        raise CLIError(f"cannot write {job.output!r}: {write_error.strerror or write_error}")
-    if capture is not None:
-        tally = run.tally
-        counts = {"ok": tally.ok, "empty": tally.empty, "failed": tally.failed}
-        counts["not_attempted"] = tally.not_attempted
-        try:
-            await capture.finish(counts)
-        except ArchiveError as exc:
-            capture.error = capture.error or exc
+    with contextlib.ExitStack() as after_batch:
+        if job.pending or (capture is not None and capture.downloading):
+            reporter.start()
+            try:
+                write_error = await fetch_all(run, settings, resume_hint)
+                after_batch.enter_context(late_interrupts(run, settings, resume_hint))
+                if write_error is None:
+                    write_error = _record_leftovers(run)
+                # The last frame shows the same counts as the summary below it.
+                reporter.update(run.snapshot())
+            finally:
+                reporter.close()
+        writer.close()
+        if write_error is not None:
+            raise CLIError(f"cannot write {job.output!r}: {write_error.strerror or write_error}")
+        if capture is not None:
+            tally = run.tally
+            counts = {"ok": tally.ok, "empty": tally.empty, "failed": tally.failed}
+            counts["not_attempted"] = tally.not_attempted
+            try:
+                await capture.finish(counts)
+            except ArchiveError as exc:
+                capture.error = capture.error or exc
 
-    code = exit_code(run)
-    summarise(run, code, resume_hint, quiet=settings.quiet)
+        code = exit_code(run)
+        summarise(run, code, resume_hint, quiet=settings.quiet)
     return code
 
 
@@ -201,6 +204,12 @@ def _check_output(args: argparse.Namespace, highlights: Mode) -> None:
     """The usage errors of ``-o`` (before anything is read or sent)."""
     if not args.dry_run and not args.output and highlights != "only":
         raise CLIError("-o/--output OUT is required (or use --dry-run)")
+    if args.output and highlights == "only":
+        # Only the stories run writes a ledger: an OUT given here would never appear.
+        raise CLIError(
+            "-o is not used with --highlights-only (the ledger records the stories run): "
+            "drop -o, or use --highlights to fetch the stories too"
+        )
     if args.output == "-":
         raise CLIError("-o - is not supported: the ledger must be a file, to append to and resume")
     if args.output and args.input != "-" and _same_file(args.input, args.output):

@@ -19,10 +19,13 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Literal
 
+from .._errors import NotAttemptedError
 from ..archive import StoryArchive
 from ..archive.highlights import HIGHLIGHTS_SCHEMA, HighlightsRun, save_highlights
 from ..engine.batch import estimate_credits
@@ -30,11 +33,13 @@ from ..engine.endpoints import USER_HIGHLIGHTS
 from ..engine.fetch import ClientStats
 from ..highlight_media import HighlightMedia, HighlightMediaCounts
 from .apikey import Redactor
+from .batch_loop import INTERRUPTED
 from .capture import CaptureSettings, open_downloader
 from .client import FetchSettings, make_client, open_client
 from .exit import CLIError, ExitCode
 from .logs import library_logs
 from .progress import MediaCounts, Reporter, Snapshot, byte_size, make_reporter
+from .signals import Interrupts
 
 __all__ = [
     "Mode",
@@ -92,17 +97,24 @@ def dry_run_lines(targets: Sequence[str]) -> list[str]:
 
 def summary_line(run: HighlightsRun, media: HighlightMediaCounts | None = None) -> str:
     """The pass in one line (and its media, when downloading)."""
+    skipped = sum(isinstance(error, NotAttemptedError) for error in run.errors.values())
     line = (
         f"highlights: {run.trays} trays, {run.highlights_fetched} highlights fetched, "
         f"{run.unchanged} unchanged, {len(run.new_stories)} new stories, "
-        f"{len(run.errors)} failed"
+        f"{len(run.errors) - skipped} failed"
     )
+    if skipped:
+        line += f", {skipped} not attempted"
+    if run.stopped is not None:
+        line += f" ({run.stopped})"
     if media is not None:
         line += (
-            f"; media: {media.saved} saved ({byte_size(media.bytes)}), "
+            f"; media: {media.saved} saved, "
             f"{media.skipped} already saved, {media.expired} expired, {media.failed} failed, "
             f"{media.pending} pending; covers: {media.covers_saved} saved, "
-            f"{media.covers_skipped} already saved, {media.covers_failed} failed"
+            f"{media.covers_skipped} already saved, {media.covers_failed} failed; "
+            # The bytes of items and covers together: shown apart from either count.
+            f"{byte_size(media.bytes)} downloaded"
         )
     return line
 
@@ -193,13 +205,52 @@ async def save_with_progress(
         reporter.start()
         ticker = asyncio.create_task(tick())
         try:
-            await save_highlights(client, archive, targets, media=media, run=run)
+            await _until_interrupted(
+                save_highlights(client, archive, targets, media=media, run=run),
+                run,
+                settings.grace,
+                reporter,
+            )
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             reporter.update(frame())
             reporter.close()
     return run, media
+
+
+async def _until_interrupted(
+    work: Coroutine[object, object, HighlightsRun],
+    run: HighlightsRun,
+    grace: float,
+    reporter: Reporter,
+) -> None:
+    """Await ``work``; Ctrl-C or SIGTERM stops the pass as they stop ``fetch`` (docs/cli.md).
+
+    The first signal stops sending and gives the requests in flight up to
+    ``grace`` seconds to be answered and recorded; a second one exits at once.
+    """
+    loop = asyncio.get_running_loop()
+
+    def on_first(signum: int) -> None:
+        run.stop(INTERRUPTED)
+        deadline.reschedule(loop.time() + grace)
+        reporter.note(
+            f"Interrupted: sending no new requests; waiting up to {grace:g}s for those in "
+            "flight (Ctrl-C again to quit now)"
+        )
+
+    def on_second(signum: int) -> None:
+        reporter.note("Interrupted again: exiting now; what was recorded is in the archive.")
+        reporter.close()
+        os._exit(ExitCode.INTERRUPTED)
+
+    try:
+        async with asyncio.timeout(None) as deadline:
+            with Interrupts(on_first, on_second):
+                await work
+    except TimeoutError:
+        reporter.note(f"--grace of {grace:g}s expired; abandoning requests in flight")
 
 
 async def _save(
@@ -240,16 +291,24 @@ def run_highlights(
         raise CLIError("the highlights pass needs --archive FILE (or --download DIR)")
     run, media = asyncio.run(_save(settings, key, capture, targets))
     redact = Redactor(key)
+    # Like the stories run's summary, on stderr: stdout is only for --dry-run's report.
     if not settings.quiet:
-        for target, error in list(run.errors.items())[:20]:
-            print(redact(f"highlights: {target}: {type(error).__name__}: {error}"), flush=True)
+        failures = [(t, e) for t, e in run.errors.items() if not isinstance(e, NotAttemptedError)]
+        for target, error in failures[:20]:
+            print(
+                redact(f"highlights: {target}: {type(error).__name__}: {error}"),
+                file=sys.stderr,
+                flush=True,
+            )
         if media is not None and media.stopped is not None:
-            print(f"highlights: stopped: {media.stopped}", flush=True)
-    print(summary_line(run, None if media is None else media.counts()), flush=True)
+            print(f"highlights: stopped: {media.stopped}", file=sys.stderr, flush=True)
+    print(summary_line(run, None if media is None else media.counts()), file=sys.stderr, flush=True)
     return exit_status(run, media)
 
 
 def exit_status(run: HighlightsRun, media: HighlightMedia | None) -> int:
     """The pass's exit status: failed when a target failed or a file was left unfinished."""
+    if run.stopped == INTERRUPTED:
+        return ExitCode.INTERRUPTED
     unfinished = media is not None and media.unfinished
     return ExitCode.FAILED if run.errors or unfinished else ExitCode.OK

@@ -21,6 +21,8 @@ __all__ = ["Job", "dry_run_report", "list_invalid", "prepare_job"]
 
 #: How many invalid lines are listed on stderr before "... and N more".
 _MAX_LISTED_INVALID = 20
+#: How much of an invalid line is shown (the ledger keeps all of it).
+_MAX_SHOWN_CHARS = 80
 
 
 @dataclass(slots=True)
@@ -68,10 +70,17 @@ def _job(plan: InputPlan, output: str, writer: LedgerWriter, state: LedgerState)
     )
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted for a note, cut to its start when long (a binary file's "lines")."""
+    if len(text) <= _MAX_SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_MAX_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
 def list_invalid(plan: InputPlan, note: Callable[[str], None]) -> None:
     """Show the plan's invalid lines through ``note`` (the first few, then a count)."""
     for line in plan.invalid[:_MAX_LISTED_INVALID]:
-        note(f"invalid target on line {line.line_number}: {line.text!r} ({line.reason})")
+        note(f"invalid target on line {line.line_number}: {_shown(line.text)} ({line.reason})")
     hidden = len(plan.invalid) - _MAX_LISTED_INVALID
     if hidden > 0:
         note(f"... and {hidden} more invalid lines")

@@ -429,7 +429,8 @@ class Summary:
         """The whole summary as one line (``-q``)."""
         state = f"stopped ({self.stopped})" if self.stopped else "done"
         return (
-            f"{prog}: {state}: {self.counts()} of {self.tally.total} targets; "
+            # Of every distinct target: with --resume the tally holds only those sent now.
+            f"{prog}: {state}: {self.counts()} of {self.targets} targets; "
             f"{self.requests} requests, {self.credits} credits, {self.elapsed:.1f}s; "
             f"{f'{self.media.phrase()}; ' if self.media is not None else ''}"
             f"ledger {self.output}"

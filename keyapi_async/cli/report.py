@@ -47,6 +47,9 @@ def stop_reason(run: Run, code: ExitCode) -> str | None:
         return f"401 key rejected: {run.redact(fatal.message)}"
     if isinstance(fatal, PermissionDeniedError):
         return f"403 permission denied: {run.redact(fatal.message)}"
+    if run.tally.not_attempted and run.reasons:
+        # The batch stopped itself: the API unreachable, the --max-credits budget spent.
+        return run.redact(run.reasons.most_common(1)[0][0])
     return None
 
 

@@ -21,7 +21,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from .._errors import AuthenticationError, ConfigurationError, InsufficientCreditsError
+from .._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    NotAttemptedError,
+)
 from ..engine.fetch import STOP_ERRORS
 from ..engine.validate import check_number
 from .exit import CLIError, ExitCode
@@ -138,6 +143,19 @@ async def _run_hook(argv: list[str], payload: bytes, limit: float, story_id: str
         logger.warning("--on-new for story %s exited with status %s", story_id, process.returncode)
 
 
+def _hook_argv(command: str | None) -> list[str] | None:
+    """``--on-new`` split like a shell line; a line that cannot be split is a usage error."""
+    if command is None:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:  # an unclosed quote, a trailing backslash
+        raise CLIError(f"--on-new {command!r}: {str(exc).lower()}") from None
+    if not argv:
+        raise CLIError("--on-new is empty")
+    return argv
+
+
 def run_watch(args: argparse.Namespace) -> int:
     """Run ``keyapi-stories watch``; return the exit status."""
     from .apikey import Redactor, resolve_api_key
@@ -159,9 +177,7 @@ def run_watch(args: argparse.Namespace) -> int:
             "--refresh-expired is for fetch: watch polls every account each period, "
             "and a file left pending is downloaded from the next poll's fresh URL"
         )
-    hook = shlex.split(args.on_new) if args.on_new else None
-    if args.on_new is not None and not hook:
-        raise CLIError("--on-new is empty")
+    hook = _hook_argv(args.on_new)
     key = resolve_api_key(args.api_key_file)
     reader = _accounts_reader(args.input, args.user_ids)
     accounts = reader()
@@ -296,6 +312,13 @@ async def _follow(watcher: Watcher, hooks: _Hooks, grace: float) -> ExitCode:
             print(
                 f"keyapi-stories: stopped: the API answered {exc.status}: {exc.message}"
                 + _advice(exc),
+                file=sys.stderr,
+            )
+            code = ExitCode.STOPPED
+        except NotAttemptedError as exc:  # the poller stops the watch only for --max-credits
+            print(
+                f"keyapi-stories: stopped: {exc.reason}: the --max-credits budget is spent "
+                "(a total; --max-credits-per-day is the rolling cap that waits instead)",
                 file=sys.stderr,
             )
             code = ExitCode.STOPPED

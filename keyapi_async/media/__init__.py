@@ -228,6 +228,12 @@ class MediaDownloader:
             return
         try:
             self._root = await asyncio.to_thread(files.prepare_dir, self.dest_dir)
+        except (FileExistsError, NotADirectoryError):
+            # mkdir's own words ("File exists") would hide that a file is in the way.
+            raise ConfigurationError(
+                f"download directory {str(self.dest_dir)!r} is not writable: it, or a folder "
+                "on its path, is a file, not a directory"
+            ) from None
         except OSError as exc:
             raise ConfigurationError(
                 f"download directory {str(self.dest_dir)!r} is not writable: {exc.strerror}"

@@ -25,7 +25,14 @@ from ..engine.validate import count_option, number_option
 from ._config import DEFAULT_TEST_KEY, EmulatorConfig, Fault
 from ._runner import run_emulator
 
-__all__ = ["add_emulator_arguments", "build_parser", "config_from_args", "main", "run_from_args"]
+__all__ = [
+    "EXIT_CODES_HELP",
+    "add_emulator_arguments",
+    "build_parser",
+    "config_from_args",
+    "main",
+    "run_from_args",
+]
 
 PROG = "python -m keyapi_async.testing"
 _FAULT_NAMES = ", ".join(f.value for f in Fault)
@@ -182,14 +189,25 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The exit statuses of both spellings of the emulator command, shown in their --help.
+EXIT_CODES_HELP = """\
+exit status:
+  0    stopped by Ctrl-C (SIGINT) or SIGTERM
+  2    bad arguments, a non-loopback host without --allow-non-loopback, or the
+       address cannot be bound
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser of ``python -m keyapi_async.testing``."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Serve an offline emulator of keyapi.ai's Instagram fetch_user_stories API "
+            "Serve an offline emulator of keyapi.ai's Instagram fetch_user_stories API\n"
             "(the same command as `keyapi-stories emulator`)."
         ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     add_emulator_arguments(parser)

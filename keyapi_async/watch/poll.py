@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._errors import KeyAPIError, NotFoundError, ResponseDecodeError
+from .._errors import KeyAPIError, NotAttemptedError, NotFoundError, ResponseDecodeError
 from ..archive import StoryArchive
 from ..archive.highlights import save_highlights
 from ..capture import MediaRecorder
@@ -40,7 +40,12 @@ class PollOutcome:
     events: list[StoryEvent]
     """One per story new to the archive, in the reel's order."""
     fatal: KeyAPIError | None = None
-    """A 401, 402 or 403: the watch must stop."""
+    """A 401, 402 or 403, or the ``max_credits`` budget spent: the watch must stop."""
+
+
+def _budget_spent(error: KeyAPIError) -> bool:
+    """Whether ``error`` is ``max_credits`` refusing to send: nothing can go out again."""
+    return isinstance(error, NotAttemptedError) and error.reason == NotAttemptedError.BUDGET_REACHED
 
 
 class Poller:
@@ -76,12 +81,15 @@ class Poller:
         except STOP_ERRORS as exc:
             status, error, fatal = "fatal", str(exc), exc
         except KeyAPIError as exc:
-            status, error = "error", f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, ResponseDecodeError) and exc.billed:
-                spent = CREDITS_PER_POLL
-            if isinstance(exc, NotFoundError):
-                status = "not_found"
-            logger.warning("poll of %s failed: %s", target, error)
+            if _budget_spent(exc):  # like a 402: no poll can ever be sent again
+                status, error, fatal = "fatal", str(exc), exc
+            else:
+                status, error = "error", f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ResponseDecodeError) and exc.billed:
+                    spent = CREDITS_PER_POLL
+                if isinstance(exc, NotFoundError):
+                    status = "not_found"
+                logger.warning("poll of %s failed: %s", target, error)
         else:
             spent = CREDITS_PER_POLL
             events = await self._capture(target, reel, started)
@@ -121,7 +129,8 @@ class Poller:
         on_grid = status == "ok" and not run.deferred
         next_at = next_poll_at(due, started, every, on_grid=on_grid)
         record = PollRecord(target, started, next_at, spent, status, error, len(run.new_stories))
-        return PollOutcome(record, [], run.fatal)
+        spent_budget = next((e for e in run.errors.values() if _budget_spent(e)), None)
+        return PollOutcome(record, [], run.fatal or spent_budget)
 
     async def _capture(self, target: str, reel: Reel | None, started: float) -> list[StoryEvent]:
         """Record ``reel``; save its new stories' media; one event per new story."""

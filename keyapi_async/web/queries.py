@@ -478,6 +478,19 @@ class ArchiveReader:
             lambda c: int(c.execute("SELECT coalesce(max(rowid), 0) FROM stories").fetchone()[0])
         )
 
+    def has_account(self, account: str) -> bool:
+        """Whether the archive knows ``account`` (a target it fetched, stories or not)."""
+        return self.read(
+            lambda c: (
+                c.execute(
+                    "SELECT 1 FROM accounts WHERE target = ? UNION ALL "
+                    "SELECT 1 FROM stories WHERE account = ? LIMIT 1",
+                    (account, account),
+                ).fetchone()
+                is not None
+            )
+        )
+
     def accounts(
         self, *, search: str = "", sort: Literal["name", "stories", "latest", "polled"] = "name"
     ) -> list[AccountRow]:

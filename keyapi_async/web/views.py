@@ -105,6 +105,8 @@ async def timeline_page(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise web.HTTPBadRequest(text=f"bad after parameter: {exc}\n") from None
+    if not page.stories and not await asyncio.to_thread(reader.has_account, account):
+        raise web.HTTPNotFound(text="no such account in the archive\n")
     filters = {
         "kind": kind,
         "from": "" if start is None else start.isoformat(),
