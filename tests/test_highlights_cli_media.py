@@ -172,9 +172,10 @@ async def test_a_killed_highlights_run_is_resumed_in_the_highlight_layout(
             *media, env=env, cwd=tmp_path,
         )  # fmt: skip
         assert both.code == 0, both.stderr
-        (line,) = [x for x in both.stdout.splitlines() if x.startswith("highlights:")]
-        assert "media: 0 saved (" in line, line  # its bytes are the covers'
-        assert f"), {len(pending)} already saved, 0 expired, 0 failed, 0 pending;" in line, line
+        (line,) = [x for x in both.stderr.splitlines() if x.startswith("highlights:")]
+        assert f"media: 0 saved, {len(pending)} already saved, 0 expired, 0 failed, 0 pending;" in (
+            line
+        ), line
         resumed = saved_paths(again)
         assert {sid: resumed[sid] for sid in pending} == layout
         check_one_file_each(again, resumed, cdn)
