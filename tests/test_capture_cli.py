@@ -619,6 +619,51 @@ async def test_archive_without_download_and_import_ledger(tmp_path: Path, api_ke
     assert missing.code == 2 and "no archive" in missing.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("fetch", ["--name-template", "{username}/{story_id}"]),
+        ("fetch", ["--highlight-template", "{username}/{story_id}"]),
+        ("fetch", ["--media-hosts", "127.0.0.1"]),
+        ("fetch", ["--max-media-bytes", "1000"]),
+        ("fetch", ["--media-concurrency", "3"]),
+        ("fetch", ["--refresh-expired"]),
+        ("watch", ["--media-concurrency", "3"]),
+    ],
+)
+async def test_a_media_option_without_download_is_refused_before_sending(
+    tmp_path: Path, api_key: str, command: str, option: list[str]
+) -> None:
+    targets = write_targets(tmp_path / "t.txt", ["m1", "m2"])
+    extra = ["-o", "out.jsonl"] if command == "fetch" else ["--every", "20s"]
+    async with media_emulator(api_key) as (emu, cdn):
+        done = await run_cli(
+            command, str(targets), *extra, "--archive", "a.sqlite3", *option,
+            env=env_with(emu, api_key), cwd=tmp_path,
+        )  # fmt: skip
+        assert emu.requests_total == 0 and cdn.log == []
+    assert done.code == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line == f"keyapi-stories: error: {option[0]} needs --download DIR " + (
+        "(nothing is downloaded without it)"
+    )
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "a.sqlite3").exists()
+
+
+async def test_a_bad_media_hosts_option_is_named(tmp_path: Path, api_key: str) -> None:
+    targets = write_targets(tmp_path / "t.txt", ["m1"])
+    async with media_emulator(api_key) as (emu, _):
+        done = await fetch(
+            tmp_path, env_with(emu, api_key), str(targets), "-o", "out.jsonl",
+            "--download", "dl", "--media-hosts", "ok.example,bad host!!",
+        )  # fmt: skip
+        assert emu.requests_total == 0
+    assert done.code == 2
+    assert done.stderr.strip() == (
+        "keyapi-stories: error: --media-hosts: not a media host entry: 'bad host!!'"
+    )
+
+
 async def test_proxy_and_redis_options_reach_the_client(tmp_path: Path, api_key: str) -> None:
     targets = write_targets(tmp_path / "t.txt", ["p1", "p2"])
     async with media_emulator(api_key) as (emu, cdn), ConnectProxy() as proxy:

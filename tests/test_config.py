@@ -63,15 +63,18 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"base_url": 5}, "base_url must be a string, got 5"),
         (
             {"base_url": "https://api.keyapi.ai/?x=1"},
-            "base_url must not carry a query, fragment or credentials, got 'https://api.keyapi.ai/'",
+            "base_url must not carry a query, fragment or credentials; 'https://api.keyapi.ai/' "
+            "was given with a query",
         ),
         (
             {"base_url": "https://api.keyapi.ai/#frag"},
-            "base_url must not carry a query, fragment or credentials, got 'https://api.keyapi.ai/'",
+            "base_url must not carry a query, fragment or credentials; 'https://api.keyapi.ai/' "
+            "was given with a fragment",
         ),
         (
             {"base_url": "https://user:pw@api.keyapi.ai"},
-            "base_url must not carry a query, fragment or credentials, got 'https://***@api.keyapi.ai'",
+            "base_url must not carry a query, fragment or credentials; 'https://***@api.keyapi.ai' "
+            "was given with credentials",
         ),
     ],
 )
@@ -225,6 +228,7 @@ def test_an_unknown_option_is_a_type_error_naming_it() -> None:
         ),
         ({"redis_url": "http://127.0.0.1:6379"}, "^redis_url must be"),
         ({"redis_namespace": "a b"}, "^redis_namespace must be"),
+        ({"redis_namespace": "jobs"}, "^redis_namespace 'jobs' needs redis_url"),
         ({"redis_grace": -1}, "^redis_grace must be"),
     ],
 )

@@ -37,6 +37,7 @@ from keyapi_async.media import files as media_files
 from keyapi_async.media.paths import (
     HostAllowlist,
     NameTemplate,
+    media_host_entries,
     media_hosts_from_env,
     parse_host_entry,
     sanitize_component,
@@ -471,6 +472,15 @@ def test_a_bad_media_hosts_variable_is_a_configuration_error_naming_it() -> None
     assert "KEYAPI_MEDIA_HOSTS" in str(caught.value)
     assert "'bad host!!'" in str(caught.value)
     assert isinstance(caught.value, ValueError)  # except ValueError keeps working
+
+
+def test_media_host_entries_name_their_source() -> None:
+    assert media_host_entries(" a.example, ,127.0.0.1:9 ", source="--media-hosts") == (
+        "a.example",
+        "127.0.0.1:9",
+    )
+    with pytest.raises(ConfigurationError, match=r"^--media-hosts: .*'bad host!!'"):
+        media_host_entries("a.example,bad host!!", source="--media-hosts")
 
 
 def test_names_are_sanitised() -> None:

@@ -45,7 +45,7 @@ from ..media import (
     MediaStatus,
     media_hosts_from_env,
 )
-from ..media.paths import NameTemplate
+from ..media.paths import NameTemplate, media_host_entries
 from ..models import (
     Highlight,
     ImageCandidate,
@@ -115,10 +115,6 @@ class CaptureSettings:
         return None
 
 
-def _split_hosts(text: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
-
-
 def _template(text: str | None, option: str) -> str | None:
     """``text`` checked by the downloader's rule; a bad one is a usage error naming ``option``."""
     if text is not None:
@@ -146,14 +142,15 @@ def capture_settings(
     A bad ``KEYAPI_MEDIA_HOSTS`` or name template is a usage error, before
     anything is opened or sent.
     """
-    with setting_errors():  # the message names the variable already
+    with setting_errors():  # the messages name the variable and the option
         from_env = media_hosts_from_env()
+        given = media_host_entries(media_hosts or "", source="--media-hosts")
     return CaptureSettings(
         download=download,
         archive=archive,
         name_template=_template(name_template, "--name-template"),
         highlight_template=_template(highlight_template, "--highlight-template"),
-        media_hosts=(*from_env, *_split_hosts(media_hosts), *extra_hosts),
+        media_hosts=(*from_env, *given, *extra_hosts),
         max_media_bytes=max_media_bytes,
         media_concurrency=media_concurrency,
         refresh_expired=refresh_expired,
@@ -162,8 +159,27 @@ def capture_settings(
     )
 
 
+# The options that only shape downloads, with their defaults: given without
+# --download they would be silently unused.
+_MEDIA_OPTIONS: Final = (
+    ("name_template", "--name-template", None),
+    ("highlight_template", "--highlight-template", None),
+    ("media_hosts", "--media-hosts", None),
+    ("max_media_bytes", "--max-media-bytes", DEFAULT_MAX_BYTES),
+    ("media_concurrency", "--media-concurrency", DEFAULT_CONCURRENCY),
+    ("refresh_expired", "--refresh-expired", False),
+)
+
+
 def capture_settings_from_args(args: argparse.Namespace) -> CaptureSettings:
-    """The settings of :func:`~.args.add_capture_options` (``fetch`` and ``watch``)."""
+    """The settings of :func:`~.args.add_capture_options` (``fetch`` and ``watch``).
+
+    A media option without ``--download`` is a usage error naming it.
+    """
+    if args.download is None:
+        for attr, option, default in _MEDIA_OPTIONS:
+            if getattr(args, attr, default) != default:
+                raise CLIError(f"{option} needs --download DIR (nothing is downloaded without it)")
     return capture_settings(
         download=args.download,
         archive=args.archive,

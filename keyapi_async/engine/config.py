@@ -166,6 +166,12 @@ class ClientConfig:
             o["proxy"] = validate_proxy_url(o["proxy"])
         redis_url = o["redis_url"] or os.environ.get(REDIS_URL_ENV)
         o["redis_url"] = _redis_url(redis_url) if redis_url else None
+        if namespace is not None and o["redis_url"] is None:
+            # Else a namespace meant to separate shared gates would be silently unused.
+            raise ConfigurationError(
+                f"redis_namespace {namespace!r} needs redis_url (or ${REDIS_URL_ENV}): "
+                "it names keys in a shared Redis gate"
+            )
         return cls(api_key=key, **o)
 
     @property
@@ -261,9 +267,20 @@ def _base_url(value: object) -> str:
         raise ConfigurationError(f"base_url must be a string, got {value!r}")
     text = value.strip()
     parts = _parse_url("base_url", text, _HTTP, "an http(s) URL", shown_url(text))
-    if parts.query or parts.fragment or parts.username or parts.password:
+    carried = [
+        what
+        for what, present in (
+            ("a query", parts.query),
+            ("a fragment", parts.fragment),
+            ("credentials", parts.username or parts.password),
+        )
+        if present
+    ]
+    if carried:
+        # Named, not shown: a query or credentials may hold a secret.
         raise ConfigurationError(
-            f"base_url must not carry a query, fragment or credentials, got {shown_url(text)!r}"
+            f"base_url must not carry a query, fragment or credentials; {shown_url(text)!r} "
+            f"was given with {' and '.join(carried)}"
         )
     return text.rstrip("/")
 

@@ -300,7 +300,7 @@ class Fetcher(Generic[R]):
         given back unused: sending now would only earn another 401 or 402.
         """
         if not granted:
-            reason = NotAttemptedError("credit budget reached")
+            reason = NotAttemptedError(NotAttemptedError.BUDGET_REACHED)
             if stop is not None and stop.budget is None:
                 stop.budget = reason
             return reason

@@ -34,6 +34,7 @@ __all__ = [
     "HostAllowlist",
     "NameTemplate",
     "inside",
+    "media_host_entries",
     "media_hosts_from_env",
     "parse_host_entry",
     "sanitize_component",
@@ -154,12 +155,23 @@ def media_hosts_from_env(environ: Mapping[str, str] | None = None) -> tuple[str,
 
     """
     raw = (os.environ if environ is None else environ).get(MEDIA_HOSTS_ENV, "")
-    entries = tuple(item.strip() for item in raw.split(",") if item.strip())
+    return media_host_entries(raw, source=MEDIA_HOSTS_ENV)
+
+
+def media_host_entries(text: str, *, source: str) -> tuple[str, ...]:
+    """The comma-separated allowlist entries of ``text``, validated; empty items ignored.
+
+    Raises:
+        ConfigurationError: An invalid entry; the message names ``source`` (the
+            variable or option ``text`` came from) and the entry.
+
+    """
+    entries = tuple(item.strip() for item in text.split(",") if item.strip())
     for item in entries:
         try:
             parse_host_entry(item)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{MEDIA_HOSTS_ENV}: {exc}") from None
+            raise ConfigurationError(f"{source}: {exc}") from None
     return entries
 
 
