@@ -30,7 +30,7 @@ from .ledger import (
     result_line,
 )
 from .progress import Reporter, Snapshot, Tally
-from .signals import Interrupts
+from .signals import Interrupts, grace_expired_note, stopping_note
 
 __all__ = ["BatchLoop", "Run", "exit_now", "fetch_all", "late_interrupts"]
 
@@ -163,9 +163,7 @@ class BatchLoop:
                         await capture.drain()
             except TimeoutError:
                 run.leftover = f"{INTERRUPTED} before an answer arrived"
-                run.reporter.note(
-                    f"--grace of {self.settings.grace:g}s expired; abandoning requests in flight"
-                )
+                run.reporter.note(grace_expired_note(self.settings.grace))
             finally:
                 self.deadline = None
                 await self._clean_up()
@@ -263,10 +261,7 @@ class BatchLoop:
         self.batch.stop(INTERRUPTED)
         self._wind_down(INTERRUPTED)
         self.deadline.reschedule(asyncio.get_running_loop().time() + self.settings.grace)
-        run.reporter.note(
-            "Interrupted: sending no new requests; waiting up to "
-            f"{self.settings.grace:g}s for those in flight (Ctrl-C again to quit now)"
-        )
+        run.reporter.note(stopping_note(self.settings.grace))
 
     def _on_second(self, signum: int) -> None:
         exit_now(self.run, self.settings, self.resume_hint)

@@ -39,7 +39,7 @@ from .client import FetchSettings, make_client, open_client
 from .exit import CLIError, ExitCode
 from .logs import library_logs
 from .progress import MediaCounts, Reporter, Snapshot, byte_size, make_reporter
-from .signals import Interrupts
+from .signals import Interrupts, grace_expired_note, stopping_note
 
 __all__ = [
     "Mode",
@@ -235,10 +235,7 @@ async def _until_interrupted(
     def on_first(signum: int) -> None:
         run.stop(INTERRUPTED)
         deadline.reschedule(loop.time() + grace)
-        reporter.note(
-            f"Interrupted: sending no new requests; waiting up to {grace:g}s for those in "
-            "flight (Ctrl-C again to quit now)"
-        )
+        reporter.note(stopping_note(grace))
 
     def on_second(signum: int) -> None:
         reporter.note("Interrupted again: exiting now; what was recorded is in the archive.")
@@ -250,7 +247,7 @@ async def _until_interrupted(
             with Interrupts(on_first, on_second):
                 await work
     except TimeoutError:
-        reporter.note(f"--grace of {grace:g}s expired; abandoning requests in flight")
+        reporter.note(grace_expired_note(grace))
 
 
 async def _save(

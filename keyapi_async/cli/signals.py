@@ -15,11 +15,24 @@ import contextlib
 import signal
 from collections.abc import Callable
 
-__all__ = ["Interrupts"]
+__all__ = ["Interrupts", "grace_expired_note", "stopping_note"]
 
 _SIGNALS = tuple(
     s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None
 )
+
+
+def stopping_note(grace: float) -> str:
+    """What a run says on its first signal (the stories run and the highlights pass alike)."""
+    return (
+        f"Interrupted: sending no new requests; waiting up to {grace:g}s for those in flight "
+        "(Ctrl-C again to quit now)"
+    )
+
+
+def grace_expired_note(grace: float) -> str:
+    """What a run says when ``--grace`` ends before the answers in flight."""
+    return f"--grace of {grace:g}s expired; abandoning requests in flight"
 
 
 class Interrupts:
